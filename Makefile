@@ -1,0 +1,59 @@
+# The two commands of the README: `make book` and `make test`. `make help` lists all.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PROFILE ?= quick
+DATASET ?= phantom
+PUBLISH_FACES ?= 0
+PYTEST_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LAB_STAMP := $(VENV)/.installed-lab
+
+.DEFAULT_GOAL := help
+.PHONY: help setup book notebooks html test lab run-folder clean
+
+help: ## list the targets and the parameters they take
+	@echo "Targets:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo
+	@echo "Parameters (make VAR=value):"
+	@echo "  PROFILE=tiny|quick|paper   values in params/<profile>.yaml (default: quick)"
+	@echo "  DATASET=phantom|<folder>   the simulated cohort or a BIDS-style folder (default: phantom)"
+	@echo "  PUBLISH_FACES=0|1          show real subjects' faces in the HTML (default: 0; phantom always shown)"
+	@echo "  PYTHON=python3.11          interpreter used to create $(VENV)"
+	@echo "  PYTEST_ARGS='-m \"not slow\"'  extra arguments for make test"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -n "$(PYTHON)" || { echo "error: Python 3.11 not found (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	@touch $@
+
+setup: $(STAMP) ## create .venv with the pinned dependencies
+
+book: $(STAMP) ## execute the chapters (cached) and build the HTML of PROFILE on DATASET
+	$(BIN)/python -m refacelib.pipeline book --profile '$(PROFILE)' --dataset '$(DATASET)' --publish-faces '$(PUBLISH_FACES)'
+
+notebooks: $(STAMP) ## execute the chapters only (no HTML)
+	$(BIN)/python -m refacelib.pipeline book --profile '$(PROFILE)' --dataset '$(DATASET)' --publish-faces '$(PUBLISH_FACES)' --no-html
+
+html: $(STAMP) ## rebuild the HTML from the executed chapters of PROFILE on DATASET
+	$(BIN)/python -m refacelib.pipeline html --profile '$(PROFILE)' --dataset '$(DATASET)'
+
+run-folder: $(STAMP) ## print the run folder of PROFILE on DATASET
+	@$(BIN)/python -m refacelib.pipeline run-folder --profile '$(PROFILE)' --dataset '$(DATASET)'
+
+test: $(STAMP) ## run the tests (including a tiny-profile build of every chapter)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(LAB_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,lab]'
+	@touch $@
+
+lab: $(LAB_STAMP) ## JupyterLab with jupytext: open notebooks/*.py as notebooks (PROFILE, DATASET apply)
+	REFACE_PROFILE='$(PROFILE)' REFACE_DATASET='$(DATASET)' $(BIN)/jupyter lab --notebook-dir=notebooks
+
+clean: ## remove the run folders (keeps .venv)
+	rm -rf runs

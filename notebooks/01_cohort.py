@@ -1,0 +1,113 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Cohort
+#
+# Who is in this study: the participants table, their demographics and a
+# mid-sagittal slice of each head. Every later chapter works on this cohort.
+
+# %% tags=["parameters"]
+# Defaults; `make book` injects its own values, `make lab` sets them through the environment.
+import os
+
+profile = os.environ.get("REFACE_PROFILE", "quick")
+dataset = os.environ.get("REFACE_DATASET", "phantom")
+publish_faces = False
+
+# %%
+import time
+
+from IPython.display import Markdown, display
+from myst_nb import glue
+
+from refacelib import cohort, config, viz
+from refacelib.data import MUSCLE_COLUMNS
+from refacelib.io import save_figure, save_table
+
+run = config.open_run(profile, dataset)
+note = viz.SIMULATION_NOTE if run.is_phantom else None
+show_faces = run.is_phantom or bool(publish_faces)
+
+# %% [markdown]
+# ## The dataset
+#
+# The paragraph below is generated from the run's parameters.
+
+# %%
+start = time.perf_counter()
+ds = cohort.prepare_dataset(run)
+participants = ds.participants
+glue("cohort_seconds", round(time.perf_counter() - start, 1), display=False)
+glue("dataset_description", Markdown(cohort.describe_dataset(run, ds)), display=False)
+glue("n_subjects", len(participants), display=False)
+glue("n_train", int((participants["split"] == "train").sum()), display=False)
+glue("n_test_internal", int((participants["split"] == "test_internal").sum()), display=False)
+glue("n_test_external", int((participants["split"] == "test_external").sum()), display=False)
+glue("has_muscle", "yes" if ds.has_muscle else "no", display=False)
+
+# %% [markdown]
+# ```{glue:md} dataset_description
+# :format: myst
+# ```
+#
+# The cohort has {glue:text}`n_subjects` participants: {glue:text}`n_train` for
+# training, {glue:text}`n_test_internal` internal and {glue:text}`n_test_external`
+# external test subjects. CT muscle measures present: {glue:text}`has_muscle`.
+# Loading (and, for the phantom, generating) it took {glue:text}`cohort_seconds` s.
+
+# %% [markdown]
+# ## Participants
+#
+# Per split and site: number of participants, age, percentage of women and,
+# where present, the mean CT muscle radiodensity (HU). Saved as
+# `tables/participants_summary.csv` in the run folder.
+
+# %%
+summary = cohort.summary_table(participants)
+save_table(summary, run.tables / "participants_summary.csv")
+save_table(participants, run.tables / "participants.csv")
+glue("participants_summary", summary, display=False)
+summary
+
+# %% [markdown]
+# ## Demographics
+
+# %%
+muscles = [c for c in MUSCLE_COLUMNS if c in participants] if ds.has_muscle else []
+fig = viz.plot_demographics(participants, muscle_columns=muscles, note=note)
+save_figure(fig, run.figures / "cohort_demographics.png")
+glue("fig_demographics", fig, display=False)
+fig
+
+# %% [markdown]
+# ## Mid-sagittal slices
+#
+# One slice through the middle of each of the first heads of every split,
+# resampled to the profile's resolution. For a real dataset this montage shows
+# faces, so it is left out unless `publish_faces` is true.
+
+# %%
+per_split = run.params["cohort"]["montage_per_split"]
+picked = participants.groupby("split", sort=False).head(per_split)
+by_id = {s.participant_id: s for s in ds.subjects}
+if show_faces:
+    slices = cohort.mid_sagittal_slices([by_id[i] for i in picked["participant_id"]], run.params["cohort"]["voxel_mm"])
+    labels = [f"{i}\n{s}" for i, s in zip(picked["participant_id"], picked["split"])]
+    fig = viz.plot_montage(slices, labels, note=note)
+    save_figure(fig, run.figures / "cohort_montage.png")
+    display(fig)
+else:
+    display(Markdown("*Montage withheld: real faces are not published (`publish_faces` is false).*"))
+
+# %% tags=["remove-input"]
+display(Markdown("Provenance: " + ", ".join(f"{k} `{v}`" for k, v in config.provenance(run).items())))

@@ -1,0 +1,238 @@
+"""Profiles, datasets and run folders.
+
+A *run* is one (profile, dataset) pair. Everything it produces lives in its own
+folder ``runs/<profile>-<dataset label>/``: the resolved parameters, artifacts,
+figures, tables and executed notebooks. ``make book`` and a notebook opened by
+hand resolve the same folder through :func:`open_run`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "Run",
+    "project_root",
+    "runs_root",
+    "list_profiles",
+    "load_profile",
+    "dataset_label",
+    "open_run",
+    "stable_hash",
+    "provenance",
+]
+
+PHANTOM = "phantom"
+_LABEL_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class ConfigError(ValueError):
+    """A profile, dataset or parameter that cannot be used, with the reason."""
+
+
+def project_root() -> Path:
+    """The repository root: ``$REFACE_PROJECT_ROOT`` or the folder above refacelib.
+
+    Examples
+    --------
+    >>> (project_root() / "params").is_dir()
+    True
+    """
+    env = os.environ.get("REFACE_PROJECT_ROOT")
+    if env:
+        return Path(env).resolve()
+    return Path(__file__).resolve().parents[1]
+
+
+def runs_root() -> Path:
+    """Folder that holds every run folder (``$REFACE_RUNS_ROOT`` or ``<root>/runs``)."""
+    env = os.environ.get("REFACE_RUNS_ROOT")
+    return Path(env).resolve() if env else project_root() / "runs"
+
+
+def list_profiles() -> list[str]:
+    """Names of the profiles in ``params/``.
+
+    Examples
+    --------
+    >>> "tiny" in list_profiles()
+    True
+    """
+    return sorted(p.stem for p in (project_root() / "params").glob("*.yaml"))
+
+
+def load_profile(profile: str) -> dict[str, Any]:
+    """Read ``params/<profile>.yaml`` into a nested dict.
+
+    Raises
+    ------
+    ConfigError
+        If the profile does not exist or is not a mapping.
+    """
+    if not isinstance(profile, str) or not profile:
+        raise ConfigError(f"PROFILE must be a non-empty string, got {profile!r}")
+    path = project_root() / "params" / f"{profile}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown PROFILE {profile!r}: no file params/{profile}.yaml; "
+            f"choose one of {', '.join(list_profiles())}"
+        )
+    with open(path) as fh:
+        params = yaml.safe_load(fh)
+    if not isinstance(params, dict):
+        raise ConfigError(f"params/{profile}.yaml must hold a mapping of parameters")
+    return params
+
+
+def dataset_label(dataset: str | os.PathLike) -> str:
+    """Short, file-system-safe name of a dataset used in the run folder name.
+
+    The phantom is ``phantom``; a folder is its name plus a hash of its
+    absolute path, so that two datasets never share a run folder.
+
+    Examples
+    --------
+    >>> dataset_label("phantom")
+    'phantom'
+    """
+    if str(dataset) == PHANTOM:
+        return PHANTOM
+    path = Path(dataset).expanduser().resolve()
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:6]
+    name = _LABEL_RE.sub("_", path.name).strip("._") or "dataset"
+    return f"{name}-{digest}"
+
+
+def stable_hash(obj: Any, length: int = 10) -> str:
+    """Hash of a JSON-able object that does not depend on key order.
+
+    Examples
+    --------
+    >>> stable_hash({"a": 1, "b": 2}) == stable_hash({"b": 2, "a": 1})
+    True
+    """
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+@dataclass
+class Run:
+    """A resolved run: its parameters and its folder layout."""
+
+    profile: str
+    dataset: str
+    params: dict[str, Any]
+    folder: Path
+    is_phantom: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.is_phantom = self.dataset == PHANTOM
+
+    @property
+    def label(self) -> str:
+        return self.folder.name
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the run folder; its parent folder is created."""
+        out = self.folder.joinpath(*parts)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return out
+
+    @property
+    def tables(self) -> Path:
+        return _mkdir(self.folder / "tables")
+
+    @property
+    def figures(self) -> Path:
+        return _mkdir(self.folder / "figures")
+
+    @property
+    def artifacts(self) -> Path:
+        return _mkdir(self.folder / "artifacts")
+
+    def relpath(self, path: os.PathLike) -> str:
+        """Path shown in published output: relative to the project, never absolute."""
+        path = Path(path).resolve()
+        for base, name in ((self.folder, f"runs/{self.label}"), (project_root(), ".")):
+            try:
+                return str(Path(name) / path.relative_to(base))
+            except ValueError:
+                continue
+        return path.name
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _confined(folder: Path, root: Path) -> Path:
+    folder = folder.resolve()
+    root = root.resolve()
+    if folder.parent != root:
+        raise ConfigError(f"run folder {folder.name!r} would fall outside the run root")
+    return folder
+
+
+def open_run(profile: str = "quick", dataset: str = PHANTOM, *, create: bool = True) -> Run:
+    """Resolve a (profile, dataset) pair into a :class:`Run` and its folder.
+
+    The resolved parameters are written to ``inputs/params.yaml`` in the run
+    folder (paths there are private: the folder is git-ignored and unpublished).
+
+    Parameters
+    ----------
+    profile : str
+        Name of a file in ``params/`` (``tiny``, ``quick``, ``paper``).
+    dataset : str
+        ``"phantom"`` or the path of a BIDS-style folder.
+    create : bool
+        Create the folder and write the resolved parameters.
+    """
+    params = load_profile(profile)
+    if not isinstance(dataset, (str, os.PathLike)) or not str(dataset):
+        raise ConfigError(f"DATASET must be 'phantom' or a folder path, got {dataset!r}")
+    dataset = str(dataset)
+    if dataset != PHANTOM:
+        path = Path(dataset).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"DATASET folder does not exist: {dataset}")
+        dataset = str(path.resolve())
+    folder = _confined(runs_root() / f"{profile}-{dataset_label(dataset)}", runs_root())
+    run = Run(profile=profile, dataset=dataset, params=params, folder=folder)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+        resolved = {"profile": profile, "dataset": dataset, "params": params}
+        from .io import atomic_write_text
+
+        atomic_write_text(run.path("inputs", "params.yaml"), yaml.safe_dump(resolved, sort_keys=True))
+    return run
+
+
+def provenance(run: Run) -> dict[str, str]:
+    """refacelib version, git commit and parameter hash of a run (for the last cell)."""
+    import subprocess
+
+    from . import __version__
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=project_root(), capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "refacelib": __version__,
+        "commit": commit or "unknown",
+        "profile": run.profile,
+        "dataset": "phantom" if run.is_phantom else run.label,
+        "params_hash": stable_hash(run.params),
+    }

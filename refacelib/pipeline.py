@@ -1,0 +1,322 @@
+"""Build the book: execute each chapter with papermill, then Jupyter Book (execution off).
+
+``python -m refacelib.pipeline book --profile quick --dataset phantom``
+
+* Chapters are the jupytext ``.py`` files of ``notebooks/`` listed in ``_toc.yml``
+  (as ``chapters/<name>``). Each is converted, executed by papermill with the
+  parameters ``profile`` and ``dataset``, scrubbed of private paths and stored
+  in the run folder. A chapter is executed again only when its cache key
+  (source, resolved parameters, dataset, refacelib sources, earlier chapters)
+  changed.
+* A failing chapter stops the build with its own name; its failed copy goes to
+  ``failed/`` and the last good HTML stays in place.
+* The HTML is built in a staging folder and swapped in only on success.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError, Run, open_run, project_root, stable_hash
+from .io import atomic_path, atomic_write_text
+
+__all__ = ["chapter_names", "build_book", "scrub_notebook", "main"]
+
+KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+class ChapterFailed(RuntimeError):
+    """A chapter raised while papermill executed it."""
+
+
+def chapter_names(toc: Path | None = None) -> list[str]:
+    """Chapter notebooks in book order, read from ``_toc.yml`` (``chapters/<name>`` entries)."""
+    toc = toc or project_root() / "_toc.yml"
+    with open(toc) as fh:
+        data = yaml.safe_load(fh)
+    files: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(str(node["file"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(data)
+    return [f.split("/", 1)[1] for f in files if f.startswith("chapters/")]
+
+
+def _source_digest(folder: Path, pattern: str = "*.py") -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob(pattern)):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _dataset_fingerprint(run: Run) -> str:
+    if run.is_phantom:
+        return "phantom"
+    root = Path(run.dataset)
+    entries = [
+        (str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime))
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "derivatives" not in p.relative_to(root).parts
+    ]
+    return stable_hash(entries)
+
+
+def scrub_notebook(nb, replacements: dict[str, str]) -> None:
+    """Replace private absolute paths in every source, output and metadata string."""
+    items = sorted(((k, v) for k, v in replacements.items() if k), key=lambda kv: -len(kv[0]))
+
+    def clean(value):
+        if isinstance(value, str):
+            for old, new in items:
+                value = value.replace(old, new)
+            return value
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return value
+
+    nb.metadata = type(nb.metadata)(clean(dict(nb.metadata)))
+    for cell in nb.cells:
+        cell.source = clean(cell.source)
+        if "outputs" in cell:
+            cell.outputs = [type(o)(clean(dict(o))) for o in cell.outputs]
+
+
+def _replacements(run: Run) -> dict[str, str]:
+    out = {str(project_root()): ".", str(run.folder): f"runs/{run.label}"}
+    if not run.is_phantom:
+        out[run.dataset] = "<DATASET>"
+    for prefix in {sys.prefix, sys.base_prefix}:
+        out[prefix] = "<python>"
+    home = os.path.expanduser("~")
+    if home not in ("/", ""):
+        out[home] = "~"
+    return out
+
+
+def _execute(run: Run, name: str, out_path: Path, *, publish_faces: bool = False) -> dict:
+    """Convert ``notebooks/<name>.py`` and execute it into ``out_path``."""
+    import jupytext
+    import nbformat
+    import papermill as pm
+
+    src = project_root() / "notebooks" / f"{name}.py"
+    nb = jupytext.read(src)
+    nb.metadata["kernelspec"] = KERNEL
+    failed = run.path("failed", f"{name}.ipynb")
+    work = run.path("notebooks", f".{name}.input.ipynb")
+    nbformat.write(nb, work)
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(work), str(failed), parameters={"profile": run.profile, "dataset": run.dataset, "publish_faces": publish_faces},
+            kernel_name="python3", cwd=str(src.parent), progress_bar=sys.stderr.isatty(),
+            log_output=False, request_save_on_cell_execute=False,
+        )
+    except Exception as err:  # papermill wraps the cell's error
+        executed = nbformat.read(failed, as_version=4)
+        scrub_notebook(executed, _replacements(run))
+        nbformat.write(executed, failed)
+        reason = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
+        raise ChapterFailed(
+            f"chapter {name} (notebooks/{name}.py) failed: {reason[0]}: {reason[1]}\n"
+            f"  the executed copy with the error: {run.relpath(failed)}"
+        ) from None
+    finally:
+        work.unlink(missing_ok=True)
+    seconds = time.perf_counter() - start
+    executed = nbformat.read(failed, as_version=4)
+    scrub_notebook(executed, _replacements(run))
+    with atomic_path(out_path) as tmp:
+        nbformat.write(executed, tmp)
+    failed.unlink(missing_ok=True)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"chapter": name, "seconds": round(seconds, 2), "peak_rss_mib": round(peak_kib / 1024, 1)}
+
+
+@contextlib.contextmanager
+def run_lock(run: Run):
+    """Refuse a second build of the same run while one is going on."""
+    lock = open(run.path(".lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ConfigError(f"another build of runs/{run.label} is running; wait for it or stop it") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+def execute_chapters(run: Run, *, force: bool = False, publish_faces: bool = False, log=print) -> list[dict]:
+    """Execute every chapter whose cache key changed; return timing rows of executed ones."""
+    base = {
+        "params": run.params, "profile": run.profile, "data": _dataset_fingerprint(run),
+        "publish_faces": publish_faces,
+        "lib": _source_digest(Path(__file__).resolve().parent),
+    }
+    previous, timings = stable_hash(base, 16), []
+    names = chapter_names()
+    for i, name in enumerate(names, 1):
+        source = (project_root() / "notebooks" / f"{name}.py").read_text()
+        key = stable_hash([previous, source], 16)
+        out = run.folder / "notebooks" / f"{name}.ipynb"
+        key_file = run.folder / "notebooks" / f"{name}.key"
+        if not force and out.exists() and key_file.exists() and key_file.read_text() == key:
+            log(f"[{i}/{len(names)}] {name}: up to date")
+        else:
+            log(f"[{i}/{len(names)}] {name}: executing ...")
+            row = _execute(run, name, out, publish_faces=publish_faces)
+            atomic_write_text(key_file, key)
+            log(f"[{i}/{len(names)}] {name}: done in {row['seconds']:.1f} s")
+            timings.append(row)
+        previous = key
+    return timings
+
+
+def _stage(run: Run) -> Path:
+    """Copy config, prose and executed chapters into the run's book source folder."""
+    root, stage = project_root(), run.folder / "book_src"
+    if stage.exists():
+        shutil.rmtree(stage)
+    shutil.copytree(root / "book", stage / "book")
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(root / name, stage / name)
+    (stage / "chapters").mkdir()
+    for name in chapter_names():
+        shutil.copy2(run.folder / "notebooks" / f"{name}.ipynb", stage / "chapters" / f"{name}.ipynb")
+    return stage
+
+
+def _swap_html(run: Run, built: Path) -> Path:
+    final, old = run.folder / "html", run.folder / ".html.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    built.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+    return final
+
+
+def build_html(run: Run, *, log=print) -> Path:
+    """Build the HTML with Jupyter Book (execution off) and swap it into ``html/``."""
+    stage = _stage(run)
+    out = run.folder / ".build"
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = [sys.executable, "-m", "jupyter_book", "build", str(stage), "--path-output", str(out), "--quiet"]
+    if shutil.which("jupyter-book", path=str(Path(sys.executable).parent)):
+        cmd = [str(Path(sys.executable).parent / "jupyter-book"), *cmd[3:]]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ChapterFailed(f"jupyter-book build failed (the last good book is kept):\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    html = _swap_html(run, out / "_build" / "html")
+    shutil.rmtree(out, ignore_errors=True)
+    return html
+
+
+def _html_key(run: Run) -> str:
+    root = project_root()
+    parts = [_source_digest(root / "book", "*"), (root / "_config.yml").read_text(), (root / "_toc.yml").read_text()]
+    parts += [(run.folder / "notebooks" / f"{n}.key").read_text() for n in chapter_names()]
+    return stable_hash(parts, 16)
+
+
+def _save_timings(run: Run, rows: list[dict]) -> None:
+    if not rows:
+        return
+    import pandas as pd
+
+    from .io import save_table
+
+    path = run.tables / "chapter_timings.csv"
+    old = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["chapter"])
+    new = pd.DataFrame(rows)
+    merged = pd.concat([old[~old["chapter"].isin(new["chapter"])], new], ignore_index=True)
+    save_table(merged, path)
+
+
+def build_book(profile: str = "quick", dataset: str = "phantom", *, force: bool = False,
+               publish_faces: bool = False, html: bool = True, log=print) -> Path:
+    """Execute the chapters of a run and build its HTML; return the index page."""
+    run = open_run(profile, dataset)
+    with run_lock(run):
+        timings = execute_chapters(run, force=force, publish_faces=publish_faces, log=log)
+        _save_timings(run, timings)
+        if not html:
+            log(f"run folder: {run.relpath(run.folder)}")
+            return run.folder / "notebooks"
+        key_file = run.folder / "html" / ".key"
+        key = _html_key(run)
+        if force or not key_file.exists() or key_file.read_text() != key:
+            log("building HTML with Jupyter Book (execution off) ...")
+            html = build_html(run, log=log)
+            atomic_write_text(html / ".key", key)
+        else:
+            log("HTML up to date")
+    index = run.folder / "html" / "index.html"
+    log(f"run folder: {run.relpath(run.folder)}")
+    log(f"book:       {run.relpath(index)}")
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m refacelib.pipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    book = sub.add_parser("book", help="execute the chapters and build the HTML")
+    book.add_argument("--profile", default="quick")
+    book.add_argument("--dataset", default="phantom")
+    book.add_argument("--force", action="store_true", help="execute every chapter again")
+    book.add_argument("--publish-faces", default="0", help="1 to show real subjects' faces in the HTML")
+    book.add_argument("--no-html", action="store_true", help="execute the chapters only")
+    html = sub.add_parser("html", help="rebuild the HTML from the executed chapters")
+    html.add_argument("--profile", default="quick")
+    html.add_argument("--dataset", default="phantom")
+    where = sub.add_parser("run-folder", help="print the run folder of a profile and dataset")
+    where.add_argument("--profile", default="quick")
+    where.add_argument("--dataset", default="phantom")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "book":
+            publish = str(args.publish_faces).strip().lower() in ("1", "true", "yes")
+            build_book(args.profile, args.dataset, force=args.force, publish_faces=publish, html=not args.no_html)
+        elif args.command == "html":
+            run = open_run(args.profile, args.dataset)
+            with run_lock(run):
+                index = build_html(run) / "index.html"
+            print(f"book: {run.relpath(index)}")
+        else:
+            print(open_run(args.profile, args.dataset, create=False).folder)
+    except (ConfigError, ChapterFailed) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Smoke run of every chapter on the tiny profile, through papermill, into HTML."""
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from refacelib import pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A copy of the project's book sources with its own run root."""
+    base = tmp_path_factory.mktemp("project")
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(ROOT / name, base / name)
+    for name in ("book", "notebooks", "params"):
+        shutil.copytree(ROOT / name, base / name)
+    old = {k: os.environ.get(k) for k in ("REFACE_PROJECT_ROOT", "REFACE_RUNS_ROOT")}
+    os.environ["REFACE_PROJECT_ROOT"] = str(base)
+    os.environ["REFACE_RUNS_ROOT"] = str(base / "runs")
+    yield base
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def tiny_book(project):
+    log = []
+    index = pipeline.build_book("tiny", "phantom", log=log.append)
+    return index, log
+
+
+def _html_text(path):
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", path.read_text()))
+
+
+def _private_paths(folder, *needles):
+    hits = []
+    for path in folder.rglob("*"):
+        if path.suffix in (".html", ".ipynb") and path.is_file():
+            text = path.read_text(errors="ignore")
+            hits += [f"{path.name}: {n}" for n in needles if n in text]
+    return hits
+
+
+def test_tiny_book_builds_with_real_figures_and_tables(tiny_book, project):
+    index, log = tiny_book
+    run = index.parents[1]
+    assert index.exists() and (run / "html" / "chapters" / "01_cohort.html").exists()
+    for name in ("cohort_demographics.png", "cohort_montage.png"):
+        assert (run / "figures" / name).stat().st_size > 10_000
+    participants = pd.read_csv(run / "tables" / "participants.csv")
+    summary = pd.read_csv(run / "tables" / "participants_summary.csv")
+    assert summary["n"].sum() == len(participants) == 16
+    intro = _html_text(run / "html" / "book" / "intro.html")
+    assert f"phantom run here has {len(participants)} simulated participants" in intro
+    chapter = _html_text(run / "html" / "chapters" / "01_cohort.html")
+    assert "phantom cohort, a simulation" in chapter
+    assert _private_paths(run / "html", str(project), str(ROOT)) == []
+    assert _private_paths(run / "notebooks", str(project), str(ROOT)) == []
+
+
+def test_second_build_executes_nothing_and_is_fast(tiny_book):
+    index, _ = tiny_book
+    before = index.stat().st_mtime
+    log, start = [], time.perf_counter()
+    pipeline.build_book("tiny", "phantom", log=log.append)
+    assert time.perf_counter() - start < 60
+    assert not any("executing" in line for line in log), log
+    assert "HTML up to date" in log and index.stat().st_mtime == before
+
+
+def test_failing_chapter_names_itself_and_keeps_the_last_good_book(tiny_book, project):
+    index, _ = tiny_book
+    before = index.stat().st_mtime
+    source = project / "notebooks" / "01_cohort.py"
+    original = source.read_text()
+    source.write_text(original + '\n# %%\nraise RuntimeError("planted failure")\n')
+    try:
+        with pytest.raises(pipeline.ChapterFailed, match=r"chapter 01_cohort .*planted failure"):
+            pipeline.build_book("tiny", "phantom", log=lambda *_: None)
+    finally:
+        source.write_text(original)
+    assert index.exists() and index.stat().st_mtime == before
+    assert (index.parents[1] / "failed" / "01_cohort.ipynb").exists()
+
+
+def _lps_bids(src_root, dest, n=6):
+    """A BIDS folder in LPS orientation with anisotropic voxels, no split or muscle columns."""
+    rows = []
+    for sub in sorted(src_root.glob("sub-*"))[:n]:
+        img = nib.load(str(sub / "anat" / f"{sub.name}_T1w.nii.gz"))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        data = data[::-1, ::-1, ::2]  # flip to LPS, keep every second axial slice
+        affine = img.affine @ np.diag([1.0, 1.0, 2.0, 1.0])
+        affine = affine @ np.array([[-1, 0, 0, data.shape[0] - 1], [0, -1, 0, data.shape[1] - 1],
+                                    [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
+        out = dest / sub.name / "anat"
+        out.mkdir(parents=True)
+        nib.save(nib.Nifti1Image(data, affine), str(out / f"{sub.name}_T1w.nii.gz"))
+        rows.append({"participant_id": sub.name, "age": 60 + len(rows), "sex": "F" if len(rows) % 2 else "M"})
+    pd.DataFrame(rows).to_csv(dest / "participants.tsv", sep="\t", index=False)
+    return dest
+
+
+def test_same_chapters_run_on_an_lps_anisotropic_bids_folder(tiny_book, project, tmp_path):
+    index, _ = tiny_book
+    cohort_root = next((index.parents[1] / "artifacts").glob("phantom-*"))
+    bids = _lps_bids(cohort_root, tmp_path / "my_study")
+    raw = nib.load(str(next(bids.rglob("*_T1w.nii.gz"))))
+    assert nib.aff2axcodes(raw.affine) == ("L", "P", "S") and len(set(raw.header.get_zooms())) > 1
+    real_index = pipeline.build_book("tiny", str(bids), log=lambda *_: None)
+    run = real_index.parents[1]
+    assert run.name.startswith("tiny-my_study-")
+    chapter = _html_text(run / "html" / "chapters" / "01_cohort.html")
+    assert "user-supplied BIDS-style dataset (6 participants, without CT muscle columns)" in chapter
+    assert "Montage withheld" in chapter and not (run / "figures" / "cohort_montage.png").exists()
+    assert _private_paths(run / "html", str(bids), str(tmp_path)) == []
