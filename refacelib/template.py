@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.resources
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -72,6 +72,7 @@ class Template:
     face: np.ndarray
     affine: np.ndarray
     landmarks: dict
+    cache: dict = field(default_factory=dict, repr=False, compare=False)  # derived regions
 
     @property
     def voxel_mm(self) -> float:

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-__all__ = ["plot_demographics", "plot_montage", "SIMULATION_NOTE"]
+__all__ = ["plot_demographics", "plot_montage", "plot_regions", "plot_deface_qc", "plot_mid_sagittal_row", "SIMULATION_NOTE"]
 
 SIMULATION_NOTE = "phantom (simulated data)"
 
@@ -45,6 +45,66 @@ def plot_montage(slices: list[np.ndarray], labels: list[str], *, ncols: int = 6,
     for ax, sl, label in zip(axes.ravel(), slices, labels):
         ax.imshow(sl, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(label, fontsize=8)
+    fig.tight_layout()
+    _stamp(fig, note)
+    return fig
+
+
+def _mid_x(image: np.ndarray) -> int:
+    from .surface import head_mask
+
+    return int(round(np.argwhere(head_mask(image))[:, 0].mean()))
+
+
+def _display(sl: np.ndarray) -> np.ndarray:
+    """A (y, z) slice turned for display: superior up, anterior right."""
+    return sl.T[::-1]
+
+
+def plot_regions(template: np.ndarray, regions: dict, affine: np.ndarray, *, eye_world, note: str | None = None):
+    """Each method's removal region (red) on a mid-sagittal and an axial template slice."""
+    inv = np.linalg.inv(affine)
+    x = int(round(template.shape[0] / 2))
+    z = int(round((inv @ np.append(eye_world, 1.0))[2]))
+    fig, axes = plt.subplots(2, len(regions), figsize=(2.6 * len(regions), 5.4), squeeze=False)
+    vmax = np.percentile(template, 99)
+    for col, (name, region) in enumerate(regions.items()):
+        for row, (img, reg) in enumerate(((_display(template[x]), _display(region[x])),
+                                          (template[:, :, z].T[::-1], region[:, :, z].T[::-1]))):
+            ax = axes[row, col]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=vmax)
+            ax.imshow(np.ma.masked_where(~reg, reg), cmap="autumn", alpha=0.55, vmin=0, vmax=1)
+            ax.axis("off")
+        axes[0, col].set_title(name.replace("_", " "), fontsize=9)
+    fig.tight_layout()
+    _stamp(fig, note)
+    return fig
+
+
+def plot_deface_qc(qc: pd.DataFrame, *, note: str | None = None):
+    """Per method: fraction of the head removed, brain voxels touched, registration Dice."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
+    order = list(dict.fromkeys(qc["method"]))
+    for ax, col, title in zip(axes, ("removed_head_fraction", "brain_voxels_removed", "registration_dice"),
+                              ("Fraction of head removed", "Brain voxels removed", "Registration Dice")):
+        sns.stripplot(qc, x="method", y=col, order=order, ax=ax, size=3, alpha=0.7)
+        sns.boxplot(qc, x="method", y=col, order=order, ax=ax, showfliers=False, fill=False, color="0.3")
+        ax.set_title(title)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=35)
+    _stamp(fig, note)
+    return fig
+
+
+def plot_mid_sagittal_row(images: dict, *, note: str | None = None):
+    """Mid-sagittal slices of one subject's versions (name -> (array, affine)), same window."""
+    first = next(iter(images.values()))[0]
+    x, vmax = _mid_x(first), np.percentile(first[first > 0], 99)
+    fig, axes = plt.subplots(1, len(images), figsize=(2.2 * len(images), 2.6), squeeze=False)
+    for ax, (name, (img, _)) in zip(axes[0], images.items()):
+        ax.imshow(_display(img[x]), cmap="gray", vmin=0, vmax=vmax)
+        ax.set_title(name.replace("_", " "), fontsize=9)
+        ax.axis("off")
     fig.tight_layout()
     _stamp(fig, note)
     return fig

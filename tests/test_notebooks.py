@@ -59,11 +59,17 @@ def test_tiny_book_builds_with_real_figures_and_tables(tiny_book, project):
     index, log = tiny_book
     run = index.parents[1]
     assert index.exists() and (run / "html" / "chapters" / "01_cohort.html").exists()
-    for name in ("cohort_demographics.png", "cohort_montage.png"):
+    for name in ("cohort_demographics.png", "cohort_montage.png", "deface_regions.png", "deface_qc.png",
+                 "deface_example_slices.png", "deface_example_render.png"):
         assert (run / "figures" / name).stat().st_size > 10_000
     participants = pd.read_csv(run / "tables" / "participants.csv")
     summary = pd.read_csv(run / "tables" / "participants_summary.csv")
     assert summary["n"].sum() == len(participants) == 16
+    methods = pd.read_csv(run / "tables" / "deface_methods.csv")
+    assert list(methods.columns[:4]) == ["method", "engine", "version", "emulated"] and len(methods) == 5
+    qc = pd.read_csv(run / "tables" / "deface_qc.csv")
+    assert len(qc) == 5 * len(participants) and qc["passed"].all()
+    assert (qc.loc[qc["method"] != "skullstrip", "brain_voxels_removed"] == 0).all()
     intro = _html_text(run / "html" / "book" / "intro.html")
     assert f"phantom run here has {len(participants)} simulated participants" in intro
     chapter = _html_text(run / "html" / "chapters" / "01_cohort.html")
@@ -127,4 +133,6 @@ def test_same_chapters_run_on_an_lps_anisotropic_bids_folder(tiny_book, project,
     chapter = _html_text(run / "html" / "chapters" / "01_cohort.html")
     assert "user-supplied BIDS-style dataset (6 participants, without CT muscle columns)" in chapter
     assert "Montage withheld" in chapter and not (run / "figures" / "cohort_montage.png").exists()
+    assert not (run / "figures" / "deface_example_render.png").exists()  # real faces withheld
+    assert "brain_mask_source" in pd.read_csv(run / "tables" / "deface_qc.csv")
     assert _private_paths(run / "html", str(bids), str(tmp_path)) == []

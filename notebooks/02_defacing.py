@@ -1,0 +1,148 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Defacing
+#
+# The study attacks the output of five defacing methods and compares the attack with a
+# population-average face (the idea of mri_reface). This chapter defaces every subject
+# of the cohort with every method, builds both average faces, checks the result, and
+# shows what each method leaves of one test subject's head.
+
+# %% tags=["parameters"]
+# Defaults; `make book` injects its own values, `make lab` sets them through the environment.
+import os
+
+profile = os.environ.get("REFACE_PROFILE", "quick")
+dataset = os.environ.get("REFACE_DATASET", "phantom")
+publish_faces = False
+
+# %%
+from IPython.display import Markdown, display
+from myst_nb import glue
+
+from refacelib import cohort, config, deface, render, stages, viz
+from refacelib.io import save_figure, save_table
+from refacelib.surface import head_mask
+
+run = config.open_run(profile, dataset)
+note = viz.SIMULATION_NOTE if run.is_phantom else None
+show_faces = run.is_phantom or bool(publish_faces)
+ds = cohort.prepare_dataset(run)
+template = stages.study_template(run)
+glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
+
+# %% [markdown]
+# This chapter ran on {glue:text}`dataset_name`.
+#
+# ## The methods and what ran
+#
+# Where the real program is installed it is called; otherwise a built-in emulation,
+# defined on the template and carried to each subject by an ANTsPy affine registration,
+# stands in for it and is named so. Saved as `tables/deface_methods.csv`.
+
+# %%
+methods = deface.method_table()
+save_table(methods, run.tables / "deface_methods.csv")
+glue("n_emulated", int(methods["emulated"].sum()), display=False)
+methods
+
+# %% [markdown]
+# {glue:text}`n_emulated` of the methods ran as emulations on this machine.
+#
+# ## The removal regions on the template
+#
+# Each emulated region is defined on pydeface's average head and shows what each
+# method removes (yellow), on a mid-sagittal and an axial slice through the eyes (skull-stripping:
+# everything outside the template's deepbet brain mask). Quickshear's region is not
+# drawn: the real quickshear computes its shear plane per subject from the brain mask.
+
+# %%
+regions = {**deface.template_regions(template), "skullstrip": template.head & ~template.brain}
+fig = viz.plot_regions(template.data, regions, template.affine, eye_world=template.landmarks["eye_left"], note=note)
+save_figure(fig, run.figures / "deface_regions.png")
+fig
+
+# %% [markdown]
+# ## Defacing the cohort
+#
+# Every subject, every method. Brain masks for the phantom: see the QC table's
+# `brain_mask_source` column (a parameter, `deface.phantom_brain_mask`).
+
+# %%
+folder, qc = stages.deface_cohort(run, ds, template)
+stats = stages.stage_stats(folder)
+save_table(qc, run.tables / "deface_qc.csv")
+glue("deface_seconds", stats["seconds"], display=False)
+glue("deface_peak_mib", stats["peak_rss_mib"], display=False)
+glue("deface_n", stats["n_subjects"], display=False)
+glue("n_failed", int((~qc["passed"].astype(bool)).sum()), display=False)
+glue("brain_source", ", ".join(sorted(qc["brain_mask_source"].unique())), display=False)
+
+# %% [markdown]
+# Defacing {glue:text}`deface_n` subjects with every method took
+# {glue:text}`deface_seconds` s, with a peak resident memory of
+# {glue:text}`deface_peak_mib` MiB (recorded when the stage ran). Brain masks:
+# {glue:text}`brain_source`. Failed subject-method pairs, excluded with their reason:
+# {glue:text}`n_failed`.
+#
+# ## Quality control
+#
+# Fraction of head voxels removed, brain voxels touched (zero for every method but
+# skull-stripping) and registration success, per method. Saved as `tables/deface_qc.csv`.
+
+# %%
+summary = stages.qc_summary(qc)
+save_table(summary, run.tables / "deface_qc_summary.csv")
+summary
+
+# %%
+fig = viz.plot_deface_qc(qc, note=note)
+save_figure(fig, run.figures / "deface_qc.png")
+fig
+
+# %% [markdown]
+# ## One test subject
+#
+# Mid-sagittal slices and 3D renderings of the original, each defaced version and the
+# head with the cohort-average face. For real data these are shown only when
+# `publish_faces` is true, and the renderings carry an eye bar.
+
+# %%
+test_ids = [s.participant_id for s in ds.subjects if str(s.row.get("split", "")).startswith("test")]
+sid = (test_ids or ds.ids)[0]
+names = ["original", *run.params["deface"]["methods"], "average"]
+names = [n for n in names if (folder / n / f"{sid}.nii.gz").exists()]
+images = {name: stages.load_defaced(folder, name, sid) for name in names}
+glue("example_subject", sid, display=False)
+if show_faces:
+    fig = viz.plot_mid_sagittal_row(images, note=note)
+    save_figure(fig, run.figures / "deface_example_slices.png")
+    display(fig)
+else:
+    display(Markdown("*Withheld: real faces are not published (`publish_faces` is false).*"))
+
+# %%
+if show_faces:
+    rows = {name: (head_mask(img), aff) for name, (img, aff) in images.items()}
+    fig = render.render_grid(rows, labels={n: n.replace("_", " ") for n in rows}, eye_bar=not run.is_phantom,
+                             pixel_mm=run.params["deface"]["render_pixel_mm"])
+    save_figure(fig, run.figures / "deface_example_render.png")
+    display(fig)
+
+# %% [markdown]
+# The example subject is {glue:text}`example_subject`. In the original row the nose,
+# lips, chin and eyes read as a face; in the defaced rows they are gone, to a degree
+# that differs by method.
+
+# %% tags=["remove-input"]
+display(Markdown("Provenance: " + ", ".join(f"{k} `{v}`" for k, v in config.provenance(run).items())))

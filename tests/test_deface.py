@@ -1,0 +1,153 @@
+"""Defacing methods on 4 mm phantom subjects: removal masks, invariants, QC."""
+import numpy as np
+import pytest
+
+from refacelib import deface as D
+from refacelib import phantom
+from refacelib.template import head_mask_from_intensity, load_template
+
+FACE_METHODS = ("pydeface", "fsl_deface", "mri_deface", "quickshear")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tpl = load_template(4.0, cache_dir=tmp_path_factory.mktemp("template"))
+    params = phantom.PhantomParams(voxel_mm=4.0, n_train=2, n_val=0, n_test_internal=0, n_test_external=0)
+    basis = phantom.build_basis(tpl, params)
+    subjects = [phantom.generate_subject(i, basis, params) for i in range(2)]
+    regs = [D.register_template(s["image"], s["affine"], tpl, seed=0) for s in subjects]
+    s = subjects[0]
+    results = {m: D.REGISTRY[m](s["image"], s["affine"], brain_mask=s["brain"], registration=regs[0])
+               for m in D.METHODS}
+    return dict(template=tpl, subjects=subjects, regs=regs, results=results,
+                head=head_mask_from_intensity(s["image"]))
+
+
+def _world(shape, affine):
+    idx = np.indices(shape, dtype=float)
+    return np.einsum("ij,j...->i...", affine[:3, :3], idx) + affine[:3, 3, None, None, None]
+
+
+@pytest.mark.parametrize("method", D.METHODS)
+def test_removal_nonempty_near_head(setup, method):
+    res, head = setup["results"][method], setup["head"]
+    affine = setup["subjects"][0]["affine"]
+    assert res.method == method and res.image.dtype == np.float32
+    assert (res.removal & head).sum() > 0
+    if res.emulated:  # warped regions are confined to the head's neighbourhood
+        assert not (res.removal & ~D._dilate_mm(head, 10.0, affine)).any()
+
+
+@pytest.mark.parametrize("method", D.METHODS)
+def test_outside_removal_unchanged_and_brain_kept(setup, method):
+    s, res = setup["subjects"][0], setup["results"][method]
+    assert np.array_equal(res.image[~res.removal], s["image"][~res.removal])
+    assert np.all(res.image[res.removal] == 0)
+    brain_removed = int((res.removal & s["brain"]).sum())
+    if method == "skullstrip":
+        assert brain_removed == 0 and res.removal.sum() > 0
+    else:
+        assert brain_removed == 0
+
+
+@pytest.mark.parametrize("method", FACE_METHODS)
+def test_nose_is_zeroed(setup, method):
+    s, res, tpl = setup["subjects"][0], setup["results"][method], setup["template"]
+    world = _world(s["image"].shape, s["affine"])
+    near_nose = np.linalg.norm(world - np.asarray(tpl.landmarks["nose"])[:, None, None, None], axis=0) <= 6
+    near_nose &= setup["head"]
+    assert near_nose.sum() > 0
+    assert np.all(res.image[near_nose] == 0)
+    assert not np.array_equal(res.image, s["image"])
+
+
+def test_fsl_removes_both_ears_and_more_than_mri(setup):
+    s, tpl = setup["subjects"][0], setup["template"]
+    fsl, mri = setup["results"]["fsl_deface"], setup["results"]["mri_deface"]
+    world = _world(s["image"].shape, s["affine"])
+    eyes = (np.asarray(tpl.landmarks["eye_left"]) + np.asarray(tpl.landmarks["eye_right"])) / 2
+    ear_band = (world[1] < tpl.landmarks["nose"][1] - 80) & (np.abs(world[2] - eyes[2] + 15) <= 20)
+    for side in (-1, 1):
+        ear_zone = ear_band & (side * (world[0] - eyes[0]) > 40) & setup["head"]
+        assert (fsl.removal & ear_zone).sum() > (mri.removal & ear_zone).sum()
+    assert fsl.removal.sum() > mri.removal.sum()
+
+
+def test_template_regions_and_ears_both_sides(setup):
+    tpl = setup["template"]
+    ears = D._ear_region(tpl)
+    mid = (tpl.landmarks["eye_left"][0] + tpl.landmarks["eye_right"][0]) / 2
+    x = _world(tpl.shape, tpl.affine)[0]
+    assert (ears & (x < mid)).sum() > 0 and (ears & (x > mid)).sum() > 0
+    for fn in (D.fsl_deface_region, D.mri_deface_region):
+        assert not (fn(tpl) & tpl.brain).any()
+    assert D.mri_deface_region(tpl).sum() < D.pydeface_region(tpl).sum() < D.fsl_deface_region(tpl).sum()
+
+
+def test_registration_dice(setup):
+    for reg in setup["regs"]:
+        assert reg.success and reg.metric > 0.85
+
+
+def test_average_face(setup):
+    s, tpl, reg = setup["subjects"][0], setup["template"], setup["regs"][0]
+    face = D.face_region(tpl)
+    avg = D.cohort_average([x["image"] for x in setup["subjects"]], [x["affine"] for x in setup["subjects"]],
+                           tpl, setup["regs"])
+    assert avg.shape == tpl.shape and np.isfinite(avg).all()
+    for average in (tpl.data, avg):
+        out, replaced = D.average_face(s["image"], s["affine"], average=average, registration=reg,
+                                       face_region=face, head_mask=setup["head"])
+        assert replaced.sum() > 0 and not (replaced & s["brain"]).any()
+        assert np.array_equal(out[~replaced], s["image"][~replaced])
+        on_face = s["face"]
+        err_avg = np.abs(out[on_face] - s["image"][on_face]).mean()
+        err_zero = np.abs(setup["results"]["pydeface"].image[on_face] - s["image"][on_face]).mean()
+        assert err_avg < err_zero
+
+
+def test_missing_tool_is_explicit(setup, monkeypatch):
+    s, reg = setup["subjects"][0], setup["regs"][0]
+    monkeypatch.setattr(D.shutil, "which", lambda name: None)
+    with pytest.raises(D.ToolNotFoundError, match="fsl_deface"):
+        D.deface_fsl(s["image"], s["affine"], brain_mask=s["brain"], registration=reg, engine="real")
+    with pytest.raises(D.ToolNotFoundError, match="flirt"):
+        D.deface_pydeface(s["image"], s["affine"], brain_mask=s["brain"], registration=reg, engine="real")
+    status = D.tool_status()
+    assert set(status) == set(D.METHODS)
+    assert "emulation" in status["mri_deface"] and "not on PATH" in status["mri_deface"]
+    table = D.method_table()
+    assert list(table.columns) == ["method", "engine", "version", "emulated"]
+    assert table.set_index("method").loc["pydeface", "emulated"]
+    assert not table.set_index("method").loc["quickshear", "emulated"]
+
+
+def test_deface_subject_qc_and_planted_failure(setup, monkeypatch):
+    s, tpl, reg = setup["subjects"][1], setup["template"], setup["regs"][1]
+    results, table = D.deface_subject(s["image"], s["affine"], brain_mask=s["brain"], template=tpl,
+                                      registration=reg)
+    assert set(results) == set(D.METHODS)
+    assert table["passed"].all(), table[["method", "reason"]]
+    assert (table.loc[table.method != "skullstrip", "brain_voxels_removed"] == 0).all()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setitem(D.REGISTRY, "mri_deface", boom)
+    results, table = D.deface_subject(s["image"], s["affine"], brain_mask=s["brain"], template=tpl,
+                                      registration=reg, methods=("mri_deface", "pydeface"))
+    row = table.set_index("method").loc["mri_deface"]
+    assert not row["passed"] and "planted failure" in row["reason"]
+    assert "mri_deface" not in results and "pydeface" in results
+
+
+def test_qc_flags_brain_and_empty_removal(setup):
+    s, reg = setup["subjects"][0], setup["regs"][0]
+    good = setup["results"]["pydeface"]
+    bad = D.DefaceResult(np.where(s["brain"], 0, s["image"]).astype(np.float32), s["brain"].copy(),
+                         "pydeface", "test", "0", emulated=True)
+    out = D.qc(s["image"], bad, head_mask=setup["head"], brain_mask=s["brain"], registration=reg)
+    assert not out["passed"] and "brain" in out["reason"]
+    empty = D.DefaceResult(s["image"], np.zeros_like(good.removal), "pydeface", "test", "0", emulated=True)
+    out = D.qc(s["image"], empty, head_mask=setup["head"], brain_mask=s["brain"], registration=reg)
+    assert not out["passed"] and "nothing removed" in out["reason"]
