@@ -139,6 +139,8 @@ def _execute(run: Run, name: str, out_path: Path, *, publish_faces: bool = False
         scrub_notebook(executed, _replacements(run))
         nbformat.write(executed, failed)
         reason = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
+        for old, new in sorted(_replacements(run).items(), key=lambda kv: -len(kv[0])):
+            reason = tuple(part.replace(old, new) for part in reason)
         raise ChapterFailed(
             f"chapter {name} (notebooks/{name}.py) failed: {reason[0]}: {reason[1]}\n"
             f"  the executed copy with the error: {run.relpath(failed)}"
@@ -171,7 +173,8 @@ def run_lock(run: Run):
         lock.close()
 
 
-def execute_chapters(run: Run, *, force: bool = False, publish_faces: bool = False, log=print) -> list[dict]:
+def execute_chapters(run: Run, names: list[str], *, force: bool = False, publish_faces: bool = False,
+                     log=print) -> list[dict]:
     """Execute every chapter whose cache key changed; return timing rows of executed ones."""
     base = {
         "params": run.params, "profile": run.profile, "data": _dataset_fingerprint(run),
@@ -179,7 +182,6 @@ def execute_chapters(run: Run, *, force: bool = False, publish_faces: bool = Fal
         "lib": _source_digest(Path(__file__).resolve().parent),
     }
     previous, timings = stable_hash(base, 16), []
-    names = chapter_names()
     for i, name in enumerate(names, 1):
         source = (project_root() / "notebooks" / f"{name}.py").read_text()
         key = stable_hash([previous, source], 16)
@@ -197,7 +199,7 @@ def execute_chapters(run: Run, *, force: bool = False, publish_faces: bool = Fal
     return timings
 
 
-def _stage(run: Run) -> Path:
+def _stage(run: Run, names: list[str]) -> Path:
     """Copy config, prose and executed chapters into the run's book source folder."""
     root, stage = project_root(), run.folder / "book_src"
     if stage.exists():
@@ -206,7 +208,7 @@ def _stage(run: Run) -> Path:
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(root / name, stage / name)
     (stage / "chapters").mkdir()
-    for name in chapter_names():
+    for name in names:
         shutil.copy2(run.folder / "notebooks" / f"{name}.ipynb", stage / "chapters" / f"{name}.ipynb")
     return stage
 
@@ -223,9 +225,9 @@ def _swap_html(run: Run, built: Path) -> Path:
     return final
 
 
-def build_html(run: Run, *, log=print) -> Path:
+def build_html(run: Run, names: list[str] | None = None, *, log=print) -> Path:
     """Build the HTML with Jupyter Book (execution off) and swap it into ``html/``."""
-    stage = _stage(run)
+    stage = _stage(run, names if names is not None else chapter_names())
     out = run.folder / ".build"
     if out.exists():
         shutil.rmtree(out)
@@ -240,10 +242,10 @@ def build_html(run: Run, *, log=print) -> Path:
     return html
 
 
-def _html_key(run: Run) -> str:
+def _html_key(run: Run, names: list[str]) -> str:
     root = project_root()
     parts = [_source_digest(root / "book", "*"), (root / "_config.yml").read_text(), (root / "_toc.yml").read_text()]
-    parts += [(run.folder / "notebooks" / f"{n}.key").read_text() for n in chapter_names()]
+    parts += [(run.folder / "notebooks" / f"{n}.key").read_text() for n in names]
     return stable_hash(parts, 16)
 
 
@@ -266,16 +268,17 @@ def build_book(profile: str = "quick", dataset: str = "phantom", *, force: bool 
     """Execute the chapters of a run and build its HTML; return the index page."""
     run = open_run(profile, dataset)
     with run_lock(run):
-        timings = execute_chapters(run, force=force, publish_faces=publish_faces, log=log)
+        names = chapter_names()  # read once: the toc may be edited while a build runs
+        timings = execute_chapters(run, names, force=force, publish_faces=publish_faces, log=log)
         _save_timings(run, timings)
         if not html:
             log(f"run folder: {run.relpath(run.folder)}")
             return run.folder / "notebooks"
         key_file = run.folder / "html" / ".key"
-        key = _html_key(run)
+        key = _html_key(run, names)
         if force or not key_file.exists() or key_file.read_text() != key:
             log("building HTML with Jupyter Book (execution off) ...")
-            html = build_html(run, log=log)
+            html = build_html(run, names, log=log)
             atomic_write_text(html / ".key", key)
         else:
             log("HTML up to date")

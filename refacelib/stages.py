@@ -24,7 +24,10 @@ from .io import atomic_write_text, save_nifti, save_table
 from .surface import head_mask
 from .template import Template, load_template
 
-__all__ = ["study_template", "subject_brain_mask", "deface_cohort", "load_defaced", "stage_stats", "qc_summary", "CANDIDATES"]
+__all__ = ["study_template", "subject_brain_mask", "deface_cohort", "load_defaced", "face_features", "stage_stats", "qc_summary", "CANDIDATES"]
+
+#: Bump when what a stage writes changes, so that old caches are not reused.
+STAGE_VERSION = 2
 
 #: Images per subject written by :func:`deface_cohort`, besides one per method.
 CANDIDATES = ("original", "average", "template_average")
@@ -51,9 +54,20 @@ def subject_brain_mask(run: Run, ds: BIDSDataset, subject: Subject, image, affin
 
 
 def _stage_folder(run: Run, ds: BIDSDataset) -> Path:
-    key = stable_hash({"deface": run.params["deface"], "data": str(ds.root), "ids": ds.ids,
+    key = stable_hash({"version": STAGE_VERSION, "deface": run.params["deface"], "data": str(ds.root), "ids": ds.ids,
                        "methods": deface.method_table().to_dict("records")})
     return run.artifacts / f"defaced-{key}"
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _ants():
+    import ants
+
+    return ants
 
 
 def _save(folder: Path, name: str, sid: str, image, affine, dtype=np.float32) -> None:
@@ -69,10 +83,15 @@ def _deface_one(run, ds, subject, template, folder, methods):
     sid = subject.participant_id
     _save(folder, "original", sid, image, affine)
     _save(folder, "brain", sid, brain, affine, np.uint8)
+    tpl = folder / "template_space"
+    _save(tpl, "original", sid, reg.to_template(image, affine, order=1), template.affine)
     for name, res in results.items():
         _save(folder, name, sid, res.image, affine)
         _save(folder, f"{name}_removal", sid, res.removal, affine, np.uint8)
-    qc = qc.assign(participant_id=sid, brain_mask_source=source)
+        _save(tpl, name, sid, reg.to_template(res.image, affine, order=1), template.affine)
+        _save(tpl, f"{name}_removal", sid, reg.to_template(res.removal, affine, order=0), template.affine, np.uint8)
+    _ants().write_transform(reg.transform, str(_mkdir(folder / "transforms") / f"{sid}.mat"))
+    qc = qc.assign(participant_id=sid, brain_mask_source=source, registration_seconds=round(reg.seconds, 2))
     return image, affine, brain, reg, qc
 
 
@@ -115,10 +134,36 @@ def deface_cohort(run: Run, ds: BIDSDataset, template: Template, *, progress: bo
     return folder, qc
 
 
-def load_defaced(folder: Path, name: str, sid: str) -> tuple[np.ndarray, np.ndarray]:
-    """One stored image (``original``, a method, ``average``...) as (array, affine)."""
-    img = nib.load(str(Path(folder) / name / f"{sid}.nii.gz"))
+def load_defaced(folder: Path, name: str, sid: str, *, space: str = "subject") -> tuple[np.ndarray, np.ndarray]:
+    """One stored image (``original``, a method, ``<method>_removal``, ``average``...) as (array, affine).
+
+    ``space="template"`` gives the version resampled onto the template grid by
+    the subject's registration (every subject on one grid).
+    """
+    base = Path(folder) / "template_space" if space == "template" else Path(folder)
+    img = nib.load(str(base / name / f"{sid}.nii.gz"))
     return np.asarray(img.dataobj), img.affine
+
+
+def face_features(folder: Path, ids, name: str, *, region: np.ndarray, brain: np.ndarray, stride: int = 1) -> np.ndarray:
+    """Facial voxels of one image type for every subject, on the template grid.
+
+    Each image is divided by the median of its non-zero voxels inside the
+    template's brain mask (the brain survives every defacing method, so every
+    image type is normalised the same way), then the voxels of ``region``
+    are taken, every ``stride``-th voxel along each axis.
+
+    Returns an array (n_subjects, n_voxels).
+    """
+    sub = (slice(None, None, stride),) * 3
+    keep = region[sub]
+    rows = []
+    for sid in ids:
+        img, _ = load_defaced(folder, name, sid, space="template")
+        inside = img[brain & (img > 0)]
+        scale = float(np.median(inside)) if inside.size else 1.0
+        rows.append(img[sub][keep] / max(scale, 1e-6))
+    return np.stack(rows).astype(np.float32)
 
 
 def stage_stats(folder: Path) -> dict:

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-__all__ = ["plot_demographics", "plot_montage", "plot_regions", "plot_deface_qc", "plot_mid_sagittal_row", "SIMULATION_NOTE"]
+__all__ = ["plot_demographics", "plot_montage", "plot_regions", "plot_deface_qc", "plot_mid_sagittal_row", "plot_muscle_correlations", "SIMULATION_NOTE"]
 
 SIMULATION_NOTE = "phantom (simulated data)"
 
@@ -105,6 +105,40 @@ def plot_mid_sagittal_row(images: dict, *, note: str | None = None):
         ax.imshow(_display(img[x]), cmap="gray", vmin=0, vmax=vmax)
         ax.set_title(name.replace("_", " "), fontsize=9)
         ax.axis("off")
+    fig.tight_layout()
+    _stamp(fig, note)
+    return fig
+
+
+def plot_muscle_correlations(boot: pd.DataFrame, corr: pd.DataFrame, diff: pd.DataFrame, *,
+                             labels: dict | None = None, note: str | None = None):
+    """The paper's layout: one panel per muscle, bootstrap clouds per image, mean and 95% CI.
+
+    A star above an image marks a paired-difference CI (original minus image) that
+    excludes 0; a CI that excludes 0 is drawn in a solid colour, one that covers 0 hollow.
+    """
+    muscles = list(dict.fromkeys(corr["muscle"]))
+    images = list(dict.fromkeys(corr["image"]))
+    labels = labels or {}
+    fig, axes = plt.subplots(1, len(muscles), figsize=(4.2 * len(muscles), 4.0), sharey=True, squeeze=False)
+    palette = dict(zip(images, sns.color_palette("tab10", len(images))))
+    for ax, muscle in zip(axes[0], muscles):
+        b = boot[boot["muscle"] == muscle]
+        sns.stripplot(b, x="image", y="rho", order=images, hue="image", palette=palette, size=1.5,
+                      alpha=0.25, jitter=0.3, ax=ax, legend=False)
+        for i, image in enumerate(images):
+            row = corr[(corr["muscle"] == muscle) & (corr["image"] == image)].iloc[0]
+            face = palette[image] if row["significant"] else "white"
+            ax.errorbar(i, row["mean"], yerr=[[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]],
+                        fmt="o", color="black", mfc=face, ms=7, capsize=4, zorder=5)
+            d = diff[(diff["muscle"] == muscle) & (diff["image"] == image)]
+            if len(d) and bool(d["diff_significant"].iloc[0]):
+                ax.text(i, row["ci_high"] + 0.04, "*", ha="center", fontsize=14)
+        ax.axhline(0, color="0.5", lw=0.8, ls="--")
+        ax.set_title(muscle)
+        ax.set_xticks(range(len(images)), [labels.get(i, i) for i in images], rotation=40, ha="right")
+        ax.set_xlabel("")
+        ax.set_ylabel("Spearman rho (predicted vs true residual)")
     fig.tight_layout()
     _stamp(fig, note)
     return fig

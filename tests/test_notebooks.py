@@ -70,6 +70,12 @@ def test_tiny_book_builds_with_real_figures_and_tables(tiny_book, project):
     qc = pd.read_csv(run / "tables" / "deface_qc.csv")
     assert len(qc) == 5 * len(participants) and qc["passed"].all()
     assert (qc.loc[qc["method"] != "skullstrip", "brain_voxels_removed"] == 0).all()
+    corr = pd.read_csv(run / "tables" / "muscle_corr.csv")
+    assert list(corr.columns) == ["muscle", "image", "n", "mean", "ci_low", "ci_high", "significant"]
+    assert len(corr) == 3 * 6 and (corr["n"] == len(participants)).all()
+    diff = pd.read_csv(run / "tables" / "muscle_diff.csv")
+    assert list(diff.columns) == ["muscle", "image", "diff_mean", "ci_low", "ci_high", "wilcoxon_p"]
+    assert (run / "figures" / "muscle_correlations.png").exists()
     intro = _html_text(run / "html" / "book" / "intro.html")
     assert f"phantom run here has {len(participants)} simulated participants" in intro
     chapter = _html_text(run / "html" / "chapters" / "01_cohort.html")
@@ -135,4 +141,6 @@ def test_same_chapters_run_on_an_lps_anisotropic_bids_folder(tiny_book, project,
     assert "Montage withheld" in chapter and not (run / "figures" / "cohort_montage.png").exists()
     assert not (run / "figures" / "deface_example_render.png").exists()  # real faces withheld
     assert "brain_mask_source" in pd.read_csv(run / "tables" / "deface_qc.csv")
+    muscle = _html_text(run / "html" / "chapters" / "03_muscle.html")
+    assert "Skipped:" in muscle and not (run / "tables" / "muscle_corr.csv").exists()
     assert _private_paths(run / "html", str(bids), str(tmp_path)) == []
