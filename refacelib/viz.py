@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-__all__ = ["plot_demographics", "plot_montage", "plot_regions", "plot_deface_qc", "plot_mid_sagittal_row", "plot_muscle_correlations", "SIMULATION_NOTE"]
+__all__ = ["plot_demographics", "plot_montage", "plot_regions", "plot_deface_qc", "plot_mid_sagittal_row", "plot_muscle_correlations", "plot_loss_curves", "SIMULATION_NOTE"]
 
 SIMULATION_NOTE = "phantom (simulated data)"
 
@@ -140,5 +140,24 @@ def plot_muscle_correlations(boot: pd.DataFrame, corr: pd.DataFrame, diff: pd.Da
         ax.set_xlabel("")
         ax.set_ylabel("Spearman rho (predicted vs true residual)")
     fig.tight_layout()
+    _stamp(fig, note)
+    return fig
+
+
+def plot_loss_curves(history: pd.DataFrame, *, note: str | None = None):
+    """Training and validation loss of each stage against the step."""
+    stages = sorted(history["stage"].unique())
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.4), squeeze=False, constrained_layout=True)
+    for ax, stage in zip(axes[0], stages):
+        h = history[history["stage"] == stage]
+        ax.plot(h["step"], h["loss"], lw=0.8, alpha=0.6, label="train (batch)")
+        if "val_loss" in h and h["val_loss"].notna().any():
+            v = h.dropna(subset=["val_loss"])
+            ax.plot(v["step"], v["val_loss"], "o-", ms=3, label="validation (EMA)")
+        ax.set_yscale("log")
+        ax.set_title(f"stage {stage}: {'whole head, coarse' if stage == 1 else 'face box, fine'}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("masked x0 MSE")
+        ax.legend(fontsize=8)
     _stamp(fig, note)
     return fig

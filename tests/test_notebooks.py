@@ -76,6 +76,19 @@ def test_tiny_book_builds_with_real_figures_and_tables(tiny_book, project):
     diff = pd.read_csv(run / "tables" / "muscle_diff.csv")
     assert list(diff.columns) == ["muscle", "image", "diff_mean", "ci_low", "ci_high", "wilcoxon_p"]
     assert (run / "figures" / "muscle_correlations.png").exists()
+    msd = pd.read_csv(run / "tables" / "face_msd.csv")
+    assert list(msd.columns) == ["subject", "test_set", "method", "candidate", "msd_mm"]
+    assert set(msd["candidate"]) == {"refaced", "refaced_mean", "average", "template_average", "defaced"}
+    assert len(msd) == 5 * 5 * (summary.set_index("split")["n"].filter(like="test").sum())
+    tests = pd.read_csv(run / "tables" / "face_tests.csv")
+    assert {"method", "test_set", "estimator", "n", "W", "p", "p_holm", "rbc"} <= set(tests.columns)
+    reid = pd.read_csv(run / "tables" / "reid.csv")
+    assert list(reid.columns) == ["method", "test_set", "candidate", "n", "top1", "top5"]
+    timings = pd.read_csv(run / "tables" / "timings.csv")
+    assert list(timings.columns) == ["step", "device", "seconds"] and "train stage 2" in set(timings["step"])
+    for name in ("training_loss.png", "face_renderings.png", "face_msd_distributions.png", "face_bland_altman.png",
+                 "reid_cmc.png", "face_distance_refaced.png"):
+        assert (run / "figures" / name).stat().st_size > 5_000, name
     intro = _html_text(run / "html" / "book" / "intro.html")
     assert f"phantom run here has {len(participants)} simulated participants" in intro
     chapter = _html_text(run / "html" / "chapters" / "01_cohort.html")
@@ -141,6 +154,8 @@ def test_same_chapters_run_on_an_lps_anisotropic_bids_folder(tiny_book, project,
     assert "Montage withheld" in chapter and not (run / "figures" / "cohort_montage.png").exists()
     assert not (run / "figures" / "deface_example_render.png").exists()  # real faces withheld
     assert "brain_mask_source" in pd.read_csv(run / "tables" / "deface_qc.csv")
-    muscle = _html_text(run / "html" / "chapters" / "03_muscle.html")
+    muscle = _html_text(run / "html" / "chapters" / "06_muscle.html")
     assert "Skipped:" in muscle and not (run / "tables" / "muscle_corr.csv").exists()
+    assert not (run / "figures" / "face_renderings.png").exists()  # real faces withheld
+    assert (run / "tables" / "face_msd.csv").exists()
     assert _private_paths(run / "html", str(bids), str(tmp_path)) == []

@@ -1,0 +1,113 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Training the cascade
+#
+# Two 3D conditional diffusion models, built on MONAI's `DiffusionModelUNet` and its
+# DDPM/DDIM schedulers. **Stage 1** generates the whole head at low resolution, conditioned
+# by concatenation on the defaced image and its removal mask. **Stage 2** generates the face
+# box at the common grid's resolution, conditioned on the defaced image, the mask and the
+# upsampled stage-1 result. One model serves every defacing method: it is trained on the
+# removal masks of all of them, so it learns from what is missing, not from a method's name.
+#
+# Both predict the clean image as a difference from the training cohort's average head,
+# scaled to the subject's intensity; noise is added, and the loss computed, only inside the
+# removal mask (see the methods in `refacelib.cascade` and `refacelib.train`).
+
+# %% tags=["parameters"]
+# Defaults; `make book` injects its own values, `make lab` sets them through the environment.
+import os
+
+profile = os.environ.get("REFACE_PROFILE", "quick")
+dataset = os.environ.get("REFACE_DATASET", "phantom")
+publish_faces = False
+
+# %%
+import time
+
+from IPython.display import Markdown, display
+from myst_nb import glue
+
+from refacelib import cohort, config, refacing, stages, viz
+from refacelib.device import resolve_device
+from refacelib.io import save_figure, save_table
+
+run = config.open_run(profile, dataset)
+note = viz.SIMULATION_NOTE if run.is_phantom else None
+ds = cohort.prepare_dataset(run)
+template = stages.study_template(run)
+folder, qc = stages.deface_cohort(run, ds, template)
+settings = run.params["cascade"]
+methods = list(run.params["deface"]["methods"])
+cfg = refacing.cascade_config(run, template)
+device = str(resolve_device(settings.get("device", "auto")))
+glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
+
+# %% [markdown]
+# This chapter ran on {glue:text}`dataset_name`, on device `{glue:text}`device``.
+#
+# ## Training data
+#
+# Every training subject under every defacing method, on the common grid (template space
+# after each subject's affine registration). The validation subjects give the validation loss.
+
+# %%
+failed = set(qc.loc[~qc["passed"].astype(bool), "participant_id"])
+ids = {split: [s.participant_id for s in ds.subset(split) if s.participant_id not in failed] for split in ("train", "val")}
+start = time.perf_counter()
+train = refacing.build_examples(folder, ids["train"], methods, template, settings["voxel_mm"])
+val = refacing.build_examples(folder, ids["val"], methods, template, settings["voxel_mm"])
+data_key = config.stable_hash([folder.name, ids, methods])
+glue("device", device, display=False)
+glue("n_train_examples", len(train["subject"]), display=False)
+glue("n_train_subjects", len(ids["train"]), display=False)
+glue("grid_shape", " x ".join(map(str, train["original"].shape[1:])), display=False)
+glue("voxel_mm", settings["voxel_mm"], display=False)
+glue("box", " x ".join(str(hi - lo) for lo, hi in cfg.box), display=False)
+cfg.to_dict()
+
+# %% [markdown]
+# {glue:text}`n_train_examples` training examples ({glue:text}`n_train_subjects` subjects x
+# methods) on a {glue:text}`grid_shape` grid at {glue:text}`voxel_mm` mm; the stage-2 face
+# box is {glue:text}`box` voxels.
+#
+# ## Training
+#
+# AdamW, an exponential moving average of the weights (used for sampling), checkpoints that
+# resume after an interruption, and a time budget per stage (`max_seconds_per_stage`).
+# Checkpoints are cached by the hash of the configuration and the data.
+
+# %%
+ckpt_folder, history = refacing.train_cascade(run, train, val, cfg, data_key=data_key)
+seconds = history.groupby("stage")["seconds"].max()
+steps = history.groupby("stage")["step"].max()
+save_table(history, run.tables / "training_history.csv")
+refacing.record_timings(run, [{"step": f"train stage {s}", "device": device, "seconds": round(float(seconds[s]), 1)}
+                              for s in seconds.index])
+for s in seconds.index:
+    glue(f"stage{s}_seconds", round(float(seconds[s]), 1), display=False)
+    glue(f"stage{s}_steps", int(steps[s]), display=False)
+glue("training_total_seconds", round(float(seconds.sum()), 1), display=False)
+
+# %% [markdown]
+# Stage 1 trained for {glue:text}`stage1_steps` steps in {glue:text}`stage1_seconds` s and
+# stage 2 for {glue:text}`stage2_steps` steps in {glue:text}`stage2_seconds` s
+# ({glue:text}`training_total_seconds` s in all, measured when the checkpoints were made).
+
+# %%
+fig = viz.plot_loss_curves(history, note=note)
+save_figure(fig, run.figures / "training_loss.png")
+fig
+
+# %% tags=["remove-input"]
+display(Markdown("Provenance: " + ", ".join(f"{k} `{v}`" for k, v in config.provenance(run).items())))

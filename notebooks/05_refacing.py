@@ -1,0 +1,129 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Refacing
+#
+# The trained cascade puts a face back into every internal and external test subject,
+# under every defacing method. Two estimators of the face are kept: a **single sample**,
+# which is what an attacker running the model once would see, and the **mean of several
+# samples**, a better point estimate of the face.
+
+# %% tags=["parameters"]
+# Defaults; `make book` injects its own values, `make lab` sets them through the environment.
+import os
+
+profile = os.environ.get("REFACE_PROFILE", "quick")
+dataset = os.environ.get("REFACE_DATASET", "phantom")
+publish_faces = False
+
+# %%
+from IPython.display import Markdown, display
+from myst_nb import glue
+
+from refacelib import cohort, config, refacing, render, stages, viz
+from refacelib.device import resolve_device
+from refacelib.io import save_figure, save_table
+from refacelib.surface import head_mask
+
+run = config.open_run(profile, dataset)
+note = viz.SIMULATION_NOTE if run.is_phantom else None
+show_faces = run.is_phantom or bool(publish_faces)
+ds = cohort.prepare_dataset(run)
+template = stages.study_template(run)
+folder, qc = stages.deface_cohort(run, ds, template)
+settings = run.params["cascade"]
+methods = list(run.params["deface"]["methods"])
+cfg = refacing.cascade_config(run, template)
+failed = set(qc.loc[~qc["passed"].astype(bool), "participant_id"])
+ids = {split: [s.participant_id for s in ds.subset(split) if s.participant_id not in failed] for split in ("train", "val")}
+train = refacing.build_examples(folder, ids["train"], methods, template, settings["voxel_mm"])
+val = refacing.build_examples(folder, ids["val"], methods, template, settings["voxel_mm"])
+ckpt_folder, _ = refacing.train_cascade(run, train, val, cfg, data_key=config.stable_hash([folder.name, ids, methods]))
+del train, val
+device = str(resolve_device(settings.get("device", "auto")))
+glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
+
+# %% [markdown]
+# This chapter ran on {glue:text}`dataset_name`.
+#
+# ## Sampling
+#
+# DDIM (or ancestral DDPM, a parameter) with a fixed number of steps per stage, batched over
+# subjects, every random draw from a seeded `torch.Generator`. Known voxels are reset after
+# every step and the result is composited inside the removal mask, on each subject's own
+# grid: every voxel outside the mask is the defaced input, bit for bit.
+
+# %%
+test_ids = [s.participant_id for s in ds.subjects if str(s.row.get("split", "")).startswith("test")
+            and s.participant_id not in failed]
+if not test_ids:
+    raise ValueError("no test subjects: give some participants split test_internal or test_external")
+refaced, timings = refacing.reface_test_set(run, folder, ckpt_folder, test_ids, methods, template, cfg)
+timings = timings.assign(device=device)
+refacing.record_timings(run, timings.to_dict("records"))
+glue("n_test", len(test_ids), display=False)
+glue("sample_seconds", round(float(timings["seconds"].sum()), 1), display=False)
+glue("sampler", f"{settings['sampler'].upper()} with {settings['sample_steps']} steps per stage", display=False)
+glue("n_samples", settings["n_samples"], display=False)
+timings
+
+# %% [markdown]
+# {glue:text}`n_test` test subjects were refaced under every method with
+# {glue:text}`sampler`, {glue:text}`n_samples` samples each, in
+# {glue:text}`sample_seconds` s (measured when the samples were made). The refaced images
+# are NIfTI files in the run folder's `artifacts/refaced-*/<method>_{sample,mean}/`.
+#
+# ## A first check: intensity error inside the removal mask
+#
+# Mean absolute error against the original inside each removal mask, relative to the
+# subject's median brain intensity, for the single sample, the mean of samples and the
+# cohort-average face. The surface-based comparison of the paper is the next chapter.
+
+# %%
+errors = refacing.masked_errors(folder, refaced, test_ids, methods)
+save_table(errors, run.tables / "refacing_masked_error.csv")
+table = errors.pivot_table(index="method", columns="candidate", values="mae_rel", aggfunc="median").round(4)
+glue("n_methods_mean_beats_average", int((table["refaced_mean"] < table["average"]).sum()), display=False)
+table
+
+# %% [markdown]
+# The mean of samples has a lower median error than the cohort-average face for
+# {glue:text}`n_methods_mean_beats_average` of the five methods.
+#
+# ## One test subject
+#
+# Mid-sagittal slices and renderings of the original, the defaced image, the refaced image
+# (single sample) and the head with the cohort-average face, under two methods. For real
+# data, shown only with `publish_faces`, and renderings carry an eye bar.
+
+# %%
+sid = test_ids[0]
+glue("example_subject", sid, display=False)
+for method in run.params["refacing"]["example_methods"] if show_faces else []:
+    images = {"original": stages.load_defaced(folder, "original", sid),
+              "defaced": stages.load_defaced(folder, method, sid),
+              "refaced": stages.load_defaced(refaced, f"{method}_sample", sid),
+              "average face": stages.load_defaced(folder, "average", sid)}
+    fig = viz.plot_mid_sagittal_row(images, note=note)
+    fig.suptitle(method, y=1.02)
+    save_figure(fig, run.figures / f"refacing_{method}_slices.png")
+    display(fig)
+    fig = render.render_grid({k: (head_mask(v[0]), v[1]) for k, v in images.items()}, eye_bar=not run.is_phantom,
+                             pixel_mm=run.params["deface"]["render_pixel_mm"])
+    save_figure(fig, run.figures / f"refacing_{method}_render.png")
+    display(fig)
+if not show_faces:
+    display(Markdown("*Withheld: real faces are not published (`publish_faces` is false).*"))
+
+# %% tags=["remove-input"]
+display(Markdown("Provenance: " + ", ".join(f"{k} `{v}`" for k, v in config.provenance(run).items())))

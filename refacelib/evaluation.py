@@ -1,0 +1,101 @@
+"""Face evaluation of a run: surface distances of every candidate face and the matching attack.
+
+Candidates of a test subject under a defacing method: the defaced image, the
+refaced image (a single sample and the mean of samples), and the heads with the
+cohort-average and the template-average face. All are compared with the
+subject's original on the same face region: the template's face region carried
+to the subject by its registration.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import reid
+from .deface import face_region
+from .stages import load_defaced
+from .template import Template
+
+__all__ = ["subject_region", "candidate_images", "face_msd_table", "matching_attack"]
+
+
+def subject_region(template: Template, deface_folder: Path, sid: str, shape, affine) -> np.ndarray:
+    """The template's face region on a subject's grid (nearest neighbour, through its registration)."""
+    import ants
+
+    from .deface import _to_ants
+
+    tx = ants.read_transform(str(Path(deface_folder) / "transforms" / f"{sid}.mat"))
+    moving = _to_ants(face_region(template).astype(np.float32), template.affine)
+    ref = _to_ants(np.zeros(shape, np.float32), affine)
+    out = ants.apply_ants_transform_to_image(tx, moving, ref, interpolation="nearestneighbor").numpy()
+    return out > 0.5
+
+
+def candidate_images(deface_folder: Path, refaced_folder: Path, sid: str, method: str) -> dict[str, np.ndarray]:
+    """Every candidate face of one subject under one method, on the subject's grid."""
+    return {
+        "defaced": load_defaced(deface_folder, method, sid)[0],
+        "refaced": load_defaced(refaced_folder, f"{method}_sample", sid)[0],
+        "refaced_mean": load_defaced(refaced_folder, f"{method}_mean", sid)[0],
+        "average": load_defaced(deface_folder, "average", sid)[0],
+        "template_average": load_defaced(deface_folder, "template_average", sid)[0],
+    }
+
+
+def face_msd_table(deface_folder: Path, refaced_folder: Path, template: Template, subjects: dict[str, str],
+                   methods, *, keep_surfaces: bool = True, progress: bool = True):
+    """MSD (mm) of every candidate face against the original, per subject and method.
+
+    Parameters
+    ----------
+    subjects : dict participant_id -> test set name
+
+    Returns
+    -------
+    msd : DataFrame with columns subject, test_set, method, candidate, msd_mm
+    surfaces : dict (sid, name) -> face vertices (mm), name ``original`` or ``<method>:<candidate>``
+    """
+    from tqdm.auto import tqdm
+
+    rows, surfaces = [], {}
+    for sid, test_set in tqdm(subjects.items(), desc="face surfaces", disable=not progress):
+        original, affine = load_defaced(deface_folder, "original", sid)
+        region = subject_region(template, deface_folder, sid, original.shape, affine)
+        orig_surface = reid.face_surface(original, affine, region)
+        surfaces[(sid, "original")] = orig_surface
+        for method in methods:
+            for name, image in candidate_images(deface_folder, refaced_folder, sid, method).items():
+                verts = reid.face_surface(image, affine, region)
+                if keep_surfaces:
+                    surfaces[(sid, f"{method}:{name}")] = verts
+                rows.append({"subject": sid, "test_set": test_set, "method": method, "candidate": name,
+                             "msd_mm": reid.surface_msd(verts, orig_surface)})
+    return reid.msd_table(rows), surfaces
+
+
+def matching_attack(surfaces: dict, subjects: dict[str, str], methods, *,
+                    candidates=("refaced", "refaced_mean", "average", "defaced")) -> tuple[pd.DataFrame, dict]:
+    """Rank every original test face for each candidate face; top-1/top-5 and CMC curves.
+
+    Each face surface is first rigidly aligned (ICP) to the first subject's original face,
+    so that pose does not decide the match; then every candidate is compared with every
+    original of the same test set by MSD.
+    """
+    rows, curves = [], {}
+    for test_set in sorted(set(subjects.values())):
+        ids = [s for s, t in subjects.items() if t == test_set]
+        reference = surfaces[(ids[0], "original")]
+        aligned = {sid: reid.align_rigid(surfaces[(sid, "original")], reference) for sid in ids}
+        originals = [aligned[sid] for sid in ids]
+        for method in methods:
+            for cand in candidates:
+                cands = [reid.align_rigid(surfaces[(sid, f"{method}:{cand}")], reference)
+                         if len(surfaces[(sid, f"{method}:{cand}")]) else surfaces[(sid, f"{method}:{cand}")]
+                         for sid in ids]
+                ranks = reid.identification_ranks(reid.msd_matrix(cands, originals))
+                rows.append({"method": method, "test_set": test_set, "candidate": cand, "ranks": ranks})
+                curves[(method, test_set, cand)] = reid.cmc(ranks, len(ids))
+    return reid.reid_table(rows), curves
