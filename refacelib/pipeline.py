@@ -134,10 +134,11 @@ def _execute(run: Run, name: str, out_path: Path, *, publish_faces: bool = False
             kernel_name="python3", cwd=str(src.parent), progress_bar=sys.stderr.isatty(),
             log_output=False, request_save_on_cell_execute=False,
         )
-    except Exception as err:  # papermill wraps the cell's error
-        executed = nbformat.read(failed, as_version=4)
-        scrub_notebook(executed, _replacements(run))
-        nbformat.write(executed, failed)
+    except Exception as err:  # papermill wraps the cell's error; a dead kernel may leave no notebook
+        if failed.exists():
+            executed = nbformat.read(str(failed), as_version=4)
+            scrub_notebook(executed, _replacements(run))
+            nbformat.write(executed, str(failed))
         reason = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
         for old, new in sorted(_replacements(run).items(), key=lambda kv: -len(kv[0])):
             reason = tuple(part.replace(old, new) for part in reason)

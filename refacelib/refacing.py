@@ -116,8 +116,13 @@ def build_examples(folder: Path, ids, methods, template: Template, voxel_mm: flo
     return {**arrays, "subject": out["subject"], "method": out["method"]}
 
 
+#: Cascade parameters that change the trained models (sampling settings do not).
+TRAINING_KEYS = ("voxel_mm", "factor", "box_margin", "per_method", "stage1", "stage2", "max_seconds_per_stage")
+
+
 def _checkpoint_folder(run: Run, config: _cascade.CascadeConfig, data_key: str) -> Path:
-    return run.artifacts / f"cascade-{stable_hash([config.to_dict(), data_key, run.params['cascade']])}"
+    training = {k: run.params["cascade"].get(k) for k in TRAINING_KEYS}
+    return run.artifacts / f"cascade-{stable_hash([config.to_dict(), data_key, training])}"
 
 
 def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.CascadeConfig, *, data_key: str,
