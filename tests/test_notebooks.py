@@ -154,7 +154,7 @@ def test_same_chapters_run_on_an_lps_anisotropic_bids_folder(tiny_book, project,
     assert "Montage withheld" in chapter and not (run / "figures" / "cohort_montage.png").exists()
     assert not (run / "figures" / "deface_example_render.png").exists()  # real faces withheld
     assert "brain_mask_source" in pd.read_csv(run / "tables" / "deface_qc.csv")
-    muscle = _html_text(run / "html" / "chapters" / "06_muscle.html")
+    muscle = _html_text(run / "html" / "chapters" / "07_muscle.html")
     assert "Skipped:" in muscle and not (run / "tables" / "muscle_corr.csv").exists()
     assert not (run / "figures" / "face_renderings.png").exists()  # real faces withheld
     assert (run / "tables" / "face_msd.csv").exists()
