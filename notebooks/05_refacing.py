@@ -85,9 +85,9 @@ timings
 #
 # ## A first check: intensity error inside the removal mask
 #
-# Mean absolute error against the original inside each removal mask, relative to the
-# subject's median brain intensity, for the single sample, the mean of samples and the
-# cohort-average face. The surface-based comparison of the paper is the next chapter.
+# Mean absolute error against the original on the removed face (the voxels both removed by
+# the method and replaced by the average face), relative to the subject's median brain
+# intensity, for the single sample, the mean of samples and the cohort-average face. The surface-based comparison of the paper is the next chapter.
 
 # %%
 errors = refacing.masked_errors(folder, refaced, test_ids, methods)

@@ -218,11 +218,11 @@ def record_timings(run: Run, rows: list[dict]) -> pd.DataFrame:
 
 
 def masked_errors(deface_folder: Path, refaced_folder: Path, test_ids, methods) -> pd.DataFrame:
-    """Mean absolute intensity error inside each removal mask, relative to the brain median.
+    """Mean absolute intensity error on the removed face, relative to the brain median.
 
-    Candidates: the single sample, the mean of samples and the cohort-average face
-    (only where the average face replaced voxels inside the removal mask is it
-    comparable; it is evaluated on the same removal mask).
+    Candidates: the single sample, the mean of samples and the cohort-average face,
+    all evaluated on the voxels both removed by the method and replaced by the
+    average face (elsewhere the average-face image is the original itself).
     """
     rows = []
     for sid in test_ids:
@@ -230,8 +230,9 @@ def masked_errors(deface_folder: Path, refaced_folder: Path, test_ids, methods) 
         brain = load_defaced(deface_folder, "brain", sid)[0] > 0
         scale = float(np.median(original[brain])) if brain.any() else 1.0
         average = load_defaced(deface_folder, "average", sid)[0]
+        replaced = load_defaced(deface_folder, "average_removal", sid)[0] > 0
         for method in methods:
-            removal = load_defaced(deface_folder, f"{method}_removal", sid)[0] > 0
+            removal = (load_defaced(deface_folder, f"{method}_removal", sid)[0] > 0) & replaced
             cands = {"refaced": load_defaced(refaced_folder, f"{method}_sample", sid)[0],
                      "refaced_mean": load_defaced(refaced_folder, f"{method}_mean", sid)[0], "average": average}
             for name, img in cands.items():

@@ -197,3 +197,14 @@ def test_plots_return_figures():
                                "average": reid.cmc(np.array([2, 3, 3]), 3)})
     assert len(fig.axes) == 1 and len(fig.axes[0].get_legend().get_texts()) == 3
     plt.close(fig)
+
+
+def test_fast_msd_matrix_matches_the_exact_one_on_small_surfaces():
+    from refacelib.evaluation import fast_msd_matrix
+
+    rng = np.random.default_rng(0)
+    surfaces = [rng.normal(size=(300, 3)) * (1 + 0.2 * k) for k in range(4)]
+    exact = reid.msd_matrix(surfaces, surfaces)
+    fast = fast_msd_matrix(surfaces, surfaces, max_points=1000)
+    assert np.allclose(exact, fast)
+    assert np.allclose(np.diag(fast), 0.0)
