@@ -33,23 +33,18 @@ dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
 # %%
-import time
-
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import cohort, config, refacing, stages, viz
+from refacelib import config, refacing, viz
 from refacelib.device import resolve_device
 from refacelib.io import save_figure, save_table
 
 run = config.open_run(profile, dataset)
 note = viz.SIMULATION_NOTE if run.is_phantom else None
-ds = cohort.prepare_dataset(run)
-template = stages.study_template(run)
-folder, qc = stages.deface_cohort(run, ds, template)
+study = refacing.setup(run)
 settings = run.params["cascade"]
-methods = list(run.params["deface"]["methods"])
-cfg = refacing.cascade_config(run, template)
+cfg = study.config
 device = str(resolve_device(settings.get("device", "auto")))
 glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
 
@@ -62,16 +57,11 @@ glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a 
 # after each subject's affine registration). The validation subjects give the validation loss.
 
 # %%
-failed = set(qc.loc[~qc["passed"].astype(bool), "participant_id"])
-ids = {split: [s.participant_id for s in ds.subset(split) if s.participant_id not in failed] for split in ("train", "val")}
-start = time.perf_counter()
-train = refacing.build_examples(folder, ids["train"], methods, template, settings["voxel_mm"])
-val = refacing.build_examples(folder, ids["val"], methods, template, settings["voxel_mm"])
-data_key = config.stable_hash([folder.name, ids, methods])
+_, _, grid_shape = refacing.common_grid(study.template, settings["voxel_mm"])
 glue("device", device, display=False)
-glue("n_train_examples", len(train["subject"]), display=False)
-glue("n_train_subjects", len(ids["train"]), display=False)
-glue("grid_shape", " x ".join(map(str, train["original"].shape[1:])), display=False)
+glue("n_train_examples", len(study.ids["train"]) * len(study.methods), display=False)
+glue("n_train_subjects", len(study.ids["train"]), display=False)
+glue("grid_shape", " x ".join(map(str, grid_shape)), display=False)
 glue("voxel_mm", settings["voxel_mm"], display=False)
 glue("box", " x ".join(str(hi - lo) for lo, hi in cfg.box), display=False)
 cfg.to_dict()
@@ -88,7 +78,7 @@ cfg.to_dict()
 # Checkpoints are cached by the hash of the configuration and the data.
 
 # %%
-ckpt_folder, history = refacing.train_cascade(run, train, val, cfg, data_key=data_key)
+ckpt_folder, history = refacing.trained_cascade(run, study)
 seconds = history.groupby("stage")["seconds"].max()
 steps = history.groupby("stage")["step"].max()
 save_table(history, run.tables / "training_history.csv")

@@ -30,7 +30,7 @@ publish_faces = False
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import cohort, config, refacing, render, stages, viz
+from refacelib import config, refacing, render, stages, viz
 from refacelib.device import resolve_device
 from refacelib.io import save_figure, save_table
 from refacelib.surface import head_mask
@@ -38,18 +38,10 @@ from refacelib.surface import head_mask
 run = config.open_run(profile, dataset)
 note = viz.SIMULATION_NOTE if run.is_phantom else None
 show_faces = run.is_phantom or bool(publish_faces)
-ds = cohort.prepare_dataset(run)
-template = stages.study_template(run)
-folder, qc = stages.deface_cohort(run, ds, template)
+study = refacing.setup(run)
+ds, template, folder, methods, cfg = study.ds, study.template, study.deface_folder, study.methods, study.config
 settings = run.params["cascade"]
-methods = list(run.params["deface"]["methods"])
-cfg = refacing.cascade_config(run, template)
-failed = set(qc.loc[~qc["passed"].astype(bool), "participant_id"])
-ids = {split: [s.participant_id for s in ds.subset(split) if s.participant_id not in failed] for split in ("train", "val")}
-train = refacing.build_examples(folder, ids["train"], methods, template, settings["voxel_mm"])
-val = refacing.build_examples(folder, ids["val"], methods, template, settings["voxel_mm"])
-ckpt_folder, _ = refacing.train_cascade(run, train, val, cfg, data_key=config.stable_hash([folder.name, ids, methods]))
-del train, val
+ckpt_folder, _ = refacing.trained_cascade(run, study)
 device = str(resolve_device(settings.get("device", "auto")))
 glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
 
@@ -64,8 +56,7 @@ glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a 
 # grid: every voxel outside the mask is the defaced input, bit for bit.
 
 # %%
-test_ids = [s.participant_id for s in ds.subjects if str(s.row.get("split", "")).startswith("test")
-            and s.participant_id not in failed]
+test_ids = list(study.test_subjects)
 if not test_ids:
     raise ValueError("no test subjects: give some participants split test_internal or test_external")
 refaced, timings = refacing.reface_test_set(run, folder, ckpt_folder, test_ids, methods, template, cfg)

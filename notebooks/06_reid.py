@@ -31,7 +31,6 @@ publish_faces = False
 # %%
 import time
 
-import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
@@ -44,20 +43,11 @@ from refacelib.viz import SIMULATION_NOTE
 run = config.open_run(profile, dataset)
 note = SIMULATION_NOTE if run.is_phantom else None
 show_faces = run.is_phantom or bool(publish_faces)
-ds = cohort.prepare_dataset(run)
-template = stages.study_template(run)
-folder, qc = stages.deface_cohort(run, ds, template)
+study = refacing.setup(run)
+ds, template, folder, methods, cfg = study.ds, study.template, study.deface_folder, study.methods, study.config
 settings = run.params["cascade"]
-methods = list(run.params["deface"]["methods"])
-cfg = refacing.cascade_config(run, template)
-failed = set(qc.loc[~qc["passed"].astype(bool), "participant_id"])
-ids = {split: [s.participant_id for s in ds.subset(split) if s.participant_id not in failed] for split in ("train", "val")}
-train = refacing.build_examples(folder, ids["train"], methods, template, settings["voxel_mm"])
-val = refacing.build_examples(folder, ids["val"], methods, template, settings["voxel_mm"])
-ckpt_folder, _ = refacing.train_cascade(run, train, val, cfg, data_key=config.stable_hash([folder.name, ids, methods]))
-del train, val
-subjects = {s.participant_id: s.row["split"] for s in ds.subjects
-            if str(s.row.get("split", "")).startswith("test") and s.participant_id not in failed}
+ckpt_folder, _ = refacing.trained_cascade(run, study)
+subjects = study.test_subjects
 refaced, _ = refacing.reface_test_set(run, folder, ckpt_folder, list(subjects), methods, template, cfg)
 glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
 

@@ -64,11 +64,13 @@ def face_msd_table(deface_folder: Path, refaced_folder: Path, template: Template
     for sid, test_set in tqdm(subjects.items(), desc="face surfaces", disable=not progress):
         original, affine = load_defaced(deface_folder, "original", sid)
         region = subject_region(template, deface_folder, sid, original.shape, affine)
-        orig_surface = reid.face_surface(original, affine, region)
+        # one threshold per subject (from its original), so candidates differ only by their voxels
+        threshold = reid.smoothed_threshold(original, 1.0)
+        orig_surface = reid.face_surface(original, affine, region, threshold=threshold)
         surfaces[(sid, "original")] = orig_surface
         for method in methods:
             for name, image in candidate_images(deface_folder, refaced_folder, sid, method).items():
-                verts = reid.face_surface(image, affine, region)
+                verts = reid.face_surface(image, affine, region, threshold=threshold)
                 if keep_surfaces:
                     surfaces[(sid, f"{method}:{name}")] = verts
                 rows.append({"subject": sid, "test_set": test_set, "method": method, "candidate": name,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -37,6 +38,9 @@ __all__ = [
     "to_subject_space",
     "record_timings",
     "masked_errors",
+    "RefacingSetup",
+    "setup",
+    "trained_cascade",
 ]
 
 #: Intensities on the common grid are image / (INTENSITY_SCALE * median brain intensity).
@@ -239,3 +243,50 @@ def masked_errors(deface_folder: Path, refaced_folder: Path, test_ids, methods) 
                 err = float(np.abs(img[removal] - original[removal]).mean() / scale)
                 rows.append({"subject": sid, "method": method, "candidate": name, "mae_rel": err})
     return pd.DataFrame(rows)
+
+
+@dataclass
+class RefacingSetup:
+    """What the refacing chapters share: the cohort, its defacing stage and the cascade config."""
+
+    ds: object
+    template: Template
+    deface_folder: Path
+    qc: pd.DataFrame
+    config: _cascade.CascadeConfig
+    methods: list
+    ids: dict  # split -> participant ids that passed QC (train, val)
+    test_subjects: dict  # participant id -> test set
+
+    @property
+    def data_key(self) -> str:
+        return stable_hash([self.deface_folder.name, self.ids, self.methods])
+
+
+def setup(run: Run) -> RefacingSetup:
+    """Load the cohort and its (cached) defacing stage, and resolve the cascade configuration."""
+    from .cohort import prepare_dataset
+    from .stages import deface_cohort, study_template
+
+    ds = prepare_dataset(run)
+    template = study_template(run)
+    folder, qc = deface_cohort(run, ds, template)
+    failed = set(qc.loc[~qc["passed"].astype(bool), "participant_id"])
+    ids = {split: [s.participant_id for s in ds.subset(split) if s.participant_id not in failed]
+           for split in ("train", "val")}
+    tests = {s.participant_id: s.row["split"] for s in ds.subjects
+             if str(s.row.get("split", "")).startswith("test") and s.participant_id not in failed}
+    return RefacingSetup(ds=ds, template=template, deface_folder=folder, qc=qc,
+                         config=cascade_config(run, template), methods=list(run.params["deface"]["methods"]),
+                         ids=ids, test_subjects=tests)
+
+
+def trained_cascade(run: Run, study: RefacingSetup, *, progress: bool = True) -> tuple[Path, pd.DataFrame]:
+    """Checkpoints of both stages: trained now, or loaded from the cache without rebuilding the data."""
+    folder = _checkpoint_folder(run, study.config, study.data_key)
+    if all((folder / f"stage{s}.done").exists() for s in (1, 2)):
+        return folder, pd.concat([pd.read_csv(folder / f"stage{s}_history.csv") for s in (1, 2)], ignore_index=True)
+    voxel = run.params["cascade"]["voxel_mm"]
+    train = build_examples(study.deface_folder, study.ids["train"], study.methods, study.template, voxel)
+    val = build_examples(study.deface_folder, study.ids["val"], study.methods, study.template, voxel)
+    return train_cascade(run, train, val, study.config, data_key=study.data_key, progress=progress)

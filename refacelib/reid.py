@@ -29,6 +29,7 @@ from refacelib.surface import (extract_surface, face_msd, head_mask, restrict_to
                                vertex_distance_map)
 
 __all__ = [
+    "smoothed_threshold",
     "CANDIDATES", "MSD_COLUMNS", "REID_COLUMNS", "face_surface", "surface_msd", "candidate_msd",
     "msd_table", "wilcoxon_tests", "summary_table", "align_rigid", "msd_matrix",
     "identification_ranks", "cmc", "identification_rates", "reid_table",
@@ -42,7 +43,7 @@ WILCOXON_TEST = "Wilcoxon signed-rank (paired, two-sided; Holm across methods)"
 
 
 # --------------------------------------------------------------------------- surfaces
-def _smoothed_threshold(image: np.ndarray, mask_sigma: float) -> float:
+def smoothed_threshold(image: np.ndarray, mask_sigma: float) -> float:
     """Half-Otsu threshold of the whole smoothed image, as :func:`head_mask` picks it."""
     from scipy import ndimage as ndi
 
@@ -112,7 +113,7 @@ def face_surface(image: np.ndarray, affine: np.ndarray, region: np.ndarray, *,
     if region.shape != image.shape:
         raise ValueError(f"region {region.shape} and image {image.shape} differ in shape")
     if threshold is None:
-        threshold = _smoothed_threshold(image, mask_sigma)
+        threshold = smoothed_threshold(image, mask_sigma)
     margin = max(int(margin_vox), int(4.0 * smooth_sigma + 0.5) + 2)
     box = _region_crop(region, margin)
     vol = ndi.gaussian_filter(image, mask_sigma)[box] if mask_sigma > 0 else image[box]
