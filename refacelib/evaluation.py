@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import reid
 from .deface import face_region
-from .stages import load_defaced
+from .stages import load_defaced, load_registration
 from .template import Template
 
 __all__ = ["subject_region", "candidate_images", "face_msd_table", "fast_msd_matrix", "matching_attack"]
@@ -23,15 +23,7 @@ __all__ = ["subject_region", "candidate_images", "face_msd_table", "fast_msd_mat
 
 def subject_region(template: Template, deface_folder: Path, sid: str, shape, affine) -> np.ndarray:
     """The template's face region on a subject's grid (nearest neighbour, through its registration)."""
-    import ants
-
-    from .deface import _to_ants
-
-    tx = ants.read_transform(str(Path(deface_folder) / "transforms" / f"{sid}.mat"))
-    moving = _to_ants(face_region(template).astype(np.float32), template.affine)
-    ref = _to_ants(np.zeros(shape, np.float32), affine)
-    out = ants.apply_ants_transform_to_image(tx, moving, ref, interpolation="nearestneighbor").numpy()
-    return out > 0.5
+    return load_registration(deface_folder, sid, template).to_subject(face_region(template), shape, affine, order=0)
 
 
 def candidate_images(deface_folder: Path, refaced_folder: Path, sid: str, method: str) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ from scipy import ndimage
 from . import cascade as _cascade
 from .config import Run, stable_hash
 from .io import atomic_write_text, save_nifti, save_table
-from .stages import load_defaced
+from .stages import load_defaced, load_registration
 from .template import Template
 
 __all__ = [
@@ -154,18 +154,11 @@ def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.Casc
     return folder, pd.concat(histories, ignore_index=True)
 
 
-def to_subject_space(common: np.ndarray, template: Template, transform_path: Path, image: np.ndarray,
+def to_subject_space(common: np.ndarray, template: Template, deface_folder: Path, sid: str, image: np.ndarray,
                      affine: np.ndarray, scale: float) -> np.ndarray:
     """Bring a common-grid volume back to a subject's grid (template grid, then registration)."""
-    import ants
-
-    from .deface import _to_ants
-
-    tpl = _zoom(common, template.shape, order=1) * scale
-    tx = ants.read_transform(str(transform_path))
-    moving = _to_ants(tpl.astype(np.float32), template.affine)
-    ref = _to_ants(np.zeros(image.shape, np.float32), affine)
-    return ants.apply_ants_transform_to_image(tx, moving, ref, interpolation="linear").numpy().astype(np.float32)
+    tpl = (_zoom(common, template.shape, order=1) * scale).astype(np.float32)
+    return load_registration(deface_folder, sid, template).to_subject(tpl, image.shape, affine, order=1)
 
 
 def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, methods, template: Template,
@@ -206,7 +199,7 @@ def _write_subject(out: Path, deface_folder: Path, template: Template, sid: str,
     defaced_tpl = load_defaced(deface_folder, method, sid, space="template")[0]
     scale = INTENSITY_SCALE * subject_scale(defaced_tpl, brain)
     for name, vol in volumes.items():
-        subject = to_subject_space(vol, template, deface_folder / "transforms" / f"{sid}.mat", defaced, affine, scale)
+        subject = to_subject_space(vol, template, deface_folder, sid, defaced, affine, scale)
         final = np.where(removal, np.clip(subject, 0, None), defaced).astype(np.float32)
         save_nifti(nib.Nifti1Image(final, affine), out / f"{method}_{name}" / f"{sid}.nii.gz")
 

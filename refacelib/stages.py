@@ -24,7 +24,7 @@ from .io import atomic_write_text, save_nifti, save_table
 from .surface import head_mask
 from .template import Template, load_template
 
-__all__ = ["study_template", "subject_brain_mask", "deface_cohort", "load_defaced", "face_features", "stage_stats", "qc_summary", "CANDIDATES"]
+__all__ = ["study_template", "subject_brain_mask", "deface_cohort", "load_defaced", "load_registration", "face_features", "stage_stats", "qc_summary", "CANDIDATES"]
 
 #: Bump when what a stage writes changes, so that old caches are not reused.
 STAGE_VERSION = 2
@@ -132,6 +132,12 @@ def deface_cohort(run: Run, ds: BIDSDataset, template: Template, *, progress: bo
              "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     atomic_write_text(folder / "done.json", json.dumps(stats))
     return folder, qc
+
+
+def load_registration(folder: Path, sid: str, template: Template) -> deface.Registration:
+    """A subject's template registration, as stored by :func:`deface_cohort` (transform only)."""
+    transform = _ants().read_transform(str(Path(folder) / "transforms" / f"{sid}.mat"))
+    return deface.Registration(template=template, transform=transform)
 
 
 def load_defaced(folder: Path, name: str, sid: str, *, space: str = "subject") -> tuple[np.ndarray, np.ndarray]:
