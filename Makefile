@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 LAB_STAMP := $(VENV)/.installed-lab
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book notebooks html test lab run-folder clean
+.PHONY: help setup book notebooks html bench checkpoint test lab run-folder clean
 
 help: ## list the targets and the parameters they take
 	@echo "Targets:"
@@ -41,6 +41,12 @@ notebooks: $(STAMP) ## execute the chapters only (no HTML)
 
 html: $(STAMP) ## rebuild the HTML from the executed chapters of PROFILE on DATASET
 	$(BIN)/python -m refacelib.pipeline html --profile '$(PROFILE)' --dataset '$(DATASET)'
+
+bench: $(STAMP) ## make book, then the Performance appendix (long on a CPU: see bench/README.md)
+	$(BIN)/python -m refacelib.pipeline bench --profile '$(PROFILE)' --dataset '$(DATASET)' --publish-faces '$(PUBLISH_FACES)'
+
+checkpoint: $(STAMP) ## train the cascade of PROFILE (cached) and export it to checkpoints/ for make book
+	$(BIN)/python -m refacelib.refacing ship --profile '$(PROFILE)' --dataset '$(DATASET)'
 
 run-folder: $(STAMP) ## print the run folder of PROFILE on DATASET
 	@$(BIN)/python -m refacelib.pipeline run-folder --profile '$(PROFILE)' --dataset '$(DATASET)'

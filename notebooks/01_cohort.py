@@ -30,13 +30,14 @@ import time
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import cohort, config, viz
+from refacelib import cohort, config, report, viz
 from refacelib.data import MUSCLE_COLUMNS
 from refacelib.io import save_figure, save_table
 
 run = config.open_run(profile, dataset)
+chapter_start = time.time()
 note = viz.SIMULATION_NOTE if run.is_phantom else None
-show_faces = run.is_phantom or bool(publish_faces)
+show_faces = run.is_phantom or config.parse_flag(publish_faces, name="publish_faces")
 
 # %% [markdown]
 # ## The dataset
@@ -110,4 +111,4 @@ else:
     display(Markdown("*Montage withheld: real faces are not published (`publish_faces` is false).*"))
 
 # %% tags=["remove-input"]
-display(Markdown("Provenance: " + ", ".join(f"{k} `{v}`" for k, v in config.provenance(run).items())))
+display(report.chapter_footer(run, started=chapter_start))

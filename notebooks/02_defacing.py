@@ -27,16 +27,19 @@ dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
 # %%
+import time
+
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import cohort, config, deface, render, stages, viz
+from refacelib import cohort, config, deface, render, report, stages, viz
 from refacelib.io import save_figure, save_table
 from refacelib.surface import head_mask
 
 run = config.open_run(profile, dataset)
+chapter_start = time.time()
 note = viz.SIMULATION_NOTE if run.is_phantom else None
-show_faces = run.is_phantom or bool(publish_faces)
+show_faces = run.is_phantom or config.parse_flag(publish_faces, name="publish_faces")
 ds = cohort.prepare_dataset(run)
 template = stages.study_template(run)
 glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
@@ -145,4 +148,4 @@ if show_faces:
 # that differs by method.
 
 # %% tags=["remove-input"]
-display(Markdown("Provenance: " + ", ".join(f"{k} `{v}`" for k, v in config.provenance(run).items())))
+display(report.chapter_footer(run, started=chapter_start))

@@ -33,14 +33,17 @@ dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
 # %%
-from IPython.display import Markdown, display
+import time
+
+from IPython.display import display
 from myst_nb import glue
 
-from refacelib import config, refacing, viz
+from refacelib import config, refacing, report, viz
 from refacelib.device import resolve_device
 from refacelib.io import save_figure, save_table
 
 run = config.open_run(profile, dataset)
+chapter_start = time.time()
 note = viz.SIMULATION_NOTE if run.is_phantom else None
 study = refacing.setup(run)
 settings = run.params["cascade"]
@@ -74,16 +77,28 @@ cfg.to_dict()
 # ## Training
 #
 # AdamW, an exponential moving average of the weights (used for sampling), checkpoints that
-# resume after an interruption, and a time budget per stage (`max_seconds_per_stage`).
+# resume after an interruption, and a fixed number of steps per stage (`cascade.stage1.steps`,
+# `cascade.stage2.steps`; an optional time budget `max_seconds_per_stage` stops earlier).
 # Checkpoints are cached by the hash of the configuration and the data.
 
 # %%
 ckpt_folder, history = refacing.trained_cascade(run, study)
+shipped = refacing.training_provenance(ckpt_folder)
+trained_on = shipped["device"] if shipped else device
 seconds = history.groupby("stage")["seconds"].max()
 steps = history.groupby("stage")["step"].max()
 save_table(history, run.tables / "training_history.csv")
-refacing.record_timings(run, [{"step": f"train stage {s}", "device": device, "seconds": round(float(seconds[s]), 1)}
+refacing.record_timings(run, [{"step": f"train stage {s}", "device": trained_on, "seconds": round(float(seconds[s]), 1)}
                               for s in seconds.index])
+if shipped:
+    where = (f"These checkpoints ship with the project (`checkpoints/{ckpt_folder.name}/`): they were trained "
+             f"on {shipped['date']} by `{shipped['command']}` on `{shipped['device']}` "
+             f"({shipped['machine']}, torch {shipped['torch']}) with this configuration and these training data, "
+             "and are used only because the cache key (configuration, data and code version) matches; "
+             "with any other setting the cascade is trained here from scratch.")
+else:
+    where = f"These checkpoints were trained in this run, on `{device}`."
+glue("trained_where", where, display=False)
 for s in seconds.index:
     glue(f"stage{s}_seconds", round(float(seconds[s]), 1), display=False)
     glue(f"stage{s}_steps", int(steps[s]), display=False)
@@ -93,6 +108,7 @@ glue("training_total_seconds", round(float(seconds.sum()), 1), display=False)
 # Stage 1 trained for {glue:text}`stage1_steps` steps in {glue:text}`stage1_seconds` s and
 # stage 2 for {glue:text}`stage2_steps` steps in {glue:text}`stage2_seconds` s
 # ({glue:text}`training_total_seconds` s in all, measured when the checkpoints were made).
+# {glue:text}`trained_where`
 
 # %%
 fig = viz.plot_loss_curves(history, note=note)
@@ -100,4 +116,4 @@ save_figure(fig, run.figures / "training_loss.png")
 fig
 
 # %% tags=["remove-input"]
-display(Markdown("Provenance: " + ", ".join(f"{k} `{v}`" for k, v in config.provenance(run).items())))
+display(report.chapter_footer(run, started=chapter_start))

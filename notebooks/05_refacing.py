@@ -27,17 +27,20 @@ dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
 # %%
+import time
+
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import config, refacing, render, stages, viz
+from refacelib import config, refacing, render, report, stages, viz
 from refacelib.device import resolve_device
 from refacelib.io import save_figure, save_table
 from refacelib.surface import head_mask
 
 run = config.open_run(profile, dataset)
+chapter_start = time.time()
 note = viz.SIMULATION_NOTE if run.is_phantom else None
-show_faces = run.is_phantom or bool(publish_faces)
+show_faces = run.is_phantom or config.parse_flag(publish_faces, name="publish_faces")
 study = refacing.setup(run)
 ds, template, folder, methods, cfg = study.ds, study.template, study.deface_folder, study.methods, study.config
 settings = run.params["cascade"]
@@ -54,6 +57,15 @@ glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a 
 # subjects, every random draw from a seeded `torch.Generator`. Known voxels are reset after
 # every step and the result is composited inside the removal mask, on each subject's own
 # grid: every voxel outside the mask is the defaced input, bit for bit.
+#
+# The cascade generates a *residual over the prior* (the cohort-average head, matched in
+# intensity to the defaced image) on its own grid. Detail finer than that grid is not
+# generated: the refaced image is the full-resolution average head plus the upsampled
+# residual (`refacelib.refacing.full_resolution`). An untrained cascade therefore puts the
+# intensity-matched average head into the removed voxels, as the average-face candidate of
+# the next chapter does; what separates the two is what the model learned from the
+# defaced head (and the two masks: the method's removal mask here, the template's face
+# region there).
 
 # %%
 test_ids = list(study.test_subjects)
@@ -117,4 +129,4 @@ if not show_faces:
     display(Markdown("*Withheld: real faces are not published (`publish_faces` is false).*"))
 
 # %% tags=["remove-input"]
-display(Markdown("Provenance: " + ", ".join(f"{k} `{v}`" for k, v in config.provenance(run).items())))
+display(report.chapter_footer(run, started=chapter_start))

@@ -31,19 +31,24 @@ publish_faces = False
 import time
 
 import numpy as np
+import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import cohort, config, deface, muscle, paper, stages, viz
+from refacelib import cohort, config, deface, muscle, paper, report, stages, viz
 from refacelib.io import save_figure, save_table
 
 run = config.open_run(profile, dataset)
+chapter_start = time.time()
 note = viz.SIMULATION_NOTE if run.is_phantom else None
 ds = cohort.prepare_dataset(run)
 settings = run.params["muscle"]
 start = time.perf_counter()
 glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
 glue("has_muscle", "present" if ds.has_muscle else "absent: this chapter is skipped", display=False)
+if not ds.has_muscle:  # the prose below still quotes these keys
+    for key in ("n_original_significant", "n_muscles", "n_diff_significant", "n_diff", "n_wilcoxon_significant"):
+        glue(key, "n/a", display=False)
 
 # %% [markdown]
 # This chapter ran on {glue:text}`dataset_name`. CT muscle columns:
@@ -175,5 +180,17 @@ glue("muscle_seconds", round(time.perf_counter() - start, 1), display=False)
 # This chapter took {glue:text}`muscle_seconds` s (features, models and bootstrap; the
 # defacing stage is cached from the previous chapter).
 
+# %% [markdown]
+# ## Key results
+#
+# The correlations the landing page quotes, read back from `tables/muscle_corr.csv` by
+# `refacelib.report` (mean [95% CI] per muscle and image; `n/a` without muscle columns).
+
+# %%
+key = report.muscle_key_values(report.read_table(run.tables, "muscle_corr"))
+for name, value in key.items():
+    glue(name, value, display=False)
+display(pd.Series(key, name="value").to_frame())
+
 # %% tags=["remove-input"]
-display(Markdown("Provenance: " + ", ".join(f"{k} `{v}`" for k, v in config.provenance(run).items())))
+display(report.chapter_footer(run, started=chapter_start))

@@ -12,7 +12,9 @@ import pandas as pd
 
 from .config import Run, stable_hash
 from .data import MUSCLE_COLUMNS, BIDSDataset, load_bids, load_subject_array
+from .inputcheck import require_whole_heads
 from .phantom import PhantomParams, build_basis, write_cohort
+from .privacy import dataset_key, pseudonymize_dataset
 from .template import head_mask_from_intensity, load_template, pydeface_version
 
 __all__ = [
@@ -41,11 +43,19 @@ def phantom_folder(run: Run) -> Path:
 def prepare_dataset(run: Run, *, progress: bool = True) -> BIDSDataset:
     """Load the run's dataset; for the phantom, generate it first unless cached.
 
+    A real dataset's participant ids are replaced by stable pseudonyms
+    (:mod:`refacelib.privacy`) and its images screened
+    (:func:`refacelib.inputcheck.require_whole_heads`): a brain-only or
+    already defaced image is a :class:`~refacelib.data.DatasetError` naming it.
+
     A cohort is complete when its ``dataset_description.json`` exists; an
     interrupted generation resumes with the subjects already written.
     """
-    if not run.is_phantom:
-        return load_bids(run.dataset, seed=int(run.params.get("seed", 0)))
+    if not run.is_phantom:  # real data: ids become pseudonyms, brain-only/defaced images are refused
+        seed = int(run.params.get("seed", 0))
+        ds = pseudonymize_dataset(load_bids(run.dataset, seed=seed), key=dataset_key(run.dataset, seed=seed))
+        require_whole_heads(ds, voxel_mm=run.params["cohort"]["voxel_mm"], cache=run.artifacts / "input_check.csv")
+        return ds
     folder = phantom_folder(run)
     if not (folder / "dataset_description.json").exists():
         params = phantom_params(run)

@@ -28,10 +28,14 @@ __all__ = [
     "open_run",
     "stable_hash",
     "provenance",
+    "parse_flag",
+    "check_parameters",
 ]
 
 PHANTOM = "phantom"
 _LABEL_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+_PROFILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
 class ConfigError(ValueError):
@@ -79,6 +83,11 @@ def load_profile(profile: str) -> dict[str, Any]:
     """
     if not isinstance(profile, str) or not profile:
         raise ConfigError(f"PROFILE must be a non-empty string, got {profile!r}")
+    if not _PROFILE_RE.fullmatch(profile):
+        raise ConfigError(
+            f"PROFILE must be a plain name (letters, digits, '_' or '-'), got {profile!r}; "
+            f"choose one of {', '.join(list_profiles())}"
+        )
     path = project_root() / "params" / f"{profile}.yaml"
     if not path.is_file():
         raise ConfigError(
@@ -141,8 +150,19 @@ class Run:
         return self.folder.name
 
     def path(self, *parts: str) -> Path:
-        """A path inside the run folder; its parent folder is created."""
-        out = self.folder.joinpath(*parts)
+        """A path inside the run folder; its parent folder is created.
+
+        Raises
+        ------
+        ConfigError
+            If the parts lead outside the run folder (``..``, absolute parts).
+        """
+        out = Path(os.path.normpath(self.folder.joinpath(*parts)))  # lexical: linked subfolders are fine
+        try:
+            out.relative_to(self.folder)
+        except ValueError:
+            raise ConfigError(f"path {'/'.join(map(str, parts))!r} would fall outside the run folder "
+                              f"runs/{self.label}") from None
         out.parent.mkdir(parents=True, exist_ok=True)
         return out
 
@@ -175,11 +195,67 @@ def _mkdir(path: Path) -> Path:
 
 
 def _confined(folder: Path, root: Path) -> Path:
+    """``folder`` resolved (symbolic links followed); it must be a direct child of ``root``."""
+    name = folder.name
     folder = folder.resolve()
     root = root.resolve()
     if folder.parent != root:
-        raise ConfigError(f"run folder {folder.name!r} would fall outside the run root")
+        raise ConfigError(f"run folder {name!r} would fall outside the run root {root.name}/ "
+                          f"(it resolves elsewhere); remove it or choose another PROFILE/DATASET")
     return folder
+
+
+def parse_flag(value: Any, *, name: str = "flag") -> bool:
+    """A yes/no parameter: a bool, 0/1, or one of true/false/yes/no/on/off/1/0.
+
+    Anything else is a :class:`ConfigError` (a typo never silently means yes).
+
+    Examples
+    --------
+    >>> parse_flag("1", name="publish_faces"), parse_flag(False), parse_flag("no")
+    (True, False, False)
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+    raise ConfigError(f"{name} must be true or false (or 1/0, yes/no), got {value!r}")
+
+
+def check_parameters(profile: Any, dataset: Any, publish_faces: Any = False) -> dict[str, Any]:
+    """Validate the notebook parameters before anything is executed.
+
+    Returns ``{"profile", "dataset", "publish_faces"}`` with ``publish_faces``
+    as a bool. Raises :class:`ConfigError` naming the parameter for a wrong
+    type, an unknown profile or a dataset folder that does not exist.
+
+    Examples
+    --------
+    >>> check_parameters("tiny", "phantom", "0")["publish_faces"]
+    False
+    """
+    load_profile(profile)
+    return {"profile": profile, "dataset": _check_dataset(dataset),
+            "publish_faces": parse_flag(publish_faces, name="publish_faces")}
+
+
+def _check_dataset(dataset: Any) -> str:
+    """``"phantom"`` or the resolved path of an existing folder."""
+    if not isinstance(dataset, (str, os.PathLike)) or not str(dataset):
+        raise ConfigError(f"DATASET must be 'phantom' or a folder path, got {dataset!r}")
+    dataset = str(dataset)
+    if dataset == PHANTOM:
+        return dataset
+    path = Path(dataset).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"DATASET folder does not exist: {dataset}")
+    return str(path.resolve())
 
 
 def open_run(profile: str = "quick", dataset: str = PHANTOM, *, create: bool = True) -> Run:
@@ -198,14 +274,7 @@ def open_run(profile: str = "quick", dataset: str = PHANTOM, *, create: bool = T
         Create the folder and write the resolved parameters.
     """
     params = load_profile(profile)
-    if not isinstance(dataset, (str, os.PathLike)) or not str(dataset):
-        raise ConfigError(f"DATASET must be 'phantom' or a folder path, got {dataset!r}")
-    dataset = str(dataset)
-    if dataset != PHANTOM:
-        path = Path(dataset).expanduser()
-        if not path.is_dir():
-            raise ConfigError(f"DATASET folder does not exist: {dataset}")
-        dataset = str(path.resolve())
+    dataset = _check_dataset(dataset)
     folder = _confined(runs_root() / f"{profile}-{dataset_label(dataset)}", runs_root())
     run = Run(profile=profile, dataset=dataset, params=params, folder=folder)
     if create:

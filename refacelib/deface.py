@@ -74,6 +74,9 @@ class DefaceResult:
 
 # --------------------------------------------------------------------------- geometry
 def _ants():
+    # ANTs repeats a registration only single-threaded and seeded; ITK reads the thread count
+    # from the environment when it first starts threads (a user's own setting is kept)
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
     import ants
 
     return ants
@@ -157,14 +160,22 @@ def register_template(image: np.ndarray, affine: np.ndarray, template: Template,
 
     Both images are resampled to ``voxel_mm`` first, for speed. The registration
     is judged by the Dice of the warped template head and the subject head mask.
+    Seeded and single-threaded, so that the same input gives the same transform.
     """
     ants = _ants()
     start = time.perf_counter()
     fixed = ants.resample_image(_to_ants(image, affine), (voxel_mm,) * 3, use_voxels=False, interp_type=0)
     moving = ants.resample_image(_to_ants(template.data, template.affine), (voxel_mm,) * 3,
                                  use_voxels=False, interp_type=0)
-    reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Affine",
-                            random_seed=int(seed), aff_iterations=(200, 100, 50, 10))
+    # antspyx takes the seed from ants.config (its random_seed argument is not passed on), and
+    # ANTs reads a seed of 0 as "draw one from the clock": seed s is passed on as s + 1
+    ants_seed = int(seed) % (2**31 - 2) + 1
+    previous, ants.config._random_seed = ants.config._random_seed, ants_seed
+    try:
+        reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Affine",
+                                random_seed=ants_seed, aff_iterations=(200, 100, 50, 10))
+    finally:
+        ants.config._random_seed = previous
     out = Registration(template=template, transform=ants.read_transform(reg["fwdtransforms"][0]))
     head = head_mask_from_intensity(image)
     out.metric = _dice(out.to_subject(template.head, image.shape, affine), head)

@@ -8,6 +8,7 @@ to the subject by its registration.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from .deface import face_region
 from .stages import load_defaced, load_registration
 from .template import Template
 
-__all__ = ["subject_region", "candidate_images", "face_msd_table", "fast_msd_matrix", "matching_attack"]
+__all__ = ["subject_region", "candidate_images", "default_jobs", "face_msd_table", "fast_msd_matrix", "matching_attack"]
 
 
 def subject_region(template: Template, deface_folder: Path, sid: str, shape, affine) -> np.ndarray:
@@ -37,36 +38,65 @@ def candidate_images(deface_folder: Path, refaced_folder: Path, sid: str, method
     }
 
 
+def _subject_faces(deface_folder: Path, refaced_folder: Path, template: Template, sid: str, test_set: str,
+                   methods, keep_surfaces: bool) -> tuple[list, dict]:
+    """MSD rows and face surfaces of one subject (one worker's share of :func:`face_msd_table`)."""
+    original, affine = load_defaced(deface_folder, "original", sid)
+    region = subject_region(template, deface_folder, sid, original.shape, affine)
+    # one threshold per subject (from its original), so candidates differ only by their voxels
+    threshold = reid.smoothed_threshold(original, 1.0)
+    orig_surface = reid.face_surface(original, affine, region, threshold=threshold)
+    rows, surfaces = [], {(sid, "original"): orig_surface}
+    for method in methods:
+        for name, image in candidate_images(deface_folder, refaced_folder, sid, method).items():
+            verts = reid.face_surface(image, affine, region, threshold=threshold)
+            if keep_surfaces:
+                surfaces[(sid, f"{method}:{name}")] = verts
+            rows.append({"subject": sid, "test_set": test_set, "method": method, "candidate": name,
+                         "msd_mm": reid.surface_msd(verts, orig_surface)})
+    return rows, surfaces
+
+
+def default_jobs() -> int:
+    """Worker processes for per-subject loops: the CPUs this process may use, at most 8."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
 def face_msd_table(deface_folder: Path, refaced_folder: Path, template: Template, subjects: dict[str, str],
-                   methods, *, keep_surfaces: bool = True, progress: bool = True):
+                   methods, *, keep_surfaces: bool = True, progress: bool = True, n_jobs: int | None = None):
     """MSD (mm) of every candidate face against the original, per subject and method.
+
+    Subjects run in parallel worker processes (``n_jobs``, default
+    :func:`default_jobs`); the result does not depend on their number.
 
     Parameters
     ----------
     subjects : dict participant_id -> test set name
+    n_jobs : int, optional
+        Worker processes; 1 runs in this process.
 
     Returns
     -------
     msd : DataFrame with columns subject, test_set, method, candidate, msd_mm
     surfaces : dict (sid, name) -> face vertices (mm), name ``original`` or ``<method>:<candidate>``
     """
+    from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
+    n_jobs = default_jobs() if n_jobs is None else int(n_jobs)
+    tasks = (delayed(_subject_faces)(deface_folder, refaced_folder, template, sid, test_set, list(methods),
+                                     keep_surfaces) for sid, test_set in subjects.items())
+    runner = Parallel(n_jobs=n_jobs, return_as="generator") if n_jobs > 1 else map(lambda t: t[0](*t[1], **t[2]), tasks)
+    if n_jobs > 1:
+        runner = runner(tasks)
     rows, surfaces = [], {}
-    for sid, test_set in tqdm(subjects.items(), desc="face surfaces", disable=not progress):
-        original, affine = load_defaced(deface_folder, "original", sid)
-        region = subject_region(template, deface_folder, sid, original.shape, affine)
-        # one threshold per subject (from its original), so candidates differ only by their voxels
-        threshold = reid.smoothed_threshold(original, 1.0)
-        orig_surface = reid.face_surface(original, affine, region, threshold=threshold)
-        surfaces[(sid, "original")] = orig_surface
-        for method in methods:
-            for name, image in candidate_images(deface_folder, refaced_folder, sid, method).items():
-                verts = reid.face_surface(image, affine, region, threshold=threshold)
-                if keep_surfaces:
-                    surfaces[(sid, f"{method}:{name}")] = verts
-                rows.append({"subject": sid, "test_set": test_set, "method": method, "candidate": name,
-                             "msd_mm": reid.surface_msd(verts, orig_surface)})
+    for sub_rows, sub_surfaces in tqdm(runner, total=len(subjects), desc="face surfaces", disable=not progress):
+        rows.extend(sub_rows)
+        surfaces.update(sub_surfaces)
     return reid.msd_table(rows), surfaces
 
 
@@ -97,25 +127,37 @@ def fast_msd_matrix(candidates: list, originals: list, *, max_points: int = 1500
     return out
 
 
+def _rank_candidates(cands: list, reference: np.ndarray, originals: list, max_points: int) -> np.ndarray:
+    """Identification ranks of aligned candidate faces among aligned originals."""
+    aligned = [reid.align_rigid(_subsample(v, max_points), reference) if len(v) else v for v in cands]
+    return reid.identification_ranks(fast_msd_matrix(aligned, originals, max_points=max_points))
+
+
 def matching_attack(surfaces: dict, subjects: dict[str, str], methods, *,
                     candidates=("refaced", "refaced_mean", "average", "defaced"),
-                    max_points: int = 1500) -> tuple[pd.DataFrame, dict]:
+                    max_points: int = 1500, n_jobs: int | None = None) -> tuple[pd.DataFrame, dict]:
     """Rank every original test face for each candidate face; top-1/top-5 and CMC curves.
 
-    Candidate ``i`` of a test set belongs to original ``i``. Each face surface is first rigidly aligned (ICP) to the first subject's original face,
-    so that pose does not decide the match; then every candidate is compared with every
-    original of the same test set by MSD (:func:`fast_msd_matrix`).
+    Candidate ``i`` of a test set belongs to original ``i``. Each face surface is first
+    rigidly aligned (ICP) to the first subject's original face, so that pose does not
+    decide the match; then every candidate is compared with every original of the same
+    test set by MSD (:func:`fast_msd_matrix`). Method x candidate pairs run in parallel
+    worker processes (``n_jobs``, default :func:`default_jobs`).
     """
+    from joblib import Parallel, delayed
+
+    n_jobs = default_jobs() if n_jobs is None else int(n_jobs)
     rows, curves = [], {}
     for test_set in sorted(set(subjects.values())):
         ids = [s for s, t in subjects.items() if t == test_set]
         reference = _subsample(surfaces[(ids[0], "original")], max_points)
-        align = lambda v: reid.align_rigid(_subsample(v, max_points), reference) if len(v) else v  # noqa: E731
-        originals = [align(surfaces[(sid, "original")]) for sid in ids]
-        for method in methods:
-            for cand in candidates:
-                cands = [align(surfaces[(sid, f"{method}:{cand}")]) for sid in ids]
-                ranks = reid.identification_ranks(fast_msd_matrix(cands, originals, max_points=max_points))
-                rows.append({"method": method, "test_set": test_set, "candidate": cand, "ranks": ranks})
-                curves[(method, test_set, cand)] = reid.cmc(ranks, len(ids))
+        originals = [reid.align_rigid(_subsample(v, max_points), reference) if len(v) else v
+                     for v in (surfaces[(sid, "original")] for sid in ids)]
+        pairs = [(method, cand) for method in methods for cand in candidates]
+        tasks = [delayed(_rank_candidates)([surfaces[(sid, f"{m}:{c}")] for sid in ids], reference, originals,
+                                           max_points) for m, c in pairs]
+        all_ranks = Parallel(n_jobs=n_jobs)(tasks) if n_jobs > 1 else [t[0](*t[1], **t[2]) for t in tasks]
+        for (method, cand), ranks in zip(pairs, all_ranks):
+            rows.append({"method": method, "test_set": test_set, "candidate": cand, "ranks": ranks})
+            curves[(method, test_set, cand)] = reid.cmc(ranks, len(ids))
     return reid.reid_table(rows), curves

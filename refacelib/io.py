@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "atomic_write_text", "save_table", "save_figure", "save_nifti"]
+__all__ = ["atomic_path", "atomic_write_text", "save_table", "save_figure", "save_nifti", "UnsafeFileError",
+           "load_checkpoint"]
 
 
 @contextlib.contextmanager
@@ -57,10 +60,18 @@ def save_table(df, path: os.PathLike) -> Path:
 
 
 def save_figure(fig, path: os.PathLike, *, dpi: int = 120) -> Path:
-    """Save a matplotlib figure atomically (format from the suffix)."""
+    """Save a matplotlib figure atomically (format from the suffix), then close it in pyplot.
+
+    Closing keeps memory flat and stops Jupyter's inline backend from showing
+    the figure a second time at the end of the cell; ``fig`` can still be
+    displayed or glued.
+    """
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip("."))
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     return path
 
 
@@ -71,3 +82,33 @@ def save_nifti(img, path: os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
+
+
+class UnsafeFileError(pickle.UnpicklingError):
+    """A file that would run code when loaded; it is refused, not loaded."""
+
+
+def load_checkpoint(path: os.PathLike, *, map_location="cpu") -> dict:
+    """Load a torch checkpoint with ``weights_only=True``: tensors, numbers, strings, containers.
+
+    A checkpoint that carries any other pickled object (which could run code
+    while loading) raises :class:`UnsafeFileError` naming the file and the object.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, torch
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.pt"
+    >>> torch.save({"step": 3, "w": torch.zeros(2)}, p)
+    >>> load_checkpoint(p)["step"]
+    3
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        raise UnsafeFileError(
+            f"{Path(path).name}: refused to load: the checkpoint holds a Python object other than tensors, "
+            f"numbers, strings and containers, which could run code when loaded"
+            + (f" ({found.group(1)})" if found else "") + "; use only checkpoints this project wrote") from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-__all__ = ["IMAGE_LABELS", "muscle_correlations", "refaced_msd_medians"]
+__all__ = ["IMAGE_LABELS", "COHORT_SIZES", "EXAMPLE_SUBJECT_MSD", "muscle_correlations", "refaced_msd_medians", "glue_values"]
 
 #: Our image names -> the paper's labels.
 IMAGE_LABELS = {
@@ -19,6 +19,12 @@ IMAGE_LABELS = {
     "quickshear": "Quickshear",
     "skullstrip": "skull-stripping",
 }
+
+#: Subjects per split in the paper (180 training; 484 unseen test subjects).
+COHORT_SIZES = {"train": 180, "test_internal": 15, "test_external": 469}
+
+#: The paper's one example subject (MRI_Deface), MSD (mm) of each candidate face.
+EXAMPLE_SUBJECT_MSD = {"defaced": 2.452, "refaced": 0.363, "average": 0.792}
 
 _MUSCLE = {  # image: {muscle: (mean, ci_low, ci_high)}
     "original": {"abdomen": (0.200, 0.047, 0.358), "thigh": (0.360, 0.209, 0.493), "shin": (0.183, 0.029, 0.336)},
@@ -50,3 +56,16 @@ def muscle_correlations() -> pd.DataFrame:
 def refaced_msd_medians() -> pd.DataFrame:
     """The follow-up work's median refaced-face MSD per method (external test set)."""
     return pd.DataFrame([{"method": k, "paper_median_msd_mm": v} for k, v in _MSD.items()])
+
+
+def glue_values() -> dict[str, str]:
+    """The paper's sizes and example-subject MSDs as text, keyed for glue (``paper_*``).
+
+    Examples
+    --------
+    >>> glue_values()["paper_n_test_external"], glue_values()["paper_example_refaced"]
+    ('469', '0.363')
+    """
+    out = {f"paper_n_{k}": str(v) for k, v in COHORT_SIZES.items()}
+    out.update({f"paper_example_{k}": f"{v:.3f}" for k, v in EXAMPLE_SUBJECT_MSD.items()})
+    return out

@@ -11,6 +11,10 @@
 * A failing chapter stops the build with its own name; its failed copy goes to
   ``failed/`` and the last good HTML stays in place.
 * The HTML is built in a staging folder and swapped in only on success.
+* ``python -m refacelib.pipeline bench`` (``make bench``) builds the book, times
+  a warm rebuild, executes ``notebooks/90_performance.py`` and rebuilds the HTML
+  with it as the Performance appendix; until then the appendix page says that
+  the benchmark has not been run.
 """
 from __future__ import annotations
 
@@ -28,12 +32,23 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, Run, open_run, project_root, stable_hash
+from .config import ConfigError, Run, check_parameters, open_run, parse_flag, project_root, stable_hash
 from .io import atomic_path, atomic_write_text
 
-__all__ = ["chapter_names", "build_book", "scrub_notebook", "main"]
+__all__ = ["chapter_names", "build_book", "run_bench", "scrub_notebook", "main"]
 
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+#: The benchmark notebook, shown as ``appendix/<name>`` once ``make bench`` executed it.
+APPENDIX = "90_performance"
+_APPENDIX_NOT_RUN = """# Performance
+
+The benchmarks of this appendix have not been run for this book. `make bench`
+(with the same `PROFILE` and `DATASET`) measures the sampler cost against face
+quality, the training throughput of both cascade stages, the cost of the face
+surface distance and the time and memory of every chapter, and rebuilds the
+book with this appendix filled in.
+"""
 
 
 class ChapterFailed(RuntimeError):
@@ -211,6 +226,12 @@ def _stage(run: Run, names: list[str]) -> Path:
     (stage / "chapters").mkdir()
     for name in names:
         shutil.copy2(run.folder / "notebooks" / f"{name}.ipynb", stage / "chapters" / f"{name}.ipynb")
+    (stage / "appendix").mkdir()
+    bench = run.folder / "notebooks" / f"{APPENDIX}.ipynb"
+    if bench.exists():
+        shutil.copy2(bench, stage / "appendix" / f"{APPENDIX}.ipynb")
+    else:
+        (stage / "appendix" / f"{APPENDIX}.md").write_text(_APPENDIX_NOT_RUN)
     return stage
 
 
@@ -232,7 +253,9 @@ def build_html(run: Run, names: list[str] | None = None, *, log=print) -> Path:
     out = run.folder / ".build"
     if out.exists():
         shutil.rmtree(out)
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(stage), "--path-output", str(out), "--quiet"]
+    # -W -n --keep-going: every Sphinx warning, nitpicky ones included, fails the build (all are listed)
+    cmd = [sys.executable, "-m", "jupyter_book", "build", str(stage), "--path-output", str(out), "--quiet",
+           "-W", "-n", "--keep-going"]
     if shutil.which("jupyter-book", path=str(Path(sys.executable).parent)):
         cmd = [str(Path(sys.executable).parent / "jupyter-book"), *cmd[3:]]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -247,6 +270,8 @@ def _html_key(run: Run, names: list[str]) -> str:
     root = project_root()
     parts = [_source_digest(root / "book", "*"), (root / "_config.yml").read_text(), (root / "_toc.yml").read_text()]
     parts += [(run.folder / "notebooks" / f"{n}.key").read_text() for n in names]
+    bench_key = run.folder / "notebooks" / f"{APPENDIX}.key"
+    parts.append(bench_key.read_text() if bench_key.exists() else "appendix not run")
     return stable_hash(parts, 16)
 
 
@@ -266,7 +291,13 @@ def _save_timings(run: Run, rows: list[dict]) -> None:
 
 def build_book(profile: str = "quick", dataset: str = "phantom", *, force: bool = False,
                publish_faces: bool = False, html: bool = True, log=print) -> Path:
-    """Execute the chapters of a run and build its HTML; return the index page."""
+    """Execute the chapters of a run and build its HTML; return the index page.
+
+    The parameters are checked first (:func:`refacelib.config.check_parameters`):
+    a wrong type, an unknown profile or a missing dataset folder is a
+    :class:`ConfigError` before anything is executed.
+    """
+    publish_faces = check_parameters(profile, dataset, publish_faces)["publish_faces"]
     run = open_run(profile, dataset)
     with run_lock(run):
         names = chapter_names()  # read once: the toc may be edited while a build runs
@@ -289,6 +320,46 @@ def build_book(profile: str = "quick", dataset: str = "phantom", *, force: bool 
     return index
 
 
+def run_bench(profile: str = "quick", dataset: str = "phantom", *, publish_faces: bool = False, log=print) -> Path:
+    """Build the book (cached), time a warm rebuild, execute the benchmark notebook, rebuild the HTML.
+
+    The warm rebuild is a second ``python -m refacelib.pipeline book`` in a fresh
+    process, as ``make book`` runs it; its wall time goes to
+    ``tables/rebuild_timings.csv`` for the notebook to report.
+    """
+    import pandas as pd
+
+    from .io import save_table
+
+    start = time.perf_counter()
+    build_book(profile, dataset, publish_faces=publish_faces, log=log)
+    first = time.perf_counter() - start
+    cmd = [sys.executable, "-m", "refacelib.pipeline", "book", "--profile", profile, "--dataset", dataset,
+           "--publish-faces", "1" if publish_faces else "0"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=project_root())
+    warm = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise ChapterFailed(f"the warm rebuild failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    run = open_run(profile, dataset)
+    save_table(pd.DataFrame([
+        {"build": "make book (before the benchmark)", "seconds": round(first, 2), "chapters_executed": None},
+        {"build": "warm rebuild (nothing changed)", "seconds": round(warm, 2),
+         "chapters_executed": proc.stdout.count(": executing")},
+    ]), run.tables / "rebuild_timings.csv")
+    with run_lock(run):
+        names = chapter_names()
+        log(f"{APPENDIX}: executing the benchmarks ...")
+        row = _execute(run, APPENDIX, run.folder / "notebooks" / f"{APPENDIX}.ipynb", publish_faces=publish_faces)
+        atomic_write_text(run.folder / "notebooks" / f"{APPENDIX}.key", stable_hash([row, time.time()], 16))
+        log(f"{APPENDIX}: done in {row['seconds']:.1f} s")
+        html = build_html(run, names, log=log)
+        atomic_write_text(html / ".key", _html_key(run, names))
+    index = run.folder / "html" / "index.html"
+    log(f"book:       {run.relpath(index)} (Performance appendix included)")
+    return index
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m refacelib.pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -301,14 +372,20 @@ def main(argv: list[str] | None = None) -> int:
     html = sub.add_parser("html", help="rebuild the HTML from the executed chapters")
     html.add_argument("--profile", default="quick")
     html.add_argument("--dataset", default="phantom")
+    bench = sub.add_parser("bench", help="build the book, run the benchmarks, add the Performance appendix")
+    bench.add_argument("--profile", default="quick")
+    bench.add_argument("--dataset", default="phantom")
+    bench.add_argument("--publish-faces", default="0", help="1 to show real subjects' faces in the HTML")
     where = sub.add_parser("run-folder", help="print the run folder of a profile and dataset")
     where.add_argument("--profile", default="quick")
     where.add_argument("--dataset", default="phantom")
     args = parser.parse_args(argv)
     try:
         if args.command == "book":
-            publish = str(args.publish_faces).strip().lower() in ("1", "true", "yes")
+            publish = parse_flag(args.publish_faces, name="PUBLISH_FACES")
             build_book(args.profile, args.dataset, force=args.force, publish_faces=publish, html=not args.no_html)
+        elif args.command == "bench":
+            run_bench(args.profile, args.dataset, publish_faces=parse_flag(args.publish_faces, name="PUBLISH_FACES"))
         elif args.command == "html":
             run = open_run(args.profile, args.dataset)
             with run_lock(run):

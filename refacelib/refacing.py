@@ -29,10 +29,14 @@ from .template import Template
 
 __all__ = [
     "INTENSITY_SCALE",
+    "CASCADE_VERSION",
     "cascade_config",
     "common_grid",
     "subject_scale",
+    "prior_scale",
     "build_examples",
+    "full_resolution",
+    "write_subject",
     "train_cascade",
     "reface_test_set",
     "to_subject_space",
@@ -41,6 +45,10 @@ __all__ = [
     "RefacingSetup",
     "setup",
     "trained_cascade",
+    "shipped_root",
+    "install_shipped",
+    "training_provenance",
+    "ship",
 ]
 
 #: Intensities on the common grid are image / (INTENSITY_SCALE * median brain intensity).
@@ -90,35 +98,65 @@ def cascade_config(run: Run, template: Template) -> _cascade.CascadeConfig:
                                   per_method=bool(p.get("per_method", False)), seed=int(run.params["seed"]))
 
 
+def prior_scale(defaced: np.ndarray, average: np.ndarray, head: np.ndarray, mask: np.ndarray) -> float:
+    """Intensity match of the average head to a defaced head: ratio of medians outside the mask.
+
+    Taken over the template's head voxels that the method kept (``head & ~mask``),
+    as :func:`refacelib.deface.average_face` does for the average-face candidate,
+    so that an untrained cascade returns that candidate's intensities.
+
+    Examples
+    --------
+    >>> head = np.ones((2, 2, 2), bool); mask = np.zeros_like(head); mask[0] = True
+    >>> prior_scale(np.full((2, 2, 2), 3.0), np.full((2, 2, 2), 2.0), head, mask)
+    1.5
+    """
+    sel = head & ~mask & (average > 0)
+    if not sel.any():
+        return 1.0
+    return float(np.median(defaced[sel]) / np.median(average[sel]))
+
+
 def build_examples(folder: Path, ids, methods, template: Template, voxel_mm: float) -> dict:
     """Arrays (N, X, Y, Z) on the common grid for every (subject, method) pair.
 
-    Keys: original, defaced, mask, prior, and lists ``subject``, ``method``.
-    None when there is no subject.
+    Keys: original, defaced, mask, prior (the cohort-average head matched to
+    each defaced image by :func:`prior_scale`), lists ``subject``, ``method``,
+    ``prior_scale``, ``scale`` (the intensity unit of each example) and the float
+    ``average_norm`` (the average head's unit). None when there is no subject.
     """
     if len(ids) == 0:
         return None
     _, _, shape = common_grid(template, voxel_mm)
     brain = _zoom(template.brain, shape, order=0) > 0.5
+    head = _zoom(template.head, shape, order=0) > 0.5
     average = nib.load(str(Path(folder) / "cohort_average.nii.gz")).get_fdata(dtype=np.float32)
     average = _zoom(average, shape, order=1)
-    prior = average / (INTENSITY_SCALE * subject_scale(average, brain))
-    out = {k: [] for k in ("original", "defaced", "mask", "prior", "subject", "method")}
+    norm = INTENSITY_SCALE * subject_scale(average, brain)
+    out = {k: [] for k in ("original", "defaced", "mask", "prior", "subject", "method", "prior_scale", "scale")}
     for sid in ids:
         original = _zoom(load_defaced(folder, "original", sid, space="template")[0], shape, order=1)
         for method in methods:
             defaced = _zoom(load_defaced(folder, method, sid, space="template")[0], shape, order=1)
             mask = _zoom(load_defaced(folder, f"{method}_removal", sid, space="template")[0], shape, order=0) > 0.5
             scale = INTENSITY_SCALE * subject_scale(defaced, brain)
+            match = prior_scale(defaced / scale, average / norm, head, mask)
             out["original"].append(original / scale)
             out["defaced"].append(np.where(mask, 0.0, defaced / scale).astype(np.float32))
             out["mask"].append(mask)
-            out["prior"].append(prior)
+            out["prior"].append(average / norm * match)
             out["subject"].append(sid)
             out["method"].append(method)
+            out["prior_scale"].append(match)
+            out["scale"].append(scale)
     arrays = {k: np.stack(out[k]).astype(bool if k == "mask" else np.float32) for k in ("original", "defaced", "mask", "prior")}
-    return {**arrays, "subject": out["subject"], "method": out["method"]}
+    lists = {k: out[k] for k in ("subject", "method", "prior_scale", "scale")}
+    return {**arrays, **lists, "average_norm": float(norm)}
 
+
+#: Version of the training data and output composition; part of every cascade cache key.
+#: 2: per-example loss weight, prior matched outside the mask, full-resolution composition.
+CASCADE_VERSION = 2
 
 #: Cascade parameters that change the trained models (sampling settings do not).
 TRAINING_KEYS = ("voxel_mm", "factor", "box_margin", "per_method", "stage1", "stage2", "max_seconds_per_stage")
@@ -126,7 +164,7 @@ TRAINING_KEYS = ("voxel_mm", "factor", "box_margin", "per_method", "stage1", "st
 
 def _checkpoint_folder(run: Run, config: _cascade.CascadeConfig, data_key: str) -> Path:
     training = {k: run.params["cascade"].get(k) for k in TRAINING_KEYS}
-    return run.artifacts / f"cascade-{stable_hash([config.to_dict(), data_key, training])}"
+    return run.artifacts / f"cascade-{stable_hash([config.to_dict(), data_key, training, CASCADE_VERSION])}"
 
 
 def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.CascadeConfig, *, data_key: str,
@@ -161,6 +199,29 @@ def to_subject_space(common: np.ndarray, template: Template, deface_folder: Path
     return load_registration(deface_folder, sid, template).to_subject(tpl, image.shape, affine, order=1)
 
 
+def full_resolution(common: np.ndarray, prior: np.ndarray, average_tpl: np.ndarray, template: Template, *,
+                    average_norm: float, prior_scale: float) -> np.ndarray:
+    """A cascade output on the template grid, in the example's intensity unit.
+
+    The cascade learns a residual over the prior at the common grid's
+    resolution; the detail finer than that grid comes from the full-resolution
+    average head: ``average_tpl / average_norm * prior_scale + zoom(common - prior)``.
+    An untrained cascade (output = prior) returns the intensity-matched average
+    head at full resolution, the average-face candidate.
+
+    Examples
+    --------
+    >>> class T: shape = (4, 4, 4)
+    >>> avg = np.full((4, 4, 4), 2.0, np.float32)
+    >>> out = full_resolution(np.ones((2, 2, 2)), np.ones((2, 2, 2)), avg, T, average_norm=2.0, prior_scale=1.5)
+    >>> float(out.min()), float(out.max())
+    (1.5, 1.5)
+    """
+    residual = _zoom(np.asarray(common, np.float32) - np.asarray(prior, np.float32), template.shape, order=1)
+    return (np.asarray(average_tpl, np.float32) / np.float32(average_norm) * np.float32(prior_scale)
+            + residual).astype(np.float32)
+
+
 def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, methods, template: Template,
                     config: _cascade.CascadeConfig, *, progress: bool = True) -> tuple[Path, pd.DataFrame]:
     """Reface every test subject under every method; write NIfTIs in subject space.
@@ -171,10 +232,11 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
     from .train import load_stage
 
     p = run.params["cascade"]
-    out = run.artifacts / f"refaced-{stable_hash([ckpt_folder.name, p['sampler'], p['sample_steps'], p['n_samples'], list(test_ids)])}"
+    out = run.artifacts / f"refaced-{stable_hash([CASCADE_VERSION, ckpt_folder.name, p['sampler'], p['sample_steps'], p['n_samples'], list(test_ids)])}"
     if (out / "done.json").exists():
         return out, pd.read_csv(out / "timings.csv")
     models = tuple(load_stage(ckpt_folder / f"stage{s}.pt", device=p.get("device", "auto"))[0] for s in (1, 2))
+    average_tpl = nib.load(str(Path(deface_folder) / "cohort_average.nii.gz")).get_fdata(dtype=np.float32)
     rows = []
     for method in methods:
         start = time.perf_counter()
@@ -183,7 +245,10 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
                         steps=p["sample_steps"], n_samples=p["n_samples"], seed=int(run.params["seed"]),
                         batch_size=p.get("sample_batch", 8), device=p.get("device", "auto"), progress=progress)
         for i, sid in enumerate(test_ids):
-            _write_subject(out, deface_folder, template, sid, method, {k: result[k][i] for k in ("sample", "mean")})
+            volumes = {k: full_resolution(result[k][i], data["prior"][i], average_tpl, template,
+                                          average_norm=data["average_norm"], prior_scale=data["prior_scale"][i])
+                       for k in ("sample", "mean")}
+            write_subject(out, deface_folder, template, sid, method, volumes, scale=data["scale"][i])
         rows.append({"step": f"reface {method}", "seconds": round(time.perf_counter() - start, 1), "n": len(test_ids)})
     timings = pd.DataFrame(rows)
     save_table(timings, out / "timings.csv")
@@ -191,15 +256,14 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
     return out, timings
 
 
-def _write_subject(out: Path, deface_folder: Path, template: Template, sid: str, method: str, volumes: dict) -> None:
-    """Composite each estimator inside the subject-space removal mask and save it."""
+def write_subject(out: Path, deface_folder: Path, template: Template, sid: str, method: str, volumes: dict, *,
+                   scale: float) -> None:
+    """Bring each template-grid estimator to the subject, composite inside its removal mask, save."""
     defaced, affine = load_defaced(deface_folder, method, sid)
     removal = load_defaced(deface_folder, f"{method}_removal", sid)[0] > 0
-    brain = template.brain
-    defaced_tpl = load_defaced(deface_folder, method, sid, space="template")[0]
-    scale = INTENSITY_SCALE * subject_scale(defaced_tpl, brain)
+    registration = load_registration(deface_folder, sid, template)
     for name, vol in volumes.items():
-        subject = to_subject_space(vol, template, deface_folder, sid, defaced, affine, scale)
+        subject = registration.to_subject((vol * np.float32(scale)).astype(np.float32), defaced.shape, affine, order=1)
         final = np.where(removal, np.clip(subject, 0, None), defaced).astype(np.float32)
         save_nifti(nib.Nifti1Image(final, affine), out / f"{method}_{name}" / f"{sid}.nii.gz")
 
@@ -277,9 +341,114 @@ def setup(run: Run) -> RefacingSetup:
 def trained_cascade(run: Run, study: RefacingSetup, *, progress: bool = True) -> tuple[Path, pd.DataFrame]:
     """Checkpoints of both stages: trained now, or loaded from the cache without rebuilding the data."""
     folder = _checkpoint_folder(run, study.config, study.data_key)
+    if not all((folder / f"stage{s}.done").exists() for s in (1, 2)):
+        install_shipped(folder)
     if all((folder / f"stage{s}.done").exists() for s in (1, 2)):
         return folder, pd.concat([pd.read_csv(folder / f"stage{s}_history.csv") for s in (1, 2)], ignore_index=True)
     voxel = run.params["cascade"]["voxel_mm"]
     train = build_examples(study.deface_folder, study.ids["train"], study.methods, study.template, voxel)
     val = build_examples(study.deface_folder, study.ids["val"], study.methods, study.template, voxel)
     return train_cascade(run, train, val, study.config, data_key=study.data_key, progress=progress)
+
+
+# --------------------------------------------------------------------------- shipped checkpoints
+def shipped_root() -> Path:
+    """Folder of the checkpoints that ship with the project (``<project root>/checkpoints``)."""
+    from .config import project_root
+
+    return project_root() / "checkpoints"
+
+
+def install_shipped(folder: Path, *, root: Path | None = None) -> bool:
+    """Install the shipped checkpoint named like ``folder`` (its cache key) into it.
+
+    A checkpoint ships under the name of the run's cascade cache folder, which
+    hashes the cascade configuration, the training data's key and
+    :data:`CASCADE_VERSION`: it is used only when all of them match, and the
+    cascade is trained from scratch otherwise. Returns True when installed.
+    """
+    src = Path(root or shipped_root()) / Path(folder).name
+    needed = [src / f"stage{s}{ext}" for s in (1, 2) for ext in (".pt", "_history.csv")] + [src / "training.json"]
+    if not all(p.is_file() for p in needed):
+        return False
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    info = json.loads((src / "training.json").read_text())
+    for s in (1, 2):
+        for ext in (".pt", "_history.csv"):
+            tmp = folder / f".stage{s}{ext}.tmp"
+            shutil.copyfile(src / f"stage{s}{ext}", tmp)
+            tmp.replace(folder / f"stage{s}{ext}")
+    atomic_write_text(folder / "shipped.json", json.dumps(info, indent=2))
+    for s in (1, 2):
+        atomic_write_text(folder / f"stage{s}.done", json.dumps({"steps": info["stages"][str(s)]["steps"], "shipped": True}))
+    return True
+
+
+def training_provenance(folder: Path) -> dict | None:
+    """Where a cascade was trained, when it came from a shipped checkpoint (else None)."""
+    path = Path(folder) / "shipped.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def ship(folder: Path, *, root: Path | None = None, device: str = "cpu", command: str = "") -> Path:
+    """Export a trained cascade folder as a shipped checkpoint (EMA weights only).
+
+    Writes ``<root>/<folder name>/stage{1,2}.pt`` (weights_only-loadable, the
+    EMA weights stored once under both ``model`` and ``ema``, no optimiser
+    state: it cannot resume training), the loss histories and ``training.json``
+    (steps, seconds, device, torch version, date, command).
+    """
+    import datetime
+    import platform
+
+    import torch
+
+    folder = Path(folder)
+    dst = Path(root or shipped_root()) / folder.name
+    dst.mkdir(parents=True, exist_ok=True)
+    stages = {}
+    for s in (1, 2):
+        ckpt = torch.load(folder / f"stage{s}.pt", map_location="cpu", weights_only=True)
+        slim = {"step": ckpt["step"], "model": ckpt["ema"], "ema": ckpt["ema"], "config": ckpt["config"],
+                "version": ckpt["version"]}
+        tmp = dst / f".stage{s}.pt.tmp"
+        torch.save(slim, tmp)
+        tmp.replace(dst / f"stage{s}.pt")
+        history = pd.read_csv(folder / f"stage{s}_history.csv")
+        save_table(history, dst / f"stage{s}_history.csv")
+        stages[str(s)] = {"steps": int(history["step"].max()), "seconds": round(float(history["seconds"].max()), 1)}
+    info = {"stages": stages, "device": device, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+            "date": datetime.date.today().isoformat(), "command": command}
+    atomic_write_text(dst / "training.json", json.dumps(info, indent=2))
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m refacelib.refacing ship --profile quick``: train (cached) and export the checkpoint."""
+    import argparse
+
+    from .config import open_run
+    from .device import resolve_device
+
+    parser = argparse.ArgumentParser(prog="python -m refacelib.refacing", description=main.__doc__)
+    parser.add_argument("command", choices=["ship"])
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--dataset", default="phantom")
+    args = parser.parse_args(argv)
+    run = open_run(args.profile, args.dataset)
+    study = setup(run)
+    folder, history = trained_cascade(run, study)
+    if training_provenance(folder) is not None:
+        print(f"{folder.name} came from a shipped checkpoint already; nothing to export")
+        return 0
+    device = str(resolve_device(run.params["cascade"].get("device", "auto")))
+    dst = ship(folder, device=device, command=f"python -m refacelib.refacing ship --profile {args.profile}")
+    print(f"shipped {dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cascade import (
+    _STAGE_IN_CHANNELS,
     CascadeConfig,
     box_slices,
     conditioning,
@@ -50,7 +51,7 @@ from .cascade import (
 )
 from .device import autocast_context, resolve_device
 
-__all__ = ["reface", "one_step_estimate", "make_sampler"]
+__all__ = ["reface", "one_step_estimate", "make_sampler", "auto_batch_size", "batch_from_memory"]
 
 
 def make_sampler(stage_cfg, *, sampler: str = "ddim", steps: int | None = 25, eta: float | None = None):
@@ -176,8 +177,9 @@ def _chunk_seed(seed: int, chunk: int) -> int:
 
 
 def reface(defaced, mask, prior, models, config: CascadeConfig | dict, *, sampler: str = "ddim",
-           steps: int | None = 25, n_samples: int = 1, seed: int = 0, batch_size: int = 8, device="auto",
-           progress: bool = False, eta: float | None = None, return_samples: bool = False) -> dict:
+           steps: int | None = 25, n_samples: int = 1, seed: int = 0, batch_size: int | str = 8, device="auto",
+           progress: bool = False, eta: float | None = None, return_samples: bool = False,
+           compile: bool = False) -> dict:
     """Put a face back into defaced volumes with the two-stage cascade.
 
     Parameters
@@ -195,14 +197,18 @@ def reface(defaced, mask, prior, models, config: CascadeConfig | dict, *, sample
     n_samples : int
         Samples per subject (for ``mean``).
     seed : int
-    batch_size : int
-        Items (subject x sample) per forward pass.
+    batch_size : int or "auto"
+        Items (subject x sample) per forward pass; ``"auto"`` sizes it to the
+        free GPU memory (:func:`auto_batch_size`; 8 on CPU).
     device : str
     progress : bool
     eta : float, optional
         DDIM stochasticity override.
     return_samples : bool
         Also return every sample as ``samples`` (N, S, X, Y, Z).
+    compile : bool
+        Wrap the networks in ``torch.compile`` (off by default: compiling
+        takes minutes and pays off only for long runs on a GPU).
 
     Returns
     -------
@@ -217,21 +223,27 @@ def reface(defaced, mask, prior, models, config: CascadeConfig | dict, *, sample
     models = tuple(None if mdl is None else mdl.to(device).eval() for mdl in models)
     samplers = [make_sampler(config.stage(s), sampler=sampler, steps=steps, eta=eta) for s in (1, 2)]
     n = vol["defaced"].shape[0]
-    items = torch.arange(n * n_samples, device=device)  # sample-major: item = s * n + i
+    if batch_size == "auto":
+        batch_size = auto_batch_size(models, config, tuple(vol["defaced"].shape[1:]), device=device,
+                                     n_items=n * n_samples)
+    if compile:
+        models = tuple(None if mdl is None else torch.compile(mdl) for mdl in models)
     acc = {k: torch.zeros_like(vol["defaced"]) for k in ("mean", "one_step")}
     first = {k: torch.empty_like(vol["defaced"]) for k in ("sample", "stage1")}
     kept = [] if return_samples else None
-    chunks = list(torch.split(items, batch_size))
-    for c, chunk in enumerate(tqdm(chunks, disable=not progress, desc="reface")):
+    # chunk bounds are host integers (sample-major items: item = s * n + i), so the loop
+    # never reads a device tensor back to decide what to index (no host-device syncs)
+    bounds = [(lo, min(lo + int(batch_size), n * n_samples)) for lo in range(0, n * n_samples, int(batch_size))]
+    for c, (lo, hi) in enumerate(tqdm(bounds, disable=not progress, desc="reface")):
         gen = torch.Generator(device=device)
         gen.manual_seed(_chunk_seed(seed, c))
-        subj = chunk % n
+        subj = torch.arange(lo, hi, device=device) % n
         out = _cascade_chunk(vol, subj, models, samplers, config, gen)
         acc["mean"].index_add_(0, subj, out["sample"][:, 0])
         acc["one_step"].index_add_(0, subj, out["one_step"][:, 0])
-        is_first = chunk < n
+        n_first = max(0, min(hi, n) - lo)  # items of the first sample come first
         for k in first:
-            first[k][subj[is_first]] = out[k][is_first, 0]
+            first[k][lo:lo + n_first] = out[k][:n_first, 0]
         if kept is not None:
             kept.append(out["sample"][:, 0].cpu())
     return _finish(vol, acc, first, kept, n=n, n_samples=n_samples)
@@ -247,6 +259,56 @@ def _finish(vol, acc, first, kept, *, n: int, n_samples: int) -> dict:
         allv = torch.cat(kept).reshape(n_samples, n, *d.shape[1:]).transpose(0, 1)
         out["samples"] = allv.numpy().astype(np.float32, copy=False)
     return out
+
+
+def batch_from_memory(free_bytes: float, per_item_bytes: float, *, n_items: int, fraction: float = 0.5,
+                      cap: int = 256) -> int:
+    """Items per chunk that fit in ``fraction`` of the free memory, in [1, min(n_items, cap)].
+
+    Examples
+    --------
+    >>> batch_from_memory(8e9, 1e8, n_items=100)
+    40
+    >>> batch_from_memory(1e6, 1e8, n_items=100), batch_from_memory(8e12, 1e8, n_items=30)
+    (1, 30)
+    """
+    fit = int(fraction * float(free_bytes) // max(float(per_item_bytes), 1.0))
+    return max(1, min(fit, int(n_items), int(cap)))
+
+
+@torch.no_grad()
+def auto_batch_size(models, config: CascadeConfig | dict, grid_shape: tuple, *, device, n_items: int,
+                    fraction: float = 0.5, cap: int = 256, default: int = 8) -> int:
+    """Sampling batch that fits in free GPU memory; ``min(default, n_items)`` off CUDA.
+
+    One probe forward pass per stage at batch 2 (bf16 autocast, as in
+    sampling) measures the peak activation memory per item; each item also
+    holds about 16 float32 copies of the common grid (inputs, composites,
+    accumulators). The batch is ``fraction`` of the free memory
+    (``torch.cuda.mem_get_info``) over that per-item cost
+    (:func:`batch_from_memory`).
+    """
+    config, device = CascadeConfig.from_dict(config), resolve_device(device)
+    if device.type != "cuda":
+        return max(1, min(int(default), int(n_items)))
+    mult = config.factor * config.stage1.multiple
+    shapes = {1: [-(-s // mult) * config.stage1.multiple for s in grid_shape],
+              2: [sl.stop - sl.start for sl in box_slices(config.box, grid_shape)]}
+    held = 16 * 4 * int(np.prod(grid_shape))
+    activations = 0.0
+    for stage, model in zip((1, 2), models):
+        if model is None:
+            continue
+        x = torch.zeros((2, _STAGE_IN_CHANNELS[stage], *shapes[stage]), device=device)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with autocast_context(device):
+            model(x, timesteps=torch.zeros(2, dtype=torch.long, device=device))
+        activations = max(activations, (torch.cuda.max_memory_allocated(device) - base) / 2)
+    per_item = held + activations
+    free, _ = torch.cuda.mem_get_info(device)
+    return batch_from_memory(free, per_item, n_items=n_items, fraction=fraction, cap=cap)
 
 
 def one_step_estimate(defaced, mask, prior, models, config, *, n_samples: int = 1, seed: int = 0,

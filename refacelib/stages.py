@@ -27,7 +27,7 @@ from .template import Template, load_template
 __all__ = ["study_template", "subject_brain_mask", "deface_cohort", "load_defaced", "load_registration", "face_features", "stage_stats", "qc_summary", "CANDIDATES"]
 
 #: Bump when what a stage writes changes, so that old caches are not reused.
-STAGE_VERSION = 2
+STAGE_VERSION = 3  # 3: seeded, single-threaded (repeatable) ANTs registration
 
 #: Images per subject written by :func:`deface_cohort`, besides one per method.
 CANDIDATES = ("original", "average", "template_average")
@@ -54,7 +54,9 @@ def subject_brain_mask(run: Run, ds: BIDSDataset, subject: Subject, image, affin
 
 
 def _stage_folder(run: Run, ds: BIDSDataset) -> Path:
-    key = stable_hash({"version": STAGE_VERSION, "deface": run.params["deface"], "data": str(ds.root), "ids": ds.ids,
+    # the dataset enters by its folder name (the phantom's is a hash of its parameters) and its
+    # subjects, never by its absolute path: a fresh clone elsewhere finds the same key
+    key = stable_hash({"version": STAGE_VERSION, "deface": run.params["deface"], "data": ds.root.name, "ids": ds.ids,
                        "methods": deface.method_table().to_dict("records")})
     return run.artifacts / f"defaced-{key}"
 

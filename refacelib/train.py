@@ -90,8 +90,8 @@ def prepare_stage_data(stage: int, data: dict, config: CascadeConfig, *, device)
 
 
 def _batch_loss(model, scheduler, tensors: dict, idx: torch.Tensor, gen: torch.Generator, *,
-                cond_noise: float, device) -> torch.Tensor:
-    """Masked x0 MSE of one batch (noise, timesteps drawn from ``gen``)."""
+                cond_noise: float, device, amp: bool = True) -> torch.Tensor:
+    """Masked x0 MSE of one batch, averaged per example (noise, timesteps drawn from ``gen``)."""
     b = {k: v[idx] for k, v in tensors.items() if isinstance(v, torch.Tensor)}
     x0, mask = b["original"], b["mask"]
     t = torch.randint(0, scheduler.num_train_timesteps, (x0.shape[0],), generator=gen, device=device)
@@ -100,10 +100,14 @@ def _batch_loss(model, scheduler, tensors: dict, idx: torch.Tensor, gen: torch.G
     coarse = b.get("coarse")
     if coarse is not None and tensors["coarse_is_truth"] and cond_noise > 0:
         coarse = coarse + cond_noise * torch.randn(coarse.shape, generator=gen, device=device)
-    with autocast_context(device):
+    with autocast_context(device, enabled=amp):
         x0_hat = predict_x0(model, x_t, t, conditioning(b, coarse=coarse), b["prior"])
+    # each example weighs the same, whatever the size of its removal mask (a skull-stripped
+    # head removes ten times the voxels of a defaced face and would otherwise dominate)
     m = mask.float()
-    return (((x0_hat - x0) ** 2) * m).sum() / m.sum().clamp_min(1.0)
+    dims = tuple(range(1, m.ndim))
+    per_example = (((x0_hat - x0) ** 2) * m).sum(dim=dims) / m.sum(dim=dims).clamp_min(1.0)
+    return per_example.mean()
 
 
 @torch.no_grad()
@@ -116,9 +120,8 @@ def _val_loss(model, scheduler, tensors: dict, *, seed: int, batch_size: int, de
     total, count = 0.0, 0.0
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n), device=device)
-        m = tensors["mask"][idx].float().sum().item()
         loss = _batch_loss(model, scheduler, tensors, idx, gen, cond_noise=0.0, device=device)
-        total, count = total + loss.item() * m, count + m
+        total, count = total + loss.item() * len(idx), count + len(idx)
     model.train()
     return total / max(count, 1.0)
 
@@ -197,7 +200,8 @@ def _should_stop(start: float, max_seconds, device) -> bool:
 
 def train_stage(stage: int, data: dict, config: CascadeConfig | dict, *, val_data: dict | None = None,
                 device="auto", checkpoint_path=None, resume: bool = True, checkpoint_every: int = 50,
-                progress: bool = True, log_every: int = 10, max_seconds: float | None = None):
+                progress: bool = True, log_every: int = 10, max_seconds: float | None = None,
+                amp: bool = True, compile: bool = False):
     """Train (or continue training) one stage of the cascade.
 
     Parameters
@@ -222,6 +226,11 @@ def train_stage(stage: int, data: dict, config: CascadeConfig | dict, *, val_dat
         tqdm bar with the running loss (rank 0 only).
     max_seconds : float, optional
         Stop early after this wall time; ``history.attrs["stopped_early"]``.
+    amp : bool
+        bf16 autocast of the network on CUDA (no effect elsewhere).
+    compile : bool
+        Train through ``torch.compile`` of the network (checkpoints hold the
+        plain weights either way).
 
     Returns
     -------
@@ -245,6 +254,8 @@ def train_stage(stage: int, data: dict, config: CascadeConfig | dict, *, val_dat
     if world > 1:
         ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if compile:
+        net = torch.compile(net)
     rows, start, stopped = [], time.perf_counter(), False
     n = tensors["original"].shape[0]
     bar = tqdm(total=st.steps, initial=step, disable=not progress or rank != 0, desc=f"stage {stage}")
@@ -253,7 +264,7 @@ def train_stage(stage: int, data: dict, config: CascadeConfig | dict, *, val_dat
         gen = torch.Generator(device=device)
         gen.manual_seed(_step_seed(config.seed, stage, rank, step))
         idx = torch.randint(0, n, (st.batch_size,), generator=gen, device=device)
-        loss = _batch_loss(net, scheduler, tensors, idx, gen, cond_noise=st.cond_noise, device=device)
+        loss = _batch_loss(net, scheduler, tensors, idx, gen, cond_noise=st.cond_noise, device=device, amp=amp)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

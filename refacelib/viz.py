@@ -14,6 +14,27 @@ __all__ = ["plot_demographics", "plot_montage", "plot_regions", "plot_deface_qc"
 SIMULATION_NOTE = "phantom (simulated data)"
 
 
+def _show_figures_in_notebooks() -> None:
+    """Give figures a PNG display in a Jupyter kernel although the backend is Agg.
+
+    With Agg chosen before pyplot, IPython has no image formatter for figures: a
+    figure (shown, or glued with myst-nb) would reach the book as the text
+    ``<Figure size ...>``. Registering the PNG formatter shows each figure once,
+    where the chapter displays or glues it (Agg never shows figures by itself).
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import select_figure_formats
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        select_figure_formats(shell, {"png"}, bbox_inches="tight")
+
+
+_show_figures_in_notebooks()
+
+
 def _stamp(fig, note: str | None) -> None:
     if note:
         fig.text(0.995, 0.005, note, ha="right", va="bottom", fontsize=8, color="0.4", style="italic")

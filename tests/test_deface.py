@@ -151,3 +151,13 @@ def test_qc_flags_brain_and_empty_removal(setup):
     empty = D.DefaceResult(s["image"], np.zeros_like(good.removal), "pydeface", "test", "0", emulated=True)
     out = D.qc(s["image"], empty, head_mask=setup["head"], brain_mask=s["brain"], registration=reg)
     assert not out["passed"] and "nothing removed" in out["reason"]
+
+
+def test_registration_repeats_exactly(setup):
+    """Seeded, single-threaded ANTs: the same subject gives the same transform, bit for bit."""
+    s = setup["subjects"][1]
+    again = D.register_template(s["image"], s["affine"], setup["template"], seed=0)
+    np.testing.assert_array_equal(again.transform.parameters, setup["regs"][1].transform.parameters)
+    import ants
+
+    assert ants.config._random_seed is None  # the global setting is restored

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from refacelib import pipeline
+from refacelib import browser, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -97,6 +97,23 @@ def test_tiny_book_builds_with_real_figures_and_tables(tiny_book, project):
     assert _private_paths(run / "notebooks", str(project), str(ROOT)) == []
 
 
+def test_book_reads_in_headless_chromium(tiny_book):
+    """Every page opens, every figure loads as an image, no internal link is broken; screenshots kept."""
+    chromium, reason = browser.install_chromium()
+    if chromium is None:
+        pytest.skip(f"headless Chromium unavailable: {reason}")
+    index, _ = tiny_book
+    run = index.parents[1]
+    results = browser.check_book(run / "html", screenshots=run / "screenshots", chromium=chromium)
+    pages = {r.page: r for r in results}
+    assert {"index.html", "book/intro.html", *(f"chapters/{n}.html" for n in pipeline.chapter_names())} <= set(pages)
+    assert {p: r.problems for p, r in pages.items() if r.problems} == {}
+    with_figures = [f"chapters/{n}.html" for n in pipeline.chapter_names()
+                    if "save_figure(" in (pipeline.project_root() / "notebooks" / f"{n}.py").read_text()]
+    assert with_figures and all(pages[p].images > 0 for p in with_figures), {p: pages[p].images for p in with_figures}
+    assert all((run / "screenshots" / r.screenshot).stat().st_size > 10_000 for r in results)
+
+
 def test_second_build_executes_nothing_and_is_fast(tiny_book):
     index, _ = tiny_book
     before = index.stat().st_mtime
@@ -123,19 +140,23 @@ def test_failing_chapter_names_itself_and_keeps_the_last_good_book(tiny_book, pr
 
 
 def _lps_bids(src_root, dest, n=6):
-    """A BIDS folder in LPS orientation with anisotropic voxels, no split or muscle columns."""
+    """A BIDS folder in LPS orientation with anisotropic voxels, no split or muscle columns.
+
+    Its ids (``sub-mri01`` ...) appear nowhere in the book's prose, so a leak is visible.
+    """
     rows = []
-    for sub in sorted(src_root.glob("sub-*"))[:n]:
+    for k, sub in enumerate(sorted(src_root.glob("sub-*"))[:n], 1):
         img = nib.load(str(sub / "anat" / f"{sub.name}_T1w.nii.gz"))
         data = np.asarray(img.dataobj, dtype=np.float32)
         data = data[::-1, ::-1, ::2]  # flip to LPS, keep every second axial slice
         affine = img.affine @ np.diag([1.0, 1.0, 2.0, 1.0])
         affine = affine @ np.array([[-1, 0, 0, data.shape[0] - 1], [0, -1, 0, data.shape[1] - 1],
                                     [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
-        out = dest / sub.name / "anat"
+        pid = f"sub-mri{k:02d}"
+        out = dest / pid / "anat"
         out.mkdir(parents=True)
-        nib.save(nib.Nifti1Image(data, affine), str(out / f"{sub.name}_T1w.nii.gz"))
-        rows.append({"participant_id": sub.name, "age": 60 + len(rows), "sex": "F" if len(rows) % 2 else "M"})
+        nib.save(nib.Nifti1Image(data, affine), str(out / f"{pid}_T1w.nii.gz"))
+        rows.append({"participant_id": pid, "age": 60 + len(rows), "sex": "F" if len(rows) % 2 else "M"})
     pd.DataFrame(rows).to_csv(dest / "participants.tsv", sep="\t", index=False)
     return dest
 
@@ -159,3 +180,16 @@ def test_same_chapters_run_on_an_lps_anisotropic_bids_folder(tiny_book, project,
     assert not (run / "figures" / "face_renderings.png").exists()  # real faces withheld
     assert (run / "tables" / "face_msd.csv").exists()
     assert _private_paths(run / "html", str(bids), str(tmp_path)) == []
+    assert _private_paths(run / "notebooks", str(bids), str(tmp_path)) == []
+    # privacy: pseudonyms instead of ids in every published table and page; faces withheld, and said so
+    raw_ids = list(pd.read_csv(bids / "participants.tsv", sep="\t")["participant_id"])
+    published = [p for p in (run / "html").rglob("*") if p.suffix in (".html", ".js", ".ipynb", ".md", ".txt")]
+    published += [*(run / "tables").glob("*.csv"), *(run / "notebooks").glob("*.ipynb")]
+    leaks = [f"{p.relative_to(run)}: {i}" for p in published for i in raw_ids if i in p.read_text(errors="ignore")]
+    assert leaks == []
+    shown = pd.read_csv(run / "tables" / "participants.csv")["participant_id"]
+    assert len(shown) == len(raw_ids) and shown.str.match(r"sub-p[0-9a-f]{8}$").all()
+    for name in ("01_cohort", "02_defacing", "05_refacing", "06_reid"):
+        assert re.search(r"withheld: real faces are not published", _html_text(run / "html" / "chapters" /
+                                                                               f"{name}.html"), re.I), name
+    assert not list((run / "figures").glob("*montage*")) and not list((run / "figures").glob("*render*"))

@@ -208,3 +208,22 @@ def test_fast_msd_matrix_matches_the_exact_one_on_small_surfaces():
     fast = fast_msd_matrix(surfaces, surfaces, max_points=1000)
     assert np.allclose(exact, fast)
     assert np.allclose(np.diag(fast), 0.0)
+
+
+def test_matching_attack_same_result_in_parallel():
+    from refacelib import evaluation
+
+    noses = [6.0, 9.0, 12.0]
+    surfaces, subjects = {}, {}
+    for i, r in enumerate(noses):
+        sid = f"sub-{i}"
+        subjects[sid] = "test_internal"
+        surfaces[(sid, "original")] = reid.face_surface(head(r, nose_dx=4.0 * i), AFFINE, REGION)
+        surfaces[(sid, "m:refaced")] = reid.face_surface(head(r + 0.5, nose_dx=4.0 * i), AFFINE, REGION)
+        surfaces[(sid, "m:average")] = reid.face_surface(head(9.0), AFFINE, REGION)
+    kw = dict(candidates=("refaced", "average"), max_points=400)
+    serial, _ = evaluation.matching_attack(surfaces, subjects, ["m"], n_jobs=1, **kw)
+    parallel, curves = evaluation.matching_attack(surfaces, subjects, ["m"], n_jobs=2, **kw)
+    pd.testing.assert_frame_equal(serial, parallel)
+    assert serial.set_index("candidate").loc["refaced", "top1"] == 1.0
+    assert curves[("m", "test_internal", "refaced")][-1] == 1.0

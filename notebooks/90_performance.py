@@ -1,0 +1,373 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Performance
+#
+# How long this study takes to rebuild and where the time goes, measured in one run on the
+# machine described below, so that ratios hold on a noisy machine: the sampler's cost against
+# the quality of the refaced face, the training throughput of both cascade stages, the cost of
+# the face surface distance, the time and memory of every chapter, and a projection of the
+# `paper` profile from measured per-step costs. `make bench` executes this appendix; the other
+# chapters never run it.
+
+# %% tags=["parameters"]
+# Defaults; `make bench` injects profile, dataset and publish_faces.
+import os
+
+profile = os.environ.get("REFACE_PROFILE", "quick")
+dataset = os.environ.get("REFACE_DATASET", "phantom")
+publish_faces = False
+samplers = [["ddpm", 1000], ["ddim", 10], ["ddim", 25], ["ddim", 50], ["ddim", 100], ["ddim", 250]]
+sampler_method = None  # defacing method of the sampler benchmark (default: the first example method)
+# internal test subjects of the sampler benchmark (default: all); `REFACE_BENCH_SUBJECTS=5 make bench` cuts it
+max_subjects = int(os.environ["REFACE_BENCH_SUBJECTS"]) if os.environ.get("REFACE_BENCH_SUBJECTS") else None
+train_steps, train_warmup = 3, 1  # timed and untimed training steps per stage and precision
+paper_cpu_batch = 1  # batch of the paper-size steps timed on a CPU (scaled linearly to the profile's)
+paper_sampling_items, paper_sampling_steps = 1, 1
+
+# %%
+import json
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from IPython.display import Image, display
+from myst_nb import glue
+
+from refacelib import bench, config, refacing, report
+from refacelib import bench_quality as bq
+from refacelib.device import resolve_device
+from refacelib.io import save_figure, save_table
+from refacelib.stages import stage_stats
+from refacelib.template import load_template
+from refacelib.train import load_stage
+
+run = config.open_run(profile, dataset)
+chapter_start = time.time()
+settings = run.params["cascade"]
+device = resolve_device(settings.get("device", "auto"))
+study = refacing.setup(run)
+ckpt_folder, _ = refacing.trained_cascade(run, study)
+refaced, _ = refacing.reface_test_set(run, study.deface_folder, ckpt_folder, list(study.test_subjects),
+                                      study.methods, study.template, study.config)
+bench_dir = config.project_root() / "bench"
+
+# %% [markdown]
+# ## The machine
+#
+# {glue:text}`cpu_model`, {glue:text}`cpu_cores` cores, {glue:text}`ram_gib` GiB of memory;
+# PyTorch {glue:text}`torch_version` on {glue:text}`device`. The profile is
+# {glue:text}`profile` on {glue:text}`dataset_name`.
+
+# %%
+machine = bench.machine_info(device)
+info = machine.set_index("item")["value"]
+for key in ("cpu_model", "cpu_cores", "ram_gib", "device"):
+    glue(key, info[key], display=False)
+glue("torch_version", info["torch"], display=False)
+glue("profile", run.profile, display=False)
+glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
+machine
+
+# %% [markdown]
+# ## Time and memory of the book
+#
+# Wall time and peak resident memory of each chapter as the pipeline recorded it when it last
+# executed the chapter (`tables/chapter_timings.csv`). A chapter that found its expensive
+# products cached ran warm, so the total is a cold-build time only when that build started
+# from an empty run folder; the cold cost of the cached stages is listed after it. Targets
+# for `quick` on 2 CPU cores: at most {glue:text}`budget_min` minutes and
+# {glue:text}`budget_gib` GiB.
+
+# %%
+timings_path = run.tables / "chapter_timings.csv"
+costs = bq.chapter_costs(pd.read_csv(timings_path)) if timings_path.exists() else None
+total = costs.iloc[-1] if costs is not None else None
+glue("budget_min", bq.BOOK_BUDGET_S // 60, display=False)
+glue("budget_gib", bq.BOOK_MEMORY_MIB // 1024, display=False)
+glue("book_minutes", f"{total['seconds'] / 60:.1f}" if total is not None else "n/a", display=False)
+glue("book_peak_gib", f"{total['peak_rss_mib'] / 1024:.2f}" if total is not None else "n/a", display=False)
+glue("book_target", ("met" if total["within_target"] else "missed") if total is not None else "not measured",
+     display=False)
+costs
+
+# %% [markdown]
+# The chapters took {glue:text}`book_minutes` minutes in all with a peak of
+# {glue:text}`book_peak_gib` GiB: the time and memory targets are {glue:text}`book_target`.
+# The cached stages, as measured when they were built (the defacing stage's own record and
+# `tables/timings.csv`):
+
+# %%
+timing_csv = run.tables / "timings.csv"
+stages_table = bq.stage_costs(stage_stats(study.deface_folder),
+                              pd.read_csv(timing_csv) if timing_csv.exists() else None)
+save_table(stages_table, run.tables / "bench_stage_costs.csv")
+dominant = stages_table.sort_values("seconds", ascending=False).iloc[0]
+glue("dominant_stage", f"{dominant['stage']} ({dominant['seconds']:.0f} s)", display=False)
+stages_table
+
+# %% [markdown]
+# The most expensive cached stage is {glue:text}`dominant_stage`. `make bench` first brings
+# the book up to date and then runs `make book` once more with nothing changed, in a fresh
+# process: that warm rebuild took {glue:text}`warm_seconds` s (target under
+# {glue:text}`warm_target` s) and executed {glue:text}`warm_executed` chapters.
+
+# %%
+rebuild_path = run.tables / "rebuild_timings.csv"
+rebuild = pd.read_csv(rebuild_path) if rebuild_path.exists() else None
+warm = rebuild.iloc[-1] if rebuild is not None else None
+glue("warm_seconds", f"{warm['seconds']:.1f}" if warm is not None else "n/a (not measured: run `make bench`)",
+     display=False)
+glue("warm_target", bq.WARM_REBUILD_S, display=False)
+glue("warm_executed", int(warm["chapters_executed"]) if warm is not None else "n/a", display=False)
+rebuild
+
+# %% [markdown]
+# ## Sampler cost against face quality
+#
+# The trained cascade refaces the internal test subjects under one defacing method with each
+# sampler: ancestral DDPM over the whole training schedule and DDIM with fewer steps, one
+# sample per subject, the same seed. The refaced image is put back into each subject's space
+# exactly as the refacing chapter does, and its face MSD against the original is measured as
+# in the re-identification chapter. Network evaluations count both stages per refaced face
+# (each stage's steps, plus the one-step estimate of stage 2).
+
+# %%
+method = sampler_method or run.params["refacing"]["example_methods"][0]
+internal = [s for s, t in study.test_subjects.items() if t == "test_internal"][:max_subjects]
+data = refacing.build_examples(study.deface_folder, internal, [method], study.template, settings["voxel_mm"])
+models = tuple(load_stage(ckpt_folder / f"stage{s}.pt", device=device)[0] for s in (1, 2))
+faces = bq.subject_faces(study.deface_folder, study.template, internal)
+msd_fn = lambda volumes: bq.subject_space_msd(faces, volumes, data, template=study.template,  # noqa: E731
+                                               deface_folder=study.deface_folder)
+sampler_table = bq.sampler_benchmark(models, study.config, data, samplers, msd=msd_fn, seed=int(run.params["seed"]),
+                                     batch_size=settings.get("sample_batch", 8), device=device)
+save_table(sampler_table, run.tables / "bench_samplers.csv")
+average_msd = bq.stored_msd(faces, study.deface_folder, "average")
+summary = bq.sampler_summary(sampler_table)
+save_table(summary, run.tables / "bench_samplers_summary.csv")
+summary
+
+# %%
+ref = summary[summary["kind"] == "ddpm"].iloc[0]
+fast = summary[(summary["kind"] == "ddim") & (summary["steps"] <= 50)]
+best = fast.loc[(fast["msd_ratio"] - 1).abs().idxmin()] if len(fast) else None
+met = summary[summary["meets_target"]]
+glue("n_sampler_subjects", len(internal), display=False)
+glue("sampler_method", method, display=False)
+glue("ddpm_label", ref["sampler"], display=False)
+glue("ddpm_msd", f"{ref['msd_median']:.2f}", display=False)
+glue("ddpm_seconds", f"{ref['seconds']:.0f}", display=False)
+glue("average_msd", f"{average_msd['msd_mm'].median():.2f}", display=False)
+glue("sampler_verdict",
+     f"met: {', '.join(met['sampler'])} stay within 5% of {ref['sampler']}'s median MSD with at least 20x fewer "
+     "denoising steps" if len(met) else
+     (f"missed: the closest DDIM with at most 50 steps, {best['sampler']}, is "
+      f"{100 * (best['msd_ratio'] - 1):+.1f}% from {ref['sampler']}'s median MSD at "
+      f"{best['step_speedup']:.0f}x fewer denoising steps" if best is not None else "not measured"),
+     display=False)
+
+# %% [markdown]
+# On {glue:text}`n_sampler_subjects` internal test subjects under {glue:text}`sampler_method`,
+# {glue:text}`ddpm_label` gives a median face MSD of {glue:text}`ddpm_msd` mm in
+# {glue:text}`ddpm_seconds` s (the cohort-average face: {glue:text}`average_msd` mm). The
+# target (DDIM at 50 steps or fewer within 5% of DDPM's median MSD, with at least 20x fewer
+# denoising steps) is {glue:text}`sampler_verdict`.
+
+# %%
+def plot_sampler_tradeoff(summary, average_msd):
+    """Median MSD (IQR bars) and wall time against network evaluations."""
+    fig, (ax_msd, ax_time) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for kind, marker in (("ddim", "o"), ("ddpm", "s")):
+        s = summary[summary["kind"] == kind]
+        err = [s["msd_median"] - s["msd_q1"], s["msd_q3"] - s["msd_median"]]
+        ax_msd.errorbar(s["nfe"], s["msd_median"], yerr=err, fmt=marker + "-", capsize=3, label=kind.upper())
+        ax_time.plot(s["nfe"], s["seconds"], marker + "-", label=kind.upper())
+        for _, r in s.iterrows():
+            ax_msd.annotate(r["sampler"], (r["nfe"], r["msd_median"]), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7)
+    ax_msd.axhline(average_msd, color="grey", ls="--", lw=1, label="cohort-average face")
+    ax_msd.set(xscale="log", xlabel="network evaluations per face", ylabel="face MSD (mm), median and IQR")
+    ax_time.set(xscale="log", yscale="log", xlabel="network evaluations per face", ylabel="wall time (s)")
+    for ax in (ax_msd, ax_time):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+fig = plot_sampler_tradeoff(summary, float(average_msd["msd_mm"].median()))
+path = save_figure(fig, run.figures / "bench_sampler_tradeoff.png")
+plt.close(fig)
+display(Image(filename=str(path)))
+
+# %% [markdown]
+# ## Training throughput
+#
+# A few timed optimiser steps of each stage (`refacelib.train.train_stage`, EMA and all) at
+# this profile's stage sizes and batch size, on synthetic volumes of the right shape; the
+# first {glue:text}`train_warmup` step(s) are not timed. Voxels per second count the
+# network's input voxels times the batch. On CUDA both fp32 and bf16 autocast are timed; on a
+# CPU autocast is off, so fp32 only.
+
+# %%
+_, _, grid = refacing.common_grid(study.template, settings["voxel_mm"])
+throughput = bench.training_throughput(study.config, grid, steps=train_steps, warmup=train_warmup, device=device)
+save_table(throughput, run.tables / "bench_training.csv")
+glue("train_warmup", train_warmup, display=False)
+for r in throughput.itertuples():
+    glue(f"voxels_per_s_stage{r.stage}_{r.precision}", f"{r.voxels_per_s:,.0f}", display=False)
+glue("train_device", str(device), display=False)
+throughput
+
+# %% [markdown]
+# Stage 1 trains at {glue:text}`voxels_per_s_stage1_fp32` voxels/s and stage 2 at
+# {glue:text}`voxels_per_s_stage2_fp32` voxels/s in fp32 on {glue:text}`train_device`.
+#
+# ## Surface-distance evaluation
+#
+# For every internal test subject, method and candidate (single refaced sample and the
+# cohort-average face): the time of one face MSD as the book computes it (the candidate's face
+# surface, a mesh cut to the face region, then the KD-tree distances to the original's, which
+# is computed once per subject), and the same distance from MONAI's surface-distance functions
+# (`get_mask_edges` and `get_surface_distance`, behind `compute_average_surface_distance`):
+# the same head masks, their voxel edges cut to the same face region, the mean of the two
+# directed mean distances.
+
+# %%
+surface_table = bq.surface_benchmark(study.deface_folder, refaced, study.template, internal, study.methods)
+save_table(surface_table, run.tables / "bench_surface.csv")
+agreement = bq.surface_agreement(surface_table)
+save_table(agreement, run.tables / "bench_surface_agreement.csv")
+agree = agreement.iloc[0]
+glue("n_faces", len(surface_table), display=False)
+glue("face_ms", f"{1000 * agree['seconds_median']:.0f}", display=False)
+glue("monai_ms", f"{1000 * agree['monai_seconds_median']:.0f}", display=False)
+glue("monai_r", f"{agree['pearson_r']:.3f}", display=False)
+glue("monai_rho", f"{agree['spearman_rho']:.3f}", display=False)
+glue("monai_diff", f"{agree['median_abs_diff_mm']:.3f}", display=False)
+glue("monai_rel", f"{100 * agree['median_rel_diff']:.1f}", display=False)
+agreement
+
+# %% [markdown]
+# Over {glue:text}`n_faces` faces, one face MSD takes a median {glue:text}`face_ms` ms
+# (MONAI's: {glue:text}`monai_ms` ms, head mask included). The two agree with Pearson
+# r = {glue:text}`monai_r` and Spearman rho = {glue:text}`monai_rho`, and differ by a median
+# {glue:text}`monai_diff` mm ({glue:text}`monai_rel`% of MONAI's value): a smoothed mesh
+# against voxel edges.
+#
+# ## The GPU path
+#
+# Sampling runs under bf16 autocast on CUDA, sizes its batch to the free GPU memory when
+# `sample_batch` is `auto` (`refacelib.sample.auto_batch_size`), can compile the networks
+# (`compile=True`, off by default) and decides everything in its loops from host integers.
+# The audit below counts host-device synchronisations inside one denoising loop: on CUDA
+# with PyTorch's sync debug mode, elsewhere the Python calls that would synchronise on a GPU
+# (`.item()`, `.cpu()`, `bool()` of a tensor ...).
+
+# %%
+audit = bench.sampling_sync_audit(study.config, grid, device=device)
+glue("audit_syncs", int(audit["syncs"].sum()), display=False)
+glue("audit_device", str(device), display=False)
+audit
+
+# %% [markdown]
+# {glue:text}`audit_syncs` synchronisations inside the sampling loops on
+# {glue:text}`audit_device`.
+#
+# ## Projection of the `paper` profile
+#
+# The `paper` profile sets the sizes a real study would use (common grid at
+# {glue:text}`paper_voxel_mm` mm, whole-head stage at {glue:text}`paper_stage1_mm` mm). Its
+# stage sizes, {glue:text}`paper_shapes`, are stored in `bench/stage_sizes.json` for the GPU
+# script ({glue:text}`paper_sizes_check`). A few training steps at these sizes (batch
+# {glue:text}`paper_cpu_batch` on a CPU, scaled linearly to the profile's batch) and a short
+# refacing run give per-step costs; the projection multiplies them by the profile's steps,
+# and by {glue:text}`paper_n_test` test subjects x {glue:text}`paper_n_methods` methods x
+# {glue:text}`paper_n_samples` samples for refacing.
+
+# %%
+paper = config.load_profile("paper")
+stored_sizes = json.loads((bench_dir / "stage_sizes.json").read_text())
+paper_cfg, paper_grid = bench.sized_config(paper, stored_sizes["paper"])
+fresh = bench.profile_sizes(paper, load_template(paper["deface"]["voxel_mm"], cache_dir=run.artifacts / "template"))
+glue("paper_sizes_check", "recomputed from the template now: identical" if fresh == stored_sizes["paper"]
+     else f"recomputed from the template now: DIFFERENT, {fresh}; rerun `python -m refacelib.bench sizes`",
+     display=False)
+shapes = bench.stage_shapes(paper_cfg, paper_grid)
+glue("paper_shapes", "; ".join(f"stage {s}: {' x '.join(map(str, v))}" for s, v in shapes.items()), display=False)
+glue("paper_voxel_mm", paper["cascade"]["voxel_mm"], display=False)
+glue("paper_stage1_mm", paper["cascade"]["voxel_mm"] * paper["cascade"]["factor"], display=False)
+glue("paper_cpu_batch", paper_cpu_batch if device.type != "cuda" else "as in the profile", display=False)
+glue("paper_n_test", paper["phantom"]["n_test_internal"] + paper["phantom"]["n_test_external"], display=False)
+glue("paper_n_methods", len(paper["deface"]["methods"]), display=False)
+glue("paper_n_samples", paper["cascade"]["n_samples"], display=False)
+
+# %%
+on_cpu = device.type != "cuda"  # a CPU step takes a minute: one step, no warm-up (its overhead is small)
+paper_train = bench.training_throughput(paper_cfg, paper_grid, steps=1, warmup=0 if on_cpu else 1, device=device,
+                                        batch_size=paper_cpu_batch if on_cpu else None)
+paper_sampling = bench.sampling_throughput(paper_cfg, paper_grid, n_items=paper_sampling_items,
+                                           steps=paper_sampling_steps, device=device)
+label = f"this machine ({info.get('gpu', 'CPU ' + info['cpu_model'])})"
+projection = bench.paper_projection(paper_train, paper_sampling, paper, source=label)
+save_table(pd.concat([paper_train.assign(source=label)]), run.tables / "bench_paper_training.csv")
+save_table(projection, run.tables / "bench_paper_projection.csv")
+hours = projection.set_index("quantity")["hours"]
+glue("local_train_hours", f"{hours['train (both stages)']:,.0f}", display=False)
+glue("local_reface_hours", f"{hours['reface (all test subjects x methods)']:,.0f}", display=False)
+glue("local_label", label, display=False)
+projection
+
+# %% [markdown]
+# Measured on {glue:text}`local_label`: training the paper profile would take
+# {glue:text}`local_train_hours` hours and refacing {glue:text}`local_reface_hours` hours.
+#
+# ## Stored GPU measurements
+#
+# `bench/gpu_bench.py` measures the same quantities on a GPU (training steps/s at the paper
+# stage sizes in fp32 and bf16, sampling throughput at the automatic batch size, peak GPU
+# memory and the synchronisation audit) and writes `bench/results/<card>-<date>.json`; every
+# such file is shown here, labelled with its card.
+
+# %%
+results = bench.load_results(bench_dir / "results", profile="paper") if (bench_dir / "results").is_dir() else {}
+glue("gpu_status", f"{results['machine']['card'].nunique()} card(s): {', '.join(results['machine']['card'].unique())}"
+     if "machine" in results else "none stored yet: no GPU has run bench/gpu_bench.py for this repository",
+     display=False)
+if "training" in results:
+    display(results["training"])
+if "sampling" in results:
+    display(results["sampling"])
+
+# %% [markdown]
+# Stored GPU results: {glue:text}`gpu_status`.
+
+# %%
+gpu_projection = pd.concat(
+    [bench.paper_projection(results["training"][results["training"]["card"] == card],
+                            results["sampling"][results["sampling"]["card"] == card], paper, source=card)
+     for card in results["machine"]["card"].unique()], ignore_index=True) if "training" in results else None
+if gpu_projection is not None:
+    save_table(gpu_projection, run.tables / "bench_paper_projection_gpu.csv")
+    display(gpu_projection)
+glue("gpu_projection", "; ".join(
+    f"on one {r.source}: {r.hours:,.1f} h to {r.quantity.split(' (')[0]}"
+    for r in gpu_projection.itertuples() if r.quantity in ("train (both stages)", "reface (all test subjects x methods)"))
+     if gpu_projection is not None else "not available until a GPU result is stored", display=False)
+
+# %% [markdown]
+# Projected from the stored GPU measurements: {glue:text}`gpu_projection`.
+
+# %% tags=["remove-input"]
+display(report.chapter_footer(run, started=chapter_start))

@@ -1,0 +1,95 @@
+"""Pseudonyms for the participant ids of a real (non-phantom) dataset.
+
+The published tables and pages of a run on real data never show the ids of
+``participants.tsv``. :func:`pseudonymize_dataset` replaces every id by a
+stable pseudonym (``sub-p`` + a keyed hash) right after the dataset is
+loaded, so every later artifact, table, figure label and page uses the
+pseudonym only. The key is derived from the content of ``participants.tsv``
+and the run seed (:func:`dataset_key`): the same data give the same
+pseudonyms on every machine, and nobody without the private table can map a
+pseudonym back to an id. The phantom's ids are synthetic and kept.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable
+
+from .data import BIDSDataset, DatasetError
+
+__all__ = ["PSEUDONYM_PREFIX", "dataset_key", "pseudonym", "pseudonym_map", "pseudonymize_dataset"]
+
+PSEUDONYM_PREFIX = "sub-p"
+_MIN_LENGTH, _MAX_LENGTH = 8, 32
+
+
+def dataset_key(root: os.PathLike | str, *, seed: int) -> bytes:
+    """Secret key of a dataset: a hash of its ``participants.tsv`` and ``seed``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "participants.tsv").write_text("participant_id\\tage\\tsex\\nsub-01\\t60\\tF\\n")
+    >>> dataset_key(d, seed=0) == dataset_key(d, seed=0) != dataset_key(d, seed=1)
+    True
+    """
+    path = Path(root) / "participants.tsv"
+    if not path.is_file():
+        raise DatasetError(f"participants.tsv: file not found in dataset {Path(root).name}")
+    digest = hashlib.sha256(b"refacelib-pseudonym\0")
+    digest.update(path.read_bytes())
+    digest.update(f"\0seed={int(seed)}".encode())
+    return digest.digest()
+
+
+def pseudonym(participant_id: str, *, key: bytes, length: int = _MIN_LENGTH) -> str:
+    """Stable pseudonym of one id: ``sub-p`` + ``length`` hex digits of HMAC-SHA256.
+
+    Examples
+    --------
+    >>> pseudonym("sub-01", key=b"k")
+    'sub-pbeef60fd'
+    >>> pseudonym("sub-01", key=b"k") != pseudonym("sub-01", key=b"other")
+    True
+    """
+    if not isinstance(key, (bytes, bytearray)) or not key:
+        raise ValueError("key must be non-empty bytes")
+    mac = hmac.new(bytes(key), str(participant_id).encode(), hashlib.sha256).hexdigest()
+    return PSEUDONYM_PREFIX + mac[:length]
+
+
+def pseudonym_map(ids: Iterable[str], *, key: bytes) -> dict[str, str]:
+    """Id -> pseudonym for every id; longer hashes are used if two would collide.
+
+    Examples
+    --------
+    >>> m = pseudonym_map(["sub-01", "sub-02"], key=b"k")
+    >>> len(set(m.values())), m["sub-01"] == pseudonym("sub-01", key=b"k")
+    (2, True)
+    """
+    ids = list(dict.fromkeys(str(i) for i in ids))
+    for length in range(_MIN_LENGTH, _MAX_LENGTH + 1, 4):
+        out = {i: pseudonym(i, key=key, length=length) for i in ids}
+        if len(set(out.values())) == len(ids):
+            return out
+    raise DatasetError("participant ids: pseudonyms collide even at full length")  # pragma: no cover
+
+
+def pseudonymize_dataset(ds: BIDSDataset, *, key: bytes) -> BIDSDataset:
+    """A copy of ``ds`` whose participant ids are pseudonyms (order and splits kept).
+
+    The image paths still point at the original files; they are private and
+    never published (executed notebooks show the dataset as ``<DATASET>``).
+    """
+    mapping = pseudonym_map(ds.ids, key=key)
+    participants = ds.participants.copy()
+    participants["participant_id"] = participants["participant_id"].map(mapping)
+    subjects = []
+    for subject in ds.subjects:
+        new_id = mapping[subject.participant_id]
+        subjects.append(replace(subject, participant_id=new_id, row={**subject.row, "participant_id": new_id}))
+    return BIDSDataset(root=ds.root, participants=participants, subjects=subjects)

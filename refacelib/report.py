@@ -1,0 +1,519 @@
+"""The public report: key-result values from a run's tables, and each chapter's provenance footer.
+
+Every number on the landing page and on the comparison page is glued from a
+chapter. The functions here turn the run's tidy tables (``tables/*.csv``) into
+the strings that are glued, so that the rules (which test set, which
+estimator, how a p-value is written) live in one tested place. Keys are made
+for every method the paper studied (:data:`PAPER_METHODS`), whether or not the
+run has it: a method the run lacks reads ``n/a``, so a page that names all of
+them always builds.
+
+The footer (:func:`provenance_markdown`) states refacelib's version, the git
+commit, the profile, the dataset label, the parameter hash, the device and the
+chapter's wall time.
+
+Examples
+--------
+>>> fmt_p(0.000012)
+'1.2e-05'
+>>> fmt_ci(0.41, 0.24, 0.55)
+'0.41 [0.24, 0.55]'
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from typing import Iterable
+
+import pandas as pd
+
+from . import paper
+
+__all__ = [
+    "PAPER_METHODS",
+    "MUSCLES",
+    "NA",
+    "fmt_mm",
+    "fmt_p",
+    "fmt_rate",
+    "fmt_ci",
+    "headline_test_set",
+    "read_table",
+    "face_key_values",
+    "reid_key_values",
+    "muscle_key_values",
+    "msd_comparison_values",
+    "muscle_comparison_values",
+    "example_msd_values",
+    "closer_counts",
+    "muscle_test_values",
+    "emulated_methods",
+    "method_engines",
+    "provenance_fields",
+    "provenance_markdown",
+    "chapter_footer",
+]
+
+#: The defacing methods of the paper, in its order (our names).
+PAPER_METHODS: tuple[str, ...] = tuple(m for m in paper.IMAGE_LABELS if m != "original")
+#: The CT muscle levels of the paper.
+MUSCLES: tuple[str, ...] = ("abdomen", "thigh", "shin")
+#: What a key reads when the run has no value for it.
+NA = "n/a"
+
+
+def _missing(value) -> bool:
+    try:
+        return value is None or math.isnan(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+def fmt_mm(value, *, decimals: int = 2) -> str:
+    """A distance in mm with ``decimals`` decimals, ``n/a`` when missing.
+
+    Examples
+    --------
+    >>> fmt_mm(1.2345), fmt_mm(float("nan"))
+    ('1.23', 'n/a')
+    """
+    return NA if _missing(value) else f"{float(value):.{decimals}f}"
+
+
+def fmt_p(value) -> str:
+    """A p-value with two significant digits (``n/a`` when missing).
+
+    Examples
+    --------
+    >>> fmt_p(0.0123), fmt_p(0.5)
+    ('0.012', '0.5')
+    """
+    return NA if _missing(value) else f"{float(value):.2g}"
+
+
+def fmt_rate(value) -> str:
+    """A rate in [0, 1] with two decimals.
+
+    Examples
+    --------
+    >>> fmt_rate(0.6)
+    '0.60'
+    """
+    return NA if _missing(value) else f"{float(value):.2f}"
+
+
+def fmt_ci(mean, low, high, *, decimals: int = 2) -> str:
+    """``mean [low, high]``; ``undefined`` when the mean is missing (e.g. a constant prediction).
+
+    Examples
+    --------
+    >>> fmt_ci(float("nan"), float("nan"), float("nan"))
+    'undefined'
+    """
+    if _missing(mean):
+        return "undefined"
+    return f"{mean:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
+
+
+def read_table(folder, name: str) -> pd.DataFrame | None:
+    """``<folder>/<name>.csv``, or None when no chapter wrote it (e.g. a dataset without muscle columns).
+
+    Examples
+    --------
+    >>> read_table("/nonexistent", "reid") is None
+    True
+    """
+    from pathlib import Path
+
+    path = Path(folder) / f"{name}.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
+def headline_test_set(test_sets: Iterable[str]) -> str:
+    """The test set the headline numbers come from: the external one when present.
+
+    Examples
+    --------
+    >>> headline_test_set(["test_internal", "test_external"])
+    'test_external'
+    >>> headline_test_set(["test"])
+    'test'
+    """
+    names = sorted(set(test_sets))
+    if not names:
+        raise ValueError("headline_test_set: no test set in the table")
+    return "test_external" if "test_external" in names else names[-1]
+
+
+def face_key_values(summary: pd.DataFrame, tests: pd.DataFrame, *, estimator: str,
+                    baseline: str = "average", methods: Iterable[str] = PAPER_METHODS,
+                    alpha: float = 0.05) -> dict[str, str]:
+    """Refaced vs average-face MSD per method on the headline test set, with the test's p.
+
+    Parameters
+    ----------
+    summary : DataFrame
+        ``tables/face_msd_summary.csv`` (method, test_set, candidate, median_mm, ...).
+    tests : DataFrame
+        ``tables/face_tests.csv`` (method, test_set, estimator, baseline, p, p_holm,
+        median_diff_mm, ...).
+    estimator : str
+        The refaced candidate of the headline (``refaced`` or ``refaced_mean``).
+    baseline : str
+        The average face compared against (``average``: the training cohort's).
+    alpha : float
+        Level of the Holm-corrected test for ``key_closer_<method>``.
+
+    Returns
+    -------
+    dict
+        ``key_test_set``, ``key_estimator``, ``key_baseline``, ``key_n_closer``
+        (``"k of n"``) and per method ``key_msd_refaced_<m>``,
+        ``key_msd_average_<m>``, ``key_p_<m>`` (Holm-corrected), ``key_closer_<m>``
+        (``yes``: significantly closer; ``no, farther``/``no, tie``).
+
+    Examples
+    --------
+    >>> s = pd.DataFrame({"method": ["pydeface"] * 2, "test_set": ["test_external"] * 2,
+    ...                   "candidate": ["refaced_mean", "average"], "median_mm": [1.0, 1.5]})
+    >>> t = pd.DataFrame({"method": ["pydeface"], "test_set": ["test_external"],
+    ...                   "estimator": ["refaced_mean"], "baseline": ["average"],
+    ...                   "p_holm": [0.001], "median_diff_mm": [-0.4]})
+    >>> v = face_key_values(s, t, estimator="refaced_mean", methods=["pydeface"])
+    >>> v["key_msd_refaced_pydeface"], v["key_p_pydeface"], v["key_closer_pydeface"]
+    ('1.00', '0.001', 'yes')
+    """
+    test_set = headline_test_set(summary["test_set"])
+    med = summary[summary["test_set"] == test_set].set_index(["method", "candidate"])["median_mm"]
+    sel = tests[(tests["test_set"] == test_set) & (tests["estimator"] == estimator) & (tests["baseline"] == baseline)]
+    sel = sel.set_index("method")
+    out = {"key_test_set": test_set, "key_estimator": estimator, "key_baseline": baseline}
+    n_closer = n_tested = 0
+    for m in methods:
+        out[f"key_msd_refaced_{m}"] = fmt_mm(med.get((m, estimator)))
+        out[f"key_msd_average_{m}"] = fmt_mm(med.get((m, baseline)))
+        p = sel["p_holm"].get(m) if m in sel.index else None
+        diff = sel["median_diff_mm"].get(m) if m in sel.index else None
+        out[f"key_p_{m}"] = fmt_p(p)
+        if _missing(p):
+            out[f"key_closer_{m}"] = NA
+            continue
+        n_tested += 1
+        closer = p < alpha and diff < 0
+        n_closer += closer
+        out[f"key_closer_{m}"] = "yes" if closer else ("no, farther" if p < alpha else "no, tie")
+    out["key_n_closer"] = f"{n_closer} of {n_tested}"
+    return out
+
+
+def reid_key_values(reid: pd.DataFrame, *, estimator: str, methods: Iterable[str] = PAPER_METHODS) -> dict[str, str]:
+    """Top-1 identification rates of the matching attack on the headline test set.
+
+    Parameters
+    ----------
+    reid : DataFrame
+        ``tables/reid.csv`` (method, test_set, candidate, n, top1, top5).
+    estimator : str
+        The refaced candidate (``refaced`` or ``refaced_mean``).
+
+    Returns
+    -------
+    dict
+        ``key_reid_test_set``, ``key_reid_n``, ``key_chance`` (1/n) and per method
+        ``key_top1_refaced_<m>``, ``key_top1_average_<m>``, ``key_top1_defaced_<m>``.
+
+    Examples
+    --------
+    >>> r = pd.DataFrame({"method": ["quickshear"] * 2, "test_set": ["test_external"] * 2,
+    ...                   "candidate": ["refaced_mean", "average"], "n": [20, 20],
+    ...                   "top1": [0.55, 0.65], "top5": [0.9, 0.9]})
+    >>> v = reid_key_values(r, estimator="refaced_mean", methods=["quickshear"])
+    >>> v["key_top1_refaced_quickshear"], v["key_chance"], v["key_top1_defaced_quickshear"]
+    ('0.55', '0.05', 'n/a')
+    """
+    test_set = headline_test_set(reid["test_set"])
+    sub = reid[reid["test_set"] == test_set]
+    top1 = sub.set_index(["method", "candidate"])["top1"]
+    n = int(sub["n"].max())
+    out = {"key_reid_test_set": test_set, "key_reid_n": str(n), "key_chance": fmt_rate(1 / n)}
+    for m in methods:
+        for name, cand in (("refaced", estimator), ("average", "average"), ("defaced", "defaced")):
+            out[f"key_top1_{name}_{m}"] = fmt_rate(top1.get((m, cand)))
+    return out
+
+
+def muscle_key_values(corr: pd.DataFrame | None, *, images: Iterable[str] = ("original", *PAPER_METHODS),
+                      muscles: Iterable[str] = MUSCLES, decimals: int = 2) -> dict[str, str]:
+    """Spearman rho (mean [95% CI]) per muscle and image, and its significance.
+
+    Parameters
+    ----------
+    corr : DataFrame or None
+        ``tables/muscle_corr.csv`` (muscle, image, mean, ci_low, ci_high,
+        significant); None when the dataset has no muscle columns (every key
+        then reads ``n/a``).
+
+    Returns
+    -------
+    dict
+        ``key_rho_<muscle>_<image>`` and ``key_sig_<muscle>_<image>`` (``yes``/``no``).
+
+    Examples
+    --------
+    >>> c = pd.DataFrame({"muscle": ["shin"], "image": ["original"], "mean": [0.376],
+    ...                   "ci_low": [0.207], "ci_high": [0.538], "significant": [True]})
+    >>> muscle_key_values(c, images=["original"], muscles=["shin"])
+    {'key_rho_shin_original': '0.38 [0.21, 0.54]', 'key_sig_shin_original': 'yes'}
+    """
+    table = None if corr is None else corr.set_index(["muscle", "image"])
+    out = {}
+    for muscle in muscles:
+        for image in images:
+            if table is None or (muscle, image) not in table.index:
+                out[f"key_rho_{muscle}_{image}"] = out[f"key_sig_{muscle}_{image}"] = NA
+                continue
+            row = table.loc[(muscle, image)]
+            out[f"key_rho_{muscle}_{image}"] = fmt_ci(row["mean"], row["ci_low"], row["ci_high"], decimals=decimals)
+            out[f"key_sig_{muscle}_{image}"] = "yes" if bool(row["significant"]) else "no"
+    return out
+
+
+def msd_comparison_values(vs_paper: pd.DataFrame, *, methods: Iterable[str] = PAPER_METHODS) -> dict[str, str]:
+    """Median refaced-face MSD, ours and the paper's, per method and for the average face.
+
+    ``vs_paper`` is ``tables/face_msd_vs_paper.csv`` (method, ours_median_msd_mm,
+    paper_median_msd_mm); its row ``average (mri_reface)`` gives the keys
+    ``ours_msd_average`` and ``paper_msd_average``.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"method": ["mri_deface"], "ours_median_msd_mm": [1.43],
+    ...                   "paper_median_msd_mm": [0.45]})
+    >>> v = msd_comparison_values(t, methods=["mri_deface"])
+    >>> v["ours_msd_mri_deface"], v["paper_msd_mri_deface"], v["ours_msd_average"]
+    ('1.43', '0.45', 'n/a')
+    """
+    table = vs_paper.set_index("method")
+    out = {}
+    for key, row in [(m, m) for m in methods] + [("average", "average (mri_reface)")]:
+        for who in ("ours", "paper"):
+            value = table[f"{who}_median_msd_mm"].get(row) if row in table.index else None
+            out[f"{who}_msd_{key}"] = fmt_mm(value)
+    return out
+
+
+def muscle_comparison_values(corr: pd.DataFrame | None, *, images: Iterable[str] = ("original", *PAPER_METHODS),
+                             muscles: Iterable[str] = MUSCLES, decimals: int = 3) -> dict[str, str]:
+    """Spearman rho mean [95% CI], ours (``ours_rho_*``) and the paper's (``paper_rho_*``).
+
+    Both at the paper's precision (three decimals, as read off its figure).
+
+    Examples
+    --------
+    >>> muscle_comparison_values(None, images=["original"], muscles=["thigh"])
+    {'ours_rho_thigh_original': 'n/a', 'paper_rho_thigh_original': '0.360 [0.209, 0.493]'}
+    """
+    images, muscles = list(images), list(muscles)
+    ours = muscle_key_values(corr, images=images, muscles=muscles, decimals=decimals)
+    theirs = paper.muscle_correlations().set_index(["muscle", "image"])
+    out = {}
+    for muscle in muscles:
+        for image in images:
+            out[f"ours_rho_{muscle}_{image}"] = ours[f"key_rho_{muscle}_{image}"]
+            row = theirs.loc[(muscle, image)] if (muscle, image) in theirs.index else None
+            out[f"paper_rho_{muscle}_{image}"] = (NA if row is None else fmt_ci(
+                row["paper_mean"], row["paper_ci_low"], row["paper_ci_high"], decimals=decimals))
+    return out
+
+
+def example_msd_values(msd: pd.DataFrame, *, method: str, estimator: str, test_set: str | None = None) -> dict[str, str]:
+    """Median MSD of the defaced, refaced and average face under one method (the paper's example row).
+
+    The paper reports one MRI_Deface subject; ours is the median over the
+    headline test set, so the keys say ``median``.
+
+    Examples
+    --------
+    >>> m = pd.DataFrame({"subject": ["a", "a", "a"], "test_set": ["test"] * 3,
+    ...                   "method": ["mri_deface"] * 3, "candidate": ["defaced", "refaced", "average"],
+    ...                   "msd_mm": [9.0, 1.2, 1.3]})
+    >>> example_msd_values(m, method="mri_deface", estimator="refaced")["ours_example_refaced"]
+    '1.20'
+    """
+    test_set = test_set or headline_test_set(msd["test_set"])
+    sub = msd[(msd["test_set"] == test_set) & (msd["method"] == method)]
+    med = sub.groupby("candidate")["msd_mm"].median()
+    return {f"ours_example_{name}": fmt_mm(med.get(cand))
+            for name, cand in (("defaced", "defaced"), ("refaced", estimator), ("average", "average"))}
+
+
+def closer_counts(tests: pd.DataFrame, *, estimator: str, baseline: str = "average", alpha: float = 0.05,
+                  test_sets: Iterable[str] = ("test_internal", "test_external")) -> dict[str, str]:
+    """Methods whose refaced face is significantly closer than the baseline, per test set.
+
+    ``ours_n_closer_<test_set>`` reads ``"k of n"``: Holm-corrected p < ``alpha``
+    and a negative median difference, out of the methods tested.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"method": ["a", "b"], "test_set": ["test_external"] * 2,
+    ...                   "estimator": ["refaced"] * 2, "baseline": ["average"] * 2,
+    ...                   "p_holm": [0.01, 0.01], "median_diff_mm": [-0.2, 0.3]})
+    >>> closer_counts(t, estimator="refaced")
+    {'ours_n_closer_test_internal': 'n/a', 'ours_n_closer_test_external': '1 of 2'}
+    """
+    sel = tests[(tests["estimator"] == estimator) & (tests["baseline"] == baseline)].dropna(subset=["p_holm"])
+    out = {}
+    for test_set in test_sets:
+        sub = sel[sel["test_set"] == test_set]
+        k = int(((sub["p_holm"] < alpha) & (sub["median_diff_mm"] < 0)).sum())
+        out[f"ours_n_closer_{test_set}"] = f"{k} of {len(sub)}" if len(sub) else NA
+    return out
+
+
+def muscle_test_values(corr: pd.DataFrame | None, diff: pd.DataFrame | None, *, labels: dict | None = None,
+                       threshold: float = 1e-4) -> dict[str, str]:
+    """The muscle headlines: tests of original vs each image, and the images significant for the shin.
+
+    Parameters
+    ----------
+    corr : DataFrame or None
+        ``tables/muscle_corr.csv``.
+    diff : DataFrame or None
+        ``tables/muscle_diff.csv`` (muscle, image, diff_mean, ci_low, ci_high, wilcoxon_p).
+    labels : dict, optional
+        Image name -> the paper's label (default :data:`refacelib.paper.IMAGE_LABELS`).
+    threshold : float
+        The paper's p threshold for the Wilcoxon test.
+
+    Returns
+    -------
+    dict
+        ``ours_n_wilcoxon`` and ``ours_n_diff`` (``"k of n"`` comparisons with
+        Wilcoxon p below ``threshold``, with a paired-difference CI excluding 0),
+        ``ours_shin_significant`` (labels of the images whose shin CI excludes 0).
+
+    Examples
+    --------
+    >>> d = pd.DataFrame({"muscle": ["shin"] * 2, "image": ["pydeface", "skullstrip"],
+    ...                   "diff_mean": [0.1, float("nan")], "ci_low": [0.02, float("nan")],
+    ...                   "ci_high": [0.2, float("nan")], "wilcoxon_p": [1e-9, float("nan")]})
+    >>> c = pd.DataFrame({"muscle": ["shin", "shin"], "image": ["original", "pydeface"],
+    ...                   "significant": [True, False]})
+    >>> muscle_test_values(c, d)
+    {'ours_n_wilcoxon': '1 of 1', 'ours_n_diff': '1 of 1', 'ours_shin_significant': 'original'}
+    """
+    if corr is None or diff is None:
+        return {"ours_n_wilcoxon": NA, "ours_n_diff": NA, "ours_shin_significant": NA}
+    labels = labels or paper.IMAGE_LABELS
+    tested = diff.dropna(subset=["diff_mean", "wilcoxon_p"])
+    excludes = (tested["ci_low"] > 0) | (tested["ci_high"] < 0)
+    shin = corr[(corr["muscle"] == "shin") & corr["significant"].astype(bool)]["image"]
+    return {
+        "ours_n_wilcoxon": f"{int((tested['wilcoxon_p'] < threshold).sum())} of {len(tested)}",
+        "ours_n_diff": f"{int(excludes.sum())} of {len(tested)}",
+        "ours_shin_significant": ", ".join(labels.get(i, i) for i in shin) or "none",
+    }
+
+
+def emulated_methods(methods_table: pd.DataFrame) -> str:
+    """Comma-separated names of the emulated defacing methods (``none`` when all ran for real).
+
+    Examples
+    --------
+    >>> emulated_methods(pd.DataFrame({"method": ["pydeface", "quickshear"], "emulated": [True, False]}))
+    'pydeface'
+    """
+    names = methods_table.loc[methods_table["emulated"].astype(str).str.lower() == "true", "method"]
+    return ", ".join(names) if len(names) else "none"
+
+
+def method_engines(methods_table: pd.DataFrame, *, methods: Iterable[str] = PAPER_METHODS) -> dict[str, str]:
+    """``engine_<method>``: ``emulated``, ``real tool`` or ``not run`` for each of the paper's methods.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"method": ["pydeface", "quickshear"], "emulated": [True, False]})
+    >>> method_engines(t, methods=["pydeface", "quickshear", "mri_deface"])
+    {'engine_pydeface': 'emulated', 'engine_quickshear': 'real tool', 'engine_mri_deface': 'not run'}
+    """
+    flags = dict(zip(methods_table["method"], methods_table["emulated"].astype(str).str.lower() == "true"))
+    return {f"engine_{m}": ("not run" if m not in flags else "emulated" if flags[m] else "real tool")
+            for m in methods}
+
+
+def _git_commit(root) -> str:
+    """Short commit of ``root``, with ``-dirty`` when tracked files differ from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if commit and dirty else (commit or "unknown")
+
+
+def _device_name(request) -> str:
+    """The device a chapter computes on, with the GPU's name when there is one."""
+    from .device import resolve_device
+
+    try:
+        device = resolve_device(request)
+    except RuntimeError as err:
+        return f"unavailable ({err})"
+    if device.type == "cuda":
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def provenance_fields(run, *, started: float, now: float | None = None) -> dict[str, str]:
+    """What the footer of a chapter states, as strings.
+
+    Parameters
+    ----------
+    run : refacelib.config.Run
+    started : float
+        ``time.time()`` taken in the chapter's first code cell.
+    now : float, optional
+        End of the chapter (default: now).
+
+    Returns
+    -------
+    dict
+        refacelib, commit, profile, dataset, parameters (hash), device, wall time.
+    """
+    from . import __version__
+    from .config import dataset_label, project_root, stable_hash
+
+    now = time.time() if now is None else now
+    return {
+        "refacelib": __version__,
+        "commit": _git_commit(project_root()),
+        "profile": run.profile,
+        "dataset": dataset_label(run.dataset),
+        "parameters": stable_hash(run.params),
+        "device": _device_name(run.params.get("cascade", {}).get("device", "auto")),
+        "wall time": f"{max(0.0, now - started):.1f} s",
+    }
+
+
+def provenance_markdown(fields: dict[str, str]) -> str:
+    """The footer line: ``**Provenance.** refacelib `0.1.0` · commit `abc` · ...``.
+
+    Examples
+    --------
+    >>> provenance_markdown({"profile": "tiny", "wall time": "1.0 s"})
+    '**Provenance.** profile `tiny` · wall time `1.0 s`'
+    """
+    return "**Provenance.** " + " · ".join(f"{k} `{v}`" for k, v in fields.items())
+
+
+def chapter_footer(run, *, started: float):
+    """The provenance footer of a chapter as an IPython Markdown object (for the last cell)."""
+    from IPython.display import Markdown
+
+    return Markdown(provenance_markdown(provenance_fields(run, started=started)))

@@ -1,0 +1,90 @@
+"""Run-level refacing helpers: shipped checkpoints and full-resolution composition."""
+import json
+
+import numpy as np
+import pandas as pd
+import torch
+
+from refacelib import refacing
+from refacelib.cascade import CascadeConfig
+from refacelib.train import load_stage, train_stage
+
+TINY = dict(channels=[4, 8], train_timesteps=12, beta_schedule="cosine", batch_size=2, steps=3)
+
+
+def _trained_folder(tmp_path):
+    g = np.mgrid[:8, :8, :8].astype(np.float32)
+    ball = (((g - 3.5) ** 2).sum(0) < 9).astype(np.float32)
+    mask = np.broadcast_to(g[0] >= 6, ball.shape)
+    data = {"original": ball[None], "defaced": np.where(mask, 0, ball)[None], "mask": mask[None], "prior": ball[None]}
+    cfg = CascadeConfig.from_dict(dict(stage1=TINY, stage2=TINY, box=((0, 8), (0, 8), (0, 8))))
+    folder = tmp_path / "run" / "cascade-0123456789"
+    for s in (1, 2):
+        _, hist = train_stage(s, data, cfg, device="cpu", checkpoint_path=folder / f"stage{s}.pt", progress=False)
+        hist.assign(stage=s).to_csv(folder / f"stage{s}_history.csv", index=False)
+        (folder / f"stage{s}.done").write_text("{}")
+    return folder
+
+
+def test_ship_then_install_gives_the_ema_weights(tmp_path):
+    folder = _trained_folder(tmp_path)
+    root = tmp_path / "checkpoints"
+    dst = refacing.ship(folder, root=root, device="cpu", command="test")
+    assert dst.name == folder.name
+    info = json.loads((dst / "training.json").read_text())
+    assert info["stages"]["2"]["steps"] == 3 and info["device"] == "cpu"
+    slim = torch.load(dst / "stage1.pt", weights_only=True)
+    assert "optimizer" not in slim
+    target = tmp_path / "other" / folder.name
+    assert refacing.install_shipped(target, root=root)
+    assert refacing.training_provenance(target)["command"] == "test"
+    assert all((target / f"stage{s}.done").exists() for s in (1, 2))
+    shipped, _, _ = load_stage(target / "stage1.pt", device="cpu")
+    trained, _, _ = load_stage(folder / "stage1.pt", device="cpu")
+    for a, b in zip(shipped.state_dict().values(), trained.state_dict().values()):
+        assert torch.equal(a, b)
+    pd.testing.assert_frame_equal(pd.read_csv(target / "stage2_history.csv"), pd.read_csv(folder / "stage2_history.csv"))
+
+
+def test_install_needs_the_exact_name_and_every_file(tmp_path):
+    folder = _trained_folder(tmp_path)
+    root = tmp_path / "checkpoints"
+    refacing.ship(folder, root=root)
+    assert not refacing.install_shipped(tmp_path / "x" / "cascade-other", root=root)
+    (root / folder.name / "stage2.pt").unlink()
+    assert not refacing.install_shipped(tmp_path / "y" / folder.name, root=root)
+    assert refacing.training_provenance(tmp_path / "y" / folder.name) is None
+
+
+def test_full_resolution_adds_the_upsampled_residual_to_the_average():
+    class T:
+        shape = (8, 8, 8)
+
+    rng = np.random.default_rng(0)
+    average = rng.random((8, 8, 8)).astype(np.float32) + 1
+    prior = np.full((4, 4, 4), 0.5, np.float32)
+    untrained = refacing.full_resolution(prior, prior, average, T, average_norm=2.0, prior_scale=1.2)
+    np.testing.assert_allclose(untrained, average / 2.0 * 1.2, rtol=1e-6)  # the average face, full detail
+    shifted = refacing.full_resolution(prior + 0.25, prior, average, T, average_norm=2.0, prior_scale=1.2)
+    np.testing.assert_allclose(shifted - untrained, 0.25, atol=1e-6)
+
+
+def test_shipped_checkpoints_match_a_profile():
+    """Every shipped checkpoint loads safely and was trained with a profile's current stage settings."""
+    import yaml
+
+    from refacelib.config import project_root
+
+    root = project_root() / "checkpoints"
+    folders = sorted(p for p in root.glob("cascade-*") if p.is_dir()) if root.is_dir() else []
+    profiles = [yaml.safe_load(p.read_text())["cascade"] for p in sorted((project_root() / "params").glob("*.yaml"))]
+    for folder in folders:
+        info = json.loads((folder / "training.json").read_text())
+        assert {"stages", "device", "torch", "date", "command"} <= set(info)
+        saved = [torch.load(folder / f"stage{s}.pt", map_location="cpu", weights_only=True)["config"] for s in (1, 2)]
+        matches = [p for p in profiles
+                   if all(all(saved[s - 1][f"stage{s}"][k] == v for k, v in p[f"stage{s}"].items()) for s in (1, 2))
+                   and saved[0]["factor"] == p["factor"]]
+        assert matches, f"{folder.name} was trained with stage settings no profile has any more: run make checkpoint"
+        for s in (1, 2):
+            assert info["stages"][str(s)]["steps"] == saved[s - 1][f"stage{s}"]["steps"]
