@@ -12,6 +12,7 @@ mask, so every voxel outside it is the defaced input bit for bit.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -420,7 +421,10 @@ def ship(folder: Path, *, root: Path | None = None, device: str = "cpu", command
         history = pd.read_csv(folder / f"stage{s}_history.csv")
         save_table(history, dst / f"stage{s}_history.csv")
         stages[str(s)] = {"steps": int(history["step"].max()), "seconds": round(float(history["seconds"].max()), 1)}
-    info = {"stages": stages, "device": device, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+    from .bench import _cpu_model
+
+    info = {"stages": stages, "device": device, "torch": torch.__version__,
+            "machine": f"{_cpu_model()}, {os.cpu_count()} CPUs" if device == "cpu" else platform.machine(),
             "date": datetime.date.today().isoformat(), "command": command}
     atomic_write_text(dst / "training.json", json.dumps(info, indent=2))
     return dst
