@@ -98,15 +98,12 @@ glue("budget_min", bq.BOOK_BUDGET_S // 60, display=False)
 glue("budget_gib", bq.BOOK_MEMORY_MIB // 1024, display=False)
 glue("book_minutes", f"{total['seconds'] / 60:.1f}" if total is not None else "n/a", display=False)
 glue("book_peak_gib", f"{total['peak_rss_mib'] / 1024:.2f}" if total is not None else "n/a", display=False)
-glue("book_target", ("met" if total["within_target"] else "missed") if total is not None else "not measured",
-     display=False)
 costs
 
 # %% [markdown]
-# The chapters took {glue:text}`book_minutes` minutes in all with a peak of
-# {glue:text}`book_peak_gib` GiB: the time and memory targets are {glue:text}`book_target`.
-# The cached stages, as measured when they were built (the defacing stage's own record and
-# `tables/timings.csv`):
+# The chapters took {glue:text}`book_minutes` minutes in all in their last execution, with a
+# peak of {glue:text}`book_peak_gib` GiB. The cached stages, as measured when they were built
+# (the defacing stage's own record and `tables/timings.csv`):
 
 # %%
 timing_csv = run.tables / "timings.csv"
@@ -115,10 +112,18 @@ stages_table = bq.stage_costs(stage_stats(study.deface_folder),
 save_table(stages_table, run.tables / "bench_stage_costs.csv")
 dominant = stages_table.sort_values("seconds", ascending=False).iloc[0]
 glue("dominant_stage", f"{dominant['stage']} ({dominant['seconds']:.0f} s)", display=False)
+# a cold build pays the chapters plus every cached stage (an upper bound: with the shipped
+# checkpoint the training rows are skipped, and the phantom's generation is not counted)
+cold_s = (float(total["seconds"]) if total is not None else 0.0) + float(stages_table["seconds"].sum())
+within = total is not None and cold_s <= bq.BOOK_BUDGET_S and float(total["peak_rss_mib"]) <= bq.BOOK_MEMORY_MIB
+glue("cold_minutes", f"{cold_s / 60:.1f}", display=False)
+glue("book_target", "met" if within else ("missed" if total is not None else "not measured"), display=False)
 stages_table
 
 # %% [markdown]
-# The most expensive cached stage is {glue:text}`dominant_stage`. `make bench` first brings
+# The most expensive cached stage is {glue:text}`dominant_stage`. Chapters and stages together
+# estimate a cold build at {glue:text}`cold_minutes` minutes: the time and memory targets are
+# {glue:text}`book_target`. `make bench` first brings
 # the book up to date and then runs `make book` once more with nothing changed, in a fresh
 # process: that warm rebuild took {glue:text}`warm_seconds` s (target under
 # {glue:text}`warm_target` s) and executed {glue:text}`warm_executed` chapters.
