@@ -234,12 +234,12 @@ def check_book(html_folder: os.PathLike, *, screenshots: os.PathLike | None = No
         The built book (``runs/<run>/html``).
     pages : list of str, optional
         Pages relative to ``html_folder``; default ``index.html``, then every
-        ``.html`` file under ``book/`` and ``chapters/``.
+        ``.html`` file under ``book/``, ``chapters/`` and ``appendix/``.
     """
     folder = Path(html_folder)
     if pages is None:
         pages = ["index.html"] + sorted(p.relative_to(folder).as_posix()
-                                        for sub in ("book", "chapters") for p in (folder / sub).glob("*.html"))
+                                        for sub in ("book", "chapters", "appendix") for p in (folder / sub).glob("*.html"))
     out = []
     with serve(folder) as (base, requests):
         for page in pages:
