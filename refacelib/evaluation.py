@@ -90,11 +90,10 @@ def face_msd_table(deface_folder: Path, refaced_folder: Path, template: Template
     n_jobs = default_jobs() if n_jobs is None else int(n_jobs)
     tasks = (delayed(_subject_faces)(deface_folder, refaced_folder, template, sid, test_set, list(methods),
                                      keep_surfaces) for sid, test_set in subjects.items())
-    runner = Parallel(n_jobs=n_jobs, return_as="generator") if n_jobs > 1 else map(lambda t: t[0](*t[1], **t[2]), tasks)
-    if n_jobs > 1:
-        runner = runner(tasks)
+    results = (Parallel(n_jobs=n_jobs, return_as="generator")(tasks) if n_jobs > 1
+               else (fn(*args, **kwargs) for fn, args, kwargs in tasks))
     rows, surfaces = [], {}
-    for sub_rows, sub_surfaces in tqdm(runner, total=len(subjects), desc="face surfaces", disable=not progress):
+    for sub_rows, sub_surfaces in tqdm(results, total=len(subjects), desc="face surfaces", disable=not progress):
         rows.extend(sub_rows)
         surfaces.update(sub_surfaces)
     return reid.msd_table(rows), surfaces
@@ -156,7 +155,7 @@ def matching_attack(surfaces: dict, subjects: dict[str, str], methods, *,
         pairs = [(method, cand) for method in methods for cand in candidates]
         tasks = [delayed(_rank_candidates)([surfaces[(sid, f"{m}:{c}")] for sid in ids], reference, originals,
                                            max_points) for m, c in pairs]
-        all_ranks = Parallel(n_jobs=n_jobs)(tasks) if n_jobs > 1 else [t[0](*t[1], **t[2]) for t in tasks]
+        all_ranks = Parallel(n_jobs=n_jobs)(tasks) if n_jobs > 1 else [fn(*a, **kw) for fn, a, kw in tasks]
         for (method, cand), ranks in zip(pairs, all_ranks):
             rows.append({"method": method, "test_set": test_set, "candidate": cand, "ranks": ranks})
             curves[(method, test_set, cand)] = reid.cmc(ranks, len(ids))

@@ -40,7 +40,6 @@ __all__ = [
     "write_subject",
     "train_cascade",
     "reface_test_set",
-    "to_subject_space",
     "record_timings",
     "masked_errors",
     "RefacingSetup",
@@ -191,13 +190,6 @@ def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.Casc
         atomic_write_text(folder / f"stage{stage}.done", json.dumps({"steps": int(history["step"].max())}))
         histories.append(history)
     return folder, pd.concat(histories, ignore_index=True)
-
-
-def to_subject_space(common: np.ndarray, template: Template, deface_folder: Path, sid: str, image: np.ndarray,
-                     affine: np.ndarray, scale: float) -> np.ndarray:
-    """Bring a common-grid volume back to a subject's grid (template grid, then registration)."""
-    tpl = (_zoom(common, template.shape, order=1) * scale).astype(np.float32)
-    return load_registration(deface_folder, sid, template).to_subject(tpl, image.shape, affine, order=1)
 
 
 def full_resolution(common: np.ndarray, prior: np.ndarray, average_tpl: np.ndarray, template: Template, *,
