@@ -224,8 +224,8 @@ def training_throughput(config: CascadeConfig, grid_shape, *, stages=(1, 2), ste
             vox = int(np.prod(shapes[stage]))
             rows.append({"stage": stage, "precision": precision, "compiled": bool(compile), "device": str(device),
                          "batch_size": st.batch_size, "shape": "x".join(map(str, shapes[stage])),
-                         "voxels_per_item": vox, "step_seconds": round(step_s, 4),
-                         "steps_per_s": round(1 / step_s, 4), "voxels_per_s": round(st.batch_size * vox / step_s),
+                         "voxels_per_item": vox, "step_seconds": step_s,
+                         "steps_per_s": 1 / step_s, "voxels_per_s": st.batch_size * vox / step_s,
                          "peak_gpu_mib": _peak_mib(device)})
             del data, hist
     return pd.DataFrame(rows)
@@ -261,8 +261,8 @@ def sampling_throughput(config: CascadeConfig, grid_shape, *, n_items: int = 4, 
     seconds = time.perf_counter() - start
     nfe = 2 * steps + 1
     return pd.DataFrame([{"device": str(device), "compiled": bool(compile), "n_items": n_items, "steps": steps,
-                          "batch_size": int(batch_size), "seconds": round(seconds, 3),
-                          "seconds_per_item": round(seconds / n_items, 5),
+                          "batch_size": int(batch_size), "seconds": seconds,
+                          "seconds_per_item": seconds / n_items,
                           "seconds_per_item_step": seconds / (n_items * nfe), "nfe_per_item": nfe,
                           "peak_gpu_mib": _peak_mib(device)}])
 
