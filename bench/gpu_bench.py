@@ -88,10 +88,29 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"[{time.perf_counter() - start:6.1f} s] {msg}", flush=True)
 
-    kw = dict(log=log, skipped=skipped, start=start, budget=args.budget_s)
+    date = _dt.date.today().isoformat()
+    slug = bench.card_slug(device) + ("-tiny" if args.tiny else "")
+    out_dir = Path(args.out or os.environ.get("OUT") or ROOT / "bench" / "results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    machine = bench.machine_info(device)
+
+    def save():
+        """Write what was measured so far (a run killed at its limit still leaves a file)."""
+        done = {k: v for k, v in tables.items() if v is not None}
+        if skipped:
+            done["skipped"] = pd.DataFrame(skipped)
+        return bench.write_results(out_dir / f"{slug}-{date}.json", machine=machine, tables=done,
+                                   meta={"date": date, "profile": profile, "sizes": sizes, "auto_batch_fit": auto_fit,
+                                         "seconds": round(time.perf_counter() - start, 1),
+                                         "budget_s": args.budget_s, "script": "bench/gpu_bench.py"})
+
+    def measure(name, key, fn):
+        tables[key] = _measure(name, fn, log=log, skipped=skipped, start=start, budget=args.budget_s)
+        save()
+
     log(f"profile {profile}: grid {grid}, stage shapes {bench.stage_shapes(config, grid)}, device {device}")
-    tables["training"] = _measure("training", lambda: bench.training_throughput(
-        config, grid, steps=steps, warmup=warmup, device=device), **kw)
+    measure("training", "training", lambda: bench.training_throughput(
+        config, grid, steps=steps, warmup=warmup, device=device))
     if n_items is None:  # what fits in memory, then one chunk of at most 64 items (time box)
         from refacelib.sample import auto_batch_size
 
@@ -101,26 +120,15 @@ def main(argv=None) -> int:
         del models
         torch.cuda.empty_cache()
         log(f"auto batch size: {auto_fit} items fit; timing {n_items}")
-    tables["sampling"] = _measure("sampling", lambda: bench.sampling_throughput(
-        config, grid, n_items=n_items, steps=sample_steps, batch_size="auto", device=device), **kw)
-    tables["sync_audit"] = _measure("sync audit", lambda: bench.sampling_sync_audit(
-        config, grid, steps=3, device=device), **kw)
+    measure("sampling", "sampling", lambda: bench.sampling_throughput(
+        config, grid, n_items=n_items, steps=sample_steps, batch_size="auto", device=device))
+    measure("sync audit", "sync_audit", lambda: bench.sampling_sync_audit(config, grid, steps=3, device=device))
     if args.compile:
-        tables["training_compiled"] = _measure("training, torch.compile", lambda: bench.training_throughput(
-            config, grid, steps=steps, warmup=warmup, device=device, precisions=("bf16",), compile=True), **kw)
-        tables["sampling_compiled"] = _measure("sampling, torch.compile", lambda: bench.sampling_throughput(
-            config, grid, n_items=n_items, steps=sample_steps, batch_size="auto", device=device, compile=True), **kw)
-    tables = {k: v for k, v in tables.items() if v is not None}
-    if skipped:
-        tables["skipped"] = pd.DataFrame(skipped)
-    date = _dt.date.today().isoformat()
-    slug = bench.card_slug(device) + ("-tiny" if args.tiny else "")
-    out_dir = Path(args.out or os.environ.get("OUT") or ROOT / "bench" / "results")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = bench.write_results(out_dir / f"{slug}-{date}.json", machine=bench.machine_info(device), tables=tables,
-                               meta={"date": date, "profile": profile, "sizes": sizes, "auto_batch_fit": auto_fit,
-                                     "seconds": round(time.perf_counter() - start, 1),
-                                     "budget_s": args.budget_s, "script": "bench/gpu_bench.py"})
+        measure("training, torch.compile", "training_compiled", lambda: bench.training_throughput(
+            config, grid, steps=steps, warmup=warmup, device=device, precisions=("bf16",), compile=True))
+        measure("sampling, torch.compile", "sampling_compiled", lambda: bench.sampling_throughput(
+            config, grid, n_items=n_items, steps=sample_steps, batch_size="auto", device=device, compile=True))
+    path = save()
     log(f"wrote {path}")
     return 0
 

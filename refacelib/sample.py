@@ -54,7 +54,8 @@ from .device import autocast_context, resolve_device
 __all__ = ["reface", "one_step_estimate", "make_sampler", "auto_batch_size", "batch_from_memory"]
 
 
-def make_sampler(stage_cfg, *, sampler: str = "ddim", steps: int | None = 25, eta: float | None = None):
+def make_sampler(stage_cfg, *, sampler: str = "ddim", steps: int | None = 25, eta: float | None = None,
+                 device=None):
     """Scheduler, the list of timesteps and the DDIM ``eta`` for one stage.
 
     Parameters
@@ -68,6 +69,10 @@ def make_sampler(stage_cfg, *, sampler: str = "ddim", steps: int | None = 25, et
         Number of denoising steps, clipped to the training timesteps.
     eta : float, optional
         DDIM stochasticity (default 0 for ``"ddim"``, 1 for strided DDPM).
+    device : torch.device, optional
+        Put the scheduler's tables (``alphas_cumprod`` ...) there now: MONAI
+        moves them on first use, a blocking host-to-device copy inside the
+        sampling loop.
 
     Returns
     -------
@@ -78,13 +83,24 @@ def make_sampler(stage_cfg, *, sampler: str = "ddim", steps: int | None = 25, et
     if sampler == "ddpm" and steps == total:
         sched = make_scheduler(stage_cfg, kind="ddpm")
         sched.set_timesteps(steps)
-        return sched, [int(t) for t in sched.timesteps], None
+        timesteps = [int(t) for t in sched.timesteps]
+        return _tables_to(sched, device), timesteps, None
     if sampler not in ("ddim", "ddpm"):
         raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
     sched = make_scheduler(stage_cfg, kind="ddim")
     sched.set_timesteps(steps)
     eta = (1.0 if sampler == "ddpm" else 0.0) if eta is None else float(eta)
-    return sched, [int(t) for t in sched.timesteps], eta
+    timesteps = [int(t) for t in sched.timesteps]
+    return _tables_to(sched, device), timesteps, eta
+
+
+def _tables_to(sched, device):
+    """Every tensor attribute of a MONAI scheduler on ``device`` (None: left as is)."""
+    if device is not None:
+        for name, value in list(vars(sched).items()):
+            if isinstance(value, torch.Tensor):
+                setattr(sched, name, value.to(device))
+    return sched
 
 
 def _step(sched, x0_hat, t: int, x, gen, eta):
@@ -221,13 +237,13 @@ def reface(defaced, mask, prior, models, config: CascadeConfig | dict, *, sample
     device = resolve_device(device)
     vol = _volumes(defaced, mask, prior, device)
     models = tuple(None if mdl is None else mdl.to(device).eval() for mdl in models)
-    samplers = [make_sampler(config.stage(s), sampler=sampler, steps=steps, eta=eta) for s in (1, 2)]
+    samplers = [make_sampler(config.stage(s), sampler=sampler, steps=steps, eta=eta, device=device) for s in (1, 2)]
     n = vol["defaced"].shape[0]
     if batch_size == "auto":
         batch_size = auto_batch_size(models, config, tuple(vol["defaced"].shape[1:]), device=device,
                                      n_items=n * n_samples)
     if compile:
-        models = tuple(None if mdl is None else torch.compile(mdl) for mdl in models)
+        models = tuple(None if mdl is None else torch.compile(mdl, dynamic=False) for mdl in models)
     acc = {k: torch.zeros_like(vol["defaced"]) for k in ("mean", "one_step")}
     first = {k: torch.empty_like(vol["defaced"]) for k in ("sample", "stage1")}
     kept = [] if return_samples else None

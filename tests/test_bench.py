@@ -77,7 +77,7 @@ def test_reface_compile_flag_wraps_the_networks(micro, monkeypatch):
     from refacelib.sample import reface
 
     wrapped = []
-    monkeypatch.setattr(torch, "compile", lambda m: wrapped.append(m) or m)
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: wrapped.append(m) or m)
     models = bench._untrained_models(micro, torch.device("cpu"))
     data = bench.synthetic_volumes(GRID, 2, config=micro)
     plain = reface(data["defaced"], data["mask"], data["prior"], models, micro, steps=2, device="cpu")

@@ -86,3 +86,15 @@ def test_samplers_and_one_step(setup):
     ref = reface(defaced, mask, prior, models, cfg, sampler="ddim", steps=1, n_samples=2, device="cpu")
     assert np.array_equal(est, ref["mean"]) and np.array_equal(est[~mask], defaced[~mask])
     assert np.allclose(ref["one_step"], ref["mean"], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_make_sampler_puts_every_scheduler_table_on_the_device(setup, kind):
+    # MONAI moves alphas_cumprod on first use: a blocking copy inside the loop on CUDA
+    cfg = setup[-1]
+    sched, _, _ = make_sampler(cfg.stage1, sampler=kind, steps=None if kind == "ddpm" else 3,
+                               device=torch.device("meta"))
+    tensors = {k: v for k, v in vars(sched).items() if isinstance(v, torch.Tensor)}
+    assert "alphas_cumprod" in tensors and all(v.device.type == "meta" for v in tensors.values())
+    sched, _, _ = make_sampler(cfg.stage1, sampler=kind, steps=3)
+    assert sched.alphas_cumprod.device.type == "cpu"
