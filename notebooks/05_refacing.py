@@ -29,6 +29,7 @@ publish_faces = False
 # %%
 import time
 
+import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
@@ -78,6 +79,10 @@ glue("n_test", len(test_ids), display=False)
 glue("sample_seconds", round(float(timings["seconds"].sum()), 1), display=False)
 glue("sampler", f"{settings['sampler'].upper()} with {settings['sample_steps']} steps per stage", display=False)
 glue("n_samples", settings["n_samples"], display=False)
+all_timings = pd.read_csv(run.tables / "timings.csv")
+cascade_steps = all_timings[all_timings["step"].str.match(r"(train stage|reface) ")]
+glue("cascade_total_min", f"{cascade_steps['seconds'].sum() / 60:.1f}", display=False)
+glue("cascade_devices", ", ".join(sorted(set(cascade_steps["device"].astype(str)))), display=False)
 timings
 
 # %% [markdown]
@@ -85,6 +90,11 @@ timings
 # {glue:text}`sampler`, {glue:text}`n_samples` samples each, in
 # {glue:text}`sample_seconds` s (measured when the samples were made). The refaced images
 # are NIfTI files in the run folder's `artifacts/refaced-*/<method>_{sample,mean}/`.
+#
+# Training both stages (previous chapter) and refacing every test subject under every
+# method took {glue:text}`cascade_total_min` min in total on {glue:text}`cascade_devices`
+# (`tables/timings.csv`; the project's target for the `quick` profile on 2 CPU cores is at
+# most 12 minutes).
 #
 # ## A first check: intensity error inside the removal mask
 #

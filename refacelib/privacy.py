@@ -20,7 +20,7 @@ from typing import Iterable
 
 from .data import BIDSDataset, DatasetError
 
-__all__ = ["PSEUDONYM_PREFIX", "dataset_key", "pseudonym", "pseudonym_map", "pseudonymize_dataset"]
+__all__ = ["PSEUDONYM_PREFIX", "dataset_key", "pseudonym", "pseudonym_map", "pseudonymize_dataset", "eye_bars"]
 
 PSEUDONYM_PREFIX = "sub-p"
 _MIN_LENGTH, _MAX_LENGTH = 8, 32
@@ -93,3 +93,49 @@ def pseudonymize_dataset(ds: BIDSDataset, *, key: bytes) -> BIDSDataset:
         new_id = mapping[subject.participant_id]
         subjects.append(replace(subject, participant_id=new_id, row={**subject.row, "participant_id": new_id}))
     return BIDSDataset(root=ds.root, participants=participants, subjects=subjects)
+
+
+def eye_bars(image, *, min_side_px: int = 5, min_solidity: float = 0.9) -> list[tuple[int, int, int, int]]:
+    """Solid black bars in a published figure: the eye bars of :mod:`refacelib.render`.
+
+    The renderer paints each bar as an opaque rectangle of pure black (0, 0, 0),
+    at least 30 x 40 mm; nothing else in the book's renders is pure black
+    (shading and colour maps stay above it). A bar is a connected region of
+    pure-black pixels that survives an opening by a ``min_side_px`` square
+    (text strokes do not) and fills at least ``min_solidity`` of its convex
+    hull (the black background of an image slice around a head does not).
+
+    Parameters
+    ----------
+    image : path or array (H, W, 3 or 4), uint8 or float in [0, 1]
+
+    Returns
+    -------
+    list of (row0, col0, row1, col1) bounding boxes
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> img = np.ones((60, 80, 3))
+    >>> img[20:32, 10:50] = 0.0          # a bar
+    >>> img[45:47, 5:70] = 0.0           # a thin line (text stroke, axis)
+    >>> eye_bars(img)
+    [(20, 10, 32, 50)]
+    """
+    import numpy as np
+    from scipy import ndimage
+    from skimage.measure import regionprops
+
+    if isinstance(image, (str, os.PathLike)):
+        import matplotlib.image as mpimg
+
+        image = mpimg.imread(str(image))
+    rgb = np.asarray(image)
+    if rgb.dtype == np.uint8:
+        rgb = rgb.astype(np.float32) / 255.0
+    black = np.all(rgb[..., :3] <= 0.5 / 255.0, axis=-1)
+    if rgb.shape[-1] == 4:
+        black &= rgb[..., 3] >= 0.99
+    black = ndimage.binary_opening(black, structure=np.ones((min_side_px, min_side_px), bool))
+    labels, _ = ndimage.label(black)
+    return [tuple(int(v) for v in r.bbox) for r in regionprops(labels) if r.solidity >= min_solidity]

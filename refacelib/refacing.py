@@ -158,6 +158,10 @@ def build_examples(folder: Path, ids, methods, template: Template, voxel_mm: flo
 #: 2: per-example loss weight, prior matched outside the mask, full-resolution composition.
 CASCADE_VERSION = 2
 
+#: Steps between two validation losses (each costs about two training steps on a CPU;
+#: it does not change the weights: its noise comes from its own seeded generator).
+VAL_EVERY = 25
+
 #: Cascade parameters that change the trained models (sampling settings do not).
 TRAINING_KEYS = ("voxel_mm", "factor", "box_margin", "per_method", "stage1", "stage2", "max_seconds_per_stage")
 
@@ -184,7 +188,8 @@ def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.Casc
         keys = ("original", "defaced", "mask", "prior")
         val_data = None if val is None else {k: val[k] for k in keys}
         _, history = train_stage(stage, {k: train[k] for k in keys}, config, val_data=val_data,
-                                 checkpoint_path=ckpt, progress=progress, max_seconds=budget)
+                                 checkpoint_path=ckpt, progress=progress, max_seconds=budget,
+                                 log_every=VAL_EVERY)
         history = history.assign(stage=stage)
         save_table(history, hist_path)
         atomic_write_text(folder / f"stage{stage}.done", json.dumps({"steps": int(history["step"].max())}))
@@ -216,11 +221,20 @@ def full_resolution(common: np.ndarray, prior: np.ndarray, average_tpl: np.ndarr
 
 
 def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, methods, template: Template,
-                    config: _cascade.CascadeConfig, *, progress: bool = True) -> tuple[Path, pd.DataFrame]:
+                    config: _cascade.CascadeConfig, *, progress: bool = True,
+                    n_jobs: int | None = None) -> tuple[Path, pd.DataFrame]:
     """Reface every test subject under every method; write NIfTIs in subject space.
+
+    Sampling runs in this process (batched over subjects); bringing the results
+    to each subject's space and writing them (resampling and gzip, about half
+    the time on a CPU) runs in ``n_jobs`` worker processes (default
+    :func:`refacelib.evaluation.default_jobs`). The files do not depend on it.
 
     Returns the output folder and a table of wall times per method.
     """
+    from joblib import Parallel, delayed
+
+    from .evaluation import default_jobs
     from .sample import reface
     from .train import load_stage
 
@@ -230,23 +244,35 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
         return out, pd.read_csv(out / "timings.csv")
     models = tuple(load_stage(ckpt_folder / f"stage{s}.pt", device=p.get("device", "auto"))[0] for s in (1, 2))
     average_tpl = nib.load(str(Path(deface_folder) / "cohort_average.nii.gz")).get_fdata(dtype=np.float32)
-    rows = []
+    rows, n_jobs = [], default_jobs() if n_jobs is None else max(1, int(n_jobs))
+    workers = Parallel(n_jobs=n_jobs) if n_jobs > 1 else None
     for method in methods:
         start = time.perf_counter()
         data = build_examples(deface_folder, test_ids, [method], template, p["voxel_mm"])
         result = reface(data["defaced"], data["mask"], data["prior"], models, config, sampler=p["sampler"],
                         steps=p["sample_steps"], n_samples=p["n_samples"], seed=int(run.params["seed"]),
                         batch_size=p.get("sample_batch", 8), device=p.get("device", "auto"), progress=progress)
-        for i, sid in enumerate(test_ids):
-            volumes = {k: full_resolution(result[k][i], data["prior"][i], average_tpl, template,
-                                          average_norm=data["average_norm"], prior_scale=data["prior_scale"][i])
-                       for k in ("sample", "mean")}
-            write_subject(out, deface_folder, template, sid, method, volumes, scale=data["scale"][i])
+        tasks = [(out, deface_folder, template, sid, method, {k: result[k][i] for k in ("sample", "mean")},
+                  data["prior"][i], average_tpl, float(data["average_norm"]), float(data["prior_scale"][i]),
+                  float(data["scale"][i])) for i, sid in enumerate(test_ids)]
+        if workers is None:
+            for task in tasks:
+                _write_refaced(*task)
+        else:
+            workers(delayed(_write_refaced)(*task) for task in tasks)
         rows.append({"step": f"reface {method}", "seconds": round(time.perf_counter() - start, 1), "n": len(test_ids)})
     timings = pd.DataFrame(rows)
     save_table(timings, out / "timings.csv")
     atomic_write_text(out / "done.json", json.dumps({"n": len(test_ids)}))
     return out, timings
+
+
+def _write_refaced(out, deface_folder, template, sid, method, common: dict, prior, average_tpl, average_norm,
+                   prior_scale, scale) -> None:
+    """One subject: the cascade's outputs at full resolution, then :func:`write_subject`."""
+    volumes = {k: full_resolution(v, prior, average_tpl, template, average_norm=average_norm, prior_scale=prior_scale)
+               for k, v in common.items()}
+    write_subject(out, deface_folder, template, sid, method, volumes, scale=scale)
 
 
 def write_subject(out: Path, deface_folder: Path, template: Template, sid: str, method: str, volumes: dict, *,
