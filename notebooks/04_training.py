@@ -17,7 +17,9 @@
 # DDPM/DDIM schedulers. **Stage 1** generates the whole head at low resolution, conditioned
 # by concatenation on the defaced image and its removal mask. **Stage 2** generates the face
 # box at the common grid's resolution, conditioned on the defaced image, the mask and the
-# upsampled stage-1 result. One model serves every defacing method: it is trained on the
+# upsampled stage-1 result; it is trained on what the trained stage 1 generates for each
+# training example, the coarse input it gets at refacing time (`cascade.stage2_coarse`).
+# One model serves every defacing method: it is trained on the
 # removal masks of all of them, so it learns from what is missing, not from a method's name.
 #
 # Both predict the clean image as a difference from the training cohort's average head,

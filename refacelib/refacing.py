@@ -163,7 +163,14 @@ CASCADE_VERSION = 2
 VAL_EVERY = 25
 
 #: Cascade parameters that change the trained models (sampling settings do not).
-TRAINING_KEYS = ("voxel_mm", "factor", "box_margin", "per_method", "stage1", "stage2", "max_seconds_per_stage")
+TRAINING_KEYS = ("voxel_mm", "factor", "box_margin", "per_method", "stage1", "stage2", "max_seconds_per_stage",
+                 "stage2_coarse")
+
+#: How stage 2 sees the coarse image during training (``cascade.stage2_coarse``):
+#: ``stage1_samples``, what stage 1 generates for each training example (as at refacing
+#: time), or ``downsampled_truth``, the original at stage 1's resolution with
+#: ``stage2.cond_noise`` Gaussian noise (standard cascade training).
+STAGE2_COARSE = ("stage1_samples", "downsampled_truth")
 
 
 def _checkpoint_folder(run: Run, config: _cascade.CascadeConfig, data_key: str) -> Path:
@@ -178,7 +185,11 @@ def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.Casc
 
     folder = _checkpoint_folder(run, config, data_key)
     folder.mkdir(parents=True, exist_ok=True)
-    histories, budget = [], run.params["cascade"].get("max_seconds_per_stage")
+    p = run.params["cascade"]
+    histories, budget = [], p.get("max_seconds_per_stage")
+    coarse_from = p.get("stage2_coarse", STAGE2_COARSE[0])
+    if coarse_from not in STAGE2_COARSE:
+        raise ValueError(f"cascade.stage2_coarse must be one of {STAGE2_COARSE}, got {coarse_from!r}")
     for stage in (1, 2):
         ckpt = folder / f"stage{stage}.pt"
         hist_path = folder / f"stage{stage}_history.csv"
@@ -186,15 +197,45 @@ def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.Casc
             histories.append(pd.read_csv(hist_path))
             continue
         keys = ("original", "defaced", "mask", "prior")
+        train_data = {k: train[k] for k in keys}
         val_data = None if val is None else {k: val[k] for k in keys}
-        _, history = train_stage(stage, {k: train[k] for k in keys}, config, val_data=val_data,
+        prep_start = time.perf_counter()
+        if stage == 2 and coarse_from == "stage1_samples":
+            from .train import load_stage
+
+            stage1 = load_stage(folder / "stage1.pt", device=p.get("device", "auto"))[0]
+            seed = int(run.params["seed"])
+            for data, offset in ((train_data, 1), (val_data, 2)):
+                if data is not None:
+                    data["coarse"] = stage1_coarse(stage1, data, config, steps=p["sample_steps"], seed=seed + offset,
+                                                   device=p.get("device", "auto"))
+        prep_seconds = time.perf_counter() - prep_start
+        _, history = train_stage(stage, train_data, config, val_data=val_data,
                                  checkpoint_path=ckpt, progress=progress, max_seconds=budget,
                                  log_every=VAL_EVERY)
-        history = history.assign(stage=stage)
+        # a stage's wall time includes making its inputs (stage 1's samples, for stage 2)
+        history = history.assign(stage=stage, seconds=history["seconds"] + prep_seconds)
         save_table(history, hist_path)
         atomic_write_text(folder / f"stage{stage}.done", json.dumps({"steps": int(history["step"].max())}))
         histories.append(history)
     return folder, pd.concat(histories, ignore_index=True)
+
+
+def stage1_coarse(stage1_model, data: dict, config: _cascade.CascadeConfig, *, steps: int, seed: int,
+                  device="auto", batch_size: int = 32) -> np.ndarray:
+    """What stage 1 generates for each example: the coarse input stage 2 gets at refacing time.
+
+    One DDIM sample of ``steps`` steps per example (seeded), upsampled to the
+    common grid and composited with the defaced image outside the mask.
+
+    Returns
+    -------
+    ndarray (N, X, Y, Z), float32
+    """
+    from .sample import reface
+
+    return reface(data["defaced"], data["mask"], data["prior"], (stage1_model, None), config, steps=steps,
+                  n_samples=1, seed=seed, batch_size=batch_size, device=device)["stage1"]
 
 
 def full_resolution(common: np.ndarray, prior: np.ndarray, average_tpl: np.ndarray, template: Template, *,
@@ -245,7 +286,7 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
     models = tuple(load_stage(ckpt_folder / f"stage{s}.pt", device=p.get("device", "auto"))[0] for s in (1, 2))
     average_tpl = nib.load(str(Path(deface_folder) / "cohort_average.nii.gz")).get_fdata(dtype=np.float32)
     rows, n_jobs = [], default_jobs() if n_jobs is None else max(1, int(n_jobs))
-    workers = Parallel(n_jobs=n_jobs) if n_jobs > 1 else None
+    workers = Parallel(n_jobs=n_jobs, max_nbytes=None) if n_jobs > 1 else None  # no memmaps: tasks are small
     for method in methods:
         start = time.perf_counter()
         data = build_examples(deface_folder, test_ids, [method], template, p["voxel_mm"])
@@ -412,13 +453,15 @@ def training_provenance(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def ship(folder: Path, *, root: Path | None = None, device: str = "cpu", command: str = "") -> Path:
+def ship(folder: Path, *, root: Path | None = None, device: str = "cpu", command: str = "",
+         training: dict | None = None) -> Path:
     """Export a trained cascade folder as a shipped checkpoint (EMA weights only).
 
     Writes ``<root>/<folder name>/stage{1,2}.pt`` (weights_only-loadable, the
     EMA weights stored once under both ``model`` and ``ema``, no optimiser
     state: it cannot resume training), the loss histories and ``training.json``
-    (steps, seconds, device, torch version, date, command).
+    (steps, seconds, device, torch version, date, command and ``training``, the
+    run's cascade parameters that change the trained models).
     """
     import datetime
     import platform
@@ -443,7 +486,7 @@ def ship(folder: Path, *, root: Path | None = None, device: str = "cpu", command
 
     info = {"stages": stages, "device": device, "torch": torch.__version__,
             "machine": f"{_cpu_model()}, {os.cpu_count()} CPUs" if device == "cpu" else platform.machine(),
-            "date": datetime.date.today().isoformat(), "command": command}
+            "date": datetime.date.today().isoformat(), "command": command, "training": training}
     atomic_write_text(dst / "training.json", json.dumps(info, indent=2))
     return dst
 
@@ -467,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{folder.name} came from a shipped checkpoint already; nothing to export")
         return 0
     device = str(resolve_device(run.params["cascade"].get("device", "auto")))
-    dst = ship(folder, device=device, command=f"python -m refacelib.refacing ship --profile {args.profile}")
+    dst = ship(folder, device=device, command=f"python -m refacelib.refacing ship --profile {args.profile}",
+               training={k: run.params["cascade"].get(k) for k in TRAINING_KEYS})
     print(f"shipped {dst}")
     return 0
 

@@ -84,7 +84,24 @@ def test_shipped_checkpoints_match_a_profile():
         saved = [torch.load(folder / f"stage{s}.pt", map_location="cpu", weights_only=True)["config"] for s in (1, 2)]
         matches = [p for p in profiles
                    if all(all(saved[s - 1][f"stage{s}"][k] == v for k, v in p[f"stage{s}"].items()) for s in (1, 2))
-                   and saved[0]["factor"] == p["factor"]]
+                   and saved[0]["factor"] == p["factor"]
+                   and all(p.get(k) == v for k, v in (info.get("training") or {}).items())]
         assert matches, f"{folder.name} was trained with stage settings no profile has any more: run make checkpoint"
         for s in (1, 2):
             assert info["stages"][str(s)]["steps"] == saved[s - 1][f"stage{s}"]["steps"]
+
+
+def test_stage1_coarse_is_what_refacing_feeds_stage2(tmp_path):
+    folder = _trained_folder(tmp_path)
+    model, cfg, _ = load_stage(folder / "stage1.pt", device="cpu")
+    g = np.mgrid[:8, :8, :8].astype(np.float32)
+    ball = (((g - 3.5) ** 2).sum(0) < 9).astype(np.float32)
+    mask = np.broadcast_to(g[0] >= 6, ball.shape)
+    data = {"defaced": np.stack([np.where(mask, 0, ball)] * 3), "mask": np.stack([mask] * 3),
+            "prior": np.stack([ball * 0.9] * 3)}
+    a = refacing.stage1_coarse(model, data, cfg, steps=2, seed=5, device="cpu")
+    b = refacing.stage1_coarse(model, data, cfg, steps=2, seed=5, device="cpu")
+    assert a.shape == (3, 8, 8, 8) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a[:, mask]).sum() > 0 and np.abs(data["defaced"][:, mask]).sum() == 0  # generated inside the mask
+    np.testing.assert_array_equal(a[:, ~mask], data["defaced"][:, ~mask])  # kept outside it
