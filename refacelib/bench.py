@@ -40,6 +40,7 @@ from .cascade import _STAGE_IN_CHANNELS, CascadeConfig, box_slices, make_unet, s
 from .device import resolve_device
 
 __all__ = [
+    "cpu_model",
     "machine_info",
     "profile_sizes",
     "sized_config",
@@ -57,7 +58,7 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- machine
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
@@ -87,7 +88,7 @@ def machine_info(device="auto") -> pd.DataFrame:
 
     dev = resolve_device(device)
     info = {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "ram_gib": _ram_gib(),
@@ -332,8 +333,7 @@ def sampling_sync_audit(config: CascadeConfig, grid_shape, *, steps: int = 3, de
     """Host-device synchronisations inside one stage-1 denoising loop (``steps`` steps), per sampler.
 
     A first run of the same loop, not counted, takes the one-time set-up
-    (cuDNN handles, kernels compiled at first use) out of the count: on an
-    H200 the last DDIM step synchronised once on its first call only.
+    (cuDNN handles, kernels compiled at first use) out of the count.
 
     Returns
     -------

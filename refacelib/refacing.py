@@ -482,10 +482,10 @@ def ship(folder: Path, *, root: Path | None = None, device: str = "cpu", command
         history = pd.read_csv(folder / f"stage{s}_history.csv")
         save_table(history, dst / f"stage{s}_history.csv")
         stages[str(s)] = {"steps": int(history["step"].max()), "seconds": round(float(history["seconds"].max()), 1)}
-    from .bench import _cpu_model
+    from .bench import cpu_model
 
     info = {"stages": stages, "device": device, "torch": torch.__version__,
-            "machine": f"{_cpu_model()}, {os.cpu_count()} CPUs" if device == "cpu" else platform.machine(),
+            "machine": f"{cpu_model()}, {os.cpu_count()} CPUs" if device == "cpu" else platform.machine(),
             "date": datetime.date.today().isoformat(), "command": command, "training": training}
     atomic_write_text(dst / "training.json", json.dumps(info, indent=2))
     return dst

@@ -80,17 +80,15 @@ def make_sampler(stage_cfg, *, sampler: str = "ddim", steps: int | None = 25, et
     """
     total = stage_cfg.train_timesteps
     steps = total if steps is None else max(1, min(int(steps), total))
-    if sampler == "ddpm" and steps == total:
-        sched = make_scheduler(stage_cfg, kind="ddpm")
-        sched.set_timesteps(steps)
-        timesteps = [int(t) for t in sched.timesteps]
-        return _tables_to(sched, device), timesteps, None
     if sampler not in ("ddim", "ddpm"):
         raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
-    sched = make_scheduler(stage_cfg, kind="ddim")
+    if sampler == "ddpm" and steps == total:
+        sched, eta = make_scheduler(stage_cfg, kind="ddpm"), None
+    else:
+        sched = make_scheduler(stage_cfg, kind="ddim")
+        eta = (1.0 if sampler == "ddpm" else 0.0) if eta is None else float(eta)
     sched.set_timesteps(steps)
-    eta = (1.0 if sampler == "ddpm" else 0.0) if eta is None else float(eta)
-    timesteps = [int(t) for t in sched.timesteps]
+    timesteps = [int(t) for t in sched.timesteps]  # host integers, read before the tables move
     return _tables_to(sched, device), timesteps, eta
 
 

@@ -255,7 +255,7 @@ def train_stage(stage: int, data: dict, config: CascadeConfig | dict, *, val_dat
         ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if compile:
-        net = torch.compile(net, dynamic=False)  # a last, smaller batch recompiles; dynamic shapes broke Inductor on 3D convs
+        net = torch.compile(net, dynamic=False)  # dynamic shapes broke Inductor on these 3D convs
     rows, start, stopped = [], time.perf_counter(), False
     n = tensors["original"].shape[0]
     bar = tqdm(total=st.steps, initial=step, disable=not progress or rank != 0, desc=f"stage {stage}")
