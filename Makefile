@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 LAB_STAMP := $(VENV)/.installed-lab
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book notebooks html bench checkpoint test lab run-folder clean
+.PHONY: help setup book notebooks html bench controls checkpoint test lab run-folder clean
 
 help: ## list the targets and the parameters they take
 	@echo "Targets:"
@@ -44,6 +44,10 @@ html: $(STAMP) ## rebuild the HTML from the executed chapters of PROFILE on DATA
 
 bench: $(STAMP) ## make book, then the Performance appendix (long on a CPU: see bench/README.md)
 	$(BIN)/python -m refacelib.pipeline bench --profile '$(PROFILE)' --dataset '$(DATASET)' --publish-faces '$(PUBLISH_FACES)'
+
+controls: $(STAMP) ## the re-identification controls (face_coupling 0, 0.5, 0.8, 1), then make book (long on a CPU)
+	$(BIN)/python -m refacelib.controls --profile '$(PROFILE)'
+	$(BIN)/python -m refacelib.pipeline book --profile '$(PROFILE)' --dataset phantom --publish-faces '$(PUBLISH_FACES)'
 
 checkpoint: $(STAMP) ## train the cascade of PROFILE (cached) and export it to checkpoints/ for make book
 	$(BIN)/python -m refacelib.refacing ship --profile '$(PROFILE)' --dataset '$(DATASET)'

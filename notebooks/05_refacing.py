@@ -59,20 +59,25 @@ glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a 
 # every step and the result is composited inside the removal mask, on each subject's own
 # grid: every voxel outside the mask is the defaced input, bit for bit.
 #
+# The cascade sees only what an attacker has: the template is registered to each *defaced*
+# image (the removed voxels left out of the similarity metric; a skull-stripped image is
+# matched by the template's brain), and the defaced image and its removal mask are brought
+# to the cascade's grid by that registration.
+#
 # The cascade generates a *residual over the prior* (the cohort-average head, matched in
-# intensity to the defaced image) on its own grid. Detail finer than that grid is not
-# generated: the refaced image is the full-resolution average head plus the upsampled
-# residual (`refacelib.refacing.full_resolution`). An untrained cascade therefore puts the
-# intensity-matched average head into the removed voxels, as the average-face candidate of
-# the next chapter does; what separates the two is what the model learned from the
-# defaced head (and the two masks: the method's removal mask here, the template's face
-# region there).
+# intensity to the kept head voxels of the defaced image by quantile matching,
+# `refacelib.refacing.intensity_match`) on its own grid. Detail finer than that grid is not
+# generated: the refaced image is the full-resolution matched average head plus the
+# upsampled residual (`refacelib.refacing.full_resolution`). An untrained cascade
+# therefore returns exactly the matched average head; this zero-residual output, written
+# through the same path into the same removal mask, is the **matched baseline** of the
+# next chapter, so what separates the refaced face from it is what the model learned.
 
 # %%
 test_ids = list(study.test_subjects)
 if not test_ids:
     raise ValueError("no test subjects: give some participants split test_internal or test_external")
-refaced, timings = refacing.reface_test_set(run, folder, ckpt_folder, test_ids, methods, template, cfg)
+refaced, timings = refacing.refaced_test_set(run, study, ckpt_folder)
 timings = timings.assign(device=device)
 refacing.record_timings(run, timings.to_dict("records"))
 glue("n_test", len(test_ids), display=False)
@@ -98,9 +103,10 @@ timings
 #
 # ## A first check: intensity error inside the removal mask
 #
-# Mean absolute error against the original on the removed face (the voxels both removed by
-# the method and replaced by the average face), relative to the subject's median brain
-# intensity, for the single sample, the mean of samples and the cohort-average face. The surface-based comparison of the paper is the next chapter.
+# Mean absolute error against the original inside each method's removal mask, relative to
+# the subject's median brain intensity, for the single sample, the mean of samples and the
+# matched baseline (the same voxels for all three). The surface-based comparison of the
+# paper is the next chapter.
 
 # %%
 errors = refacing.masked_errors(folder, refaced, test_ids, methods)
@@ -110,13 +116,13 @@ glue("n_methods_mean_beats_average", int((table["refaced_mean"] < table["average
 table
 
 # %% [markdown]
-# The mean of samples has a lower median error than the cohort-average face for
+# The mean of samples has a lower median error than the matched baseline for
 # {glue:text}`n_methods_mean_beats_average` of the five methods.
 #
 # ## One test subject
 #
 # Mid-sagittal slices and renderings of the original, the defaced image, the refaced image
-# (single sample) and the head with the cohort-average face, under two methods. For real
+# (single sample) and the matched baseline (the cohort-average face), under two methods. For real
 # data, shown only with `publish_faces`, and renderings carry an eye bar.
 
 # %%
@@ -126,7 +132,7 @@ for method in run.params["refacing"]["example_methods"] if show_faces else []:
     images = {"original": stages.load_defaced(folder, "original", sid),
               "defaced": stages.load_defaced(folder, method, sid),
               "refaced": stages.load_defaced(refaced, f"{method}_sample", sid),
-              "average face": stages.load_defaced(folder, "average", sid)}
+              "average face": stages.load_defaced(refaced, f"{method}_average", sid)}
     fig = viz.plot_mid_sagittal_row(images, note=note)
     fig.suptitle(method, y=1.02)
     save_figure(fig, run.figures / f"refacing_{method}_slices.png")

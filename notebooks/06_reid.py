@@ -49,55 +49,87 @@ ds, template, folder, methods, cfg = study.ds, study.template, study.deface_fold
 settings = run.params["cascade"]
 ckpt_folder, _ = refacing.trained_cascade(run, study)
 subjects = study.test_subjects
-refaced, _ = refacing.reface_test_set(run, folder, ckpt_folder, list(subjects), methods, template, cfg)
+refaced, _ = refacing.refaced_test_set(run, study, ckpt_folder)
 glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
 
 # %% [markdown]
 # This chapter ran on {glue:text}`dataset_name`.
 #
+# ## The experiment
+#
+# Everything that produces a candidate face sees only what an attacker has: the defaced
+# image and the training cohort. The template is registered to the *defaced* image (the
+# removed voxels left out of the similarity metric), the cohort-average head is matched to
+# the kept head voxels by quantile matching, and the result is composited into the
+# method's own removal mask. The **matched baseline** (`average`) goes through exactly that
+# path with a zero residual: it is what the cascade returns before training, so the
+# refaced face and its baseline differ only by what the cascade learned. The template's own
+# average head through the same path (`template_average`) stands in for mri_reface. On the
+# phantom, the **oracle** puts back the face the generator predicts from the rest of the
+# head (the best any model could do), and the **swap check** gives each subject another
+# subject's learned correction.
+#
 # ## Surface distances
 #
-# Head surface: Gaussian-smoothed image, threshold (half of Otsu's), largest component,
-# holes filled, marching cubes, in millimetres through the affine; restricted to the face
-# region of the template carried to the subject by its registration, the same region for
-# every candidate of a subject (`refacelib.reid.face_surface`). MSD is the mean of the two
-# directed mean nearest-vertex distances (KD-tree). Saved as `tables/face_msd.csv`.
+# Face surface: the iso-surface of the Gaussian-smoothed image (σ = 1 voxel) at the
+# subject's threshold (half of Otsu's, from its original, the same for every candidate),
+# by marching cubes with sub-voxel interpolation, restricted to the template's face
+# region carried to the subject by the evaluator's registration to the original
+# (`refacelib.reid.face_mesh`). MSD is the mean of the two directed mean point-to-triangle
+# distances (`refacelib.reid.surface_msd`). Saved as `tables/face_msd.csv`.
 
 # %%
 start = time.perf_counter()
-msd, surfaces = evaluation.face_msd_table(folder, refaced, template, subjects, methods)
+msd, surfaces, floor = evaluation.face_msd_table(folder, refaced, template, subjects, methods)
 save_table(msd, run.tables / "face_msd.csv")
+save_table(floor, run.tables / "face_floor.csv")
 summary = reid.summary_table(msd)
 save_table(summary, run.tables / "face_msd_summary.csv")
+floor_mm = float(floor["msd_mm"].median()) if len(floor) else float("nan")
+glue("floor_mm", report.fmt_mm(floor_mm), display=False)
 shown = summary.pivot_table(index=["test_set", "method"], columns="candidate", values="summary", aggfunc="first")
 shown
 
 # %% [markdown]
-# Median [IQR] MSD (mm) per method, test set and candidate.
+# Median [IQR] MSD (mm) per method, test set and candidate. The **test–retest floor**, the
+# MSD between the original and a second scan of the same head (another noise draw; phantom
+# only), is {glue:text}`floor_mm` mm (median over test subjects): differences below it are
+# within what rescanning the same person changes.
 #
-# ## Refaced against the average face
+# ## Refaced against the matched baseline
 #
-# Paired Wilcoxon signed-rank test of refaced vs average-face MSD per method and test set,
-# with the rank-biserial correlation (negative: refaced closer) and Holm correction across
-# methods; for both refaced estimators, against the cohort-average face (the fair baseline)
-# and the template-average face (mri_reface's). Saved as `tables/face_tests.csv`.
+# Per method and test set: the Hodges–Lehmann paired difference of MSD (candidate minus
+# baseline, mm; negative: the candidate is closer to the original) with its 95% interval,
+# the number of subjects where the candidate is closer, the rank-biserial correlation, and
+# the paired Wilcoxon signed-rank test, Holm-corrected across methods; for the single
+# sample (what an attacker running the model once sees), the mean of samples, the swap
+# check and the oracle, against the matched cohort-average baseline and the matched
+# template-average face. Saved as `tables/face_tests.csv`.
 
 # %%
-tests = pd.concat([reid.wilcoxon_tests(msd, baseline=b) for b in ("average", "template_average")], ignore_index=True)
+estimators = [e for e in ("refaced", "refaced_mean", "swapped", "oracle") if e in set(msd["candidate"])]
+tests = reid.wilcoxon_tests(msd, baseline=("average", "template_average"), estimators=estimators)
 save_table(tests, run.tables / "face_tests.csv")
 headline = tests[(tests["baseline"] == "average") & (tests["estimator"] == run.params["reid"]["headline_estimator"])]
-closer = headline[(headline["p_holm"] < 0.05) & (headline["median_diff_mm"] < 0)]
+closer = headline[(headline["p_holm"] < 0.05) & (headline["hl_diff_mm"] < 0)]
 glue("headline_estimator", run.params["reid"]["headline_estimator"], display=False)
 glue("n_closer", len(closer), display=False)
 glue("n_comparisons", len(headline), display=False)
-glue("face_tests", tests.round(4), display=False)
-tests.round(4)
+cols = ["method", "test_set", "estimator", "baseline", "n", "n_closer", "hl_diff_mm", "ci_low_mm", "ci_high_mm",
+        "rbc", "p_holm"]
+tests[cols].round(4)
 
 # %% [markdown]
-# With the {glue:text}`headline_estimator` estimator, refaced faces are significantly closer
-# to the original than the cohort-average face (Holm-corrected p < 0.05, negative median
-# difference) in {glue:text}`n_closer` of {glue:text}`n_comparisons` method x test-set
+# With the {glue:text}`headline_estimator` estimator, the refaced face is significantly closer
+# to the original than its matched baseline (Holm-corrected p < 0.05, negative paired
+# difference) in {glue:text}`n_closer` of {glue:text}`n_comparisons` method × test-set
 # comparisons.
+
+# %%
+fig = reid_plots.plot_paired_differences(tests, baseline="average", estimators=estimators, floor_mm=floor_mm,
+                                         note=note)
+save_figure(fig, run.figures / "face_paired_differences.png")
+fig
 
 # %%
 fig = reid_plots.plot_msd_distributions(msd, candidates=(run.params["reid"]["headline_estimator"], "average"), note=note)
@@ -169,7 +201,8 @@ if show_faces:
 # ## Matching attack
 #
 # Beyond the paper: for each candidate face of a test subject, rank every original face of
-# the same test set by MSD after rigid alignment (ICP to a common reference face). Top-1 and
+# the same test set by MSD after rigid alignment (ICP to the template's face, the same
+# reference for every subject). Top-1 and
 # top-5 identification rates and the cumulative match characteristic per method, next to
 # the same ranking done with the average face and with the defaced image. The average face
 # is not pure chance: it is registered to each subject, so it carries the head's size and
@@ -178,7 +211,7 @@ if show_faces:
 # Saved as `tables/reid.csv`.
 
 # %%
-reid_rates, curves = evaluation.matching_attack(surfaces, subjects, methods)
+reid_rates, curves = evaluation.matching_attack(surfaces, subjects, methods, reference=evaluation.template_face(template))
 save_table(reid_rates, run.tables / "reid.csv")
 test_set = sorted(set(subjects.values()))[-1]
 fig = reid_plots.plot_cmc({f"{m}: {c}": curves[(m, test_set, c)] for m in methods for c in ("refaced_mean", "average")},
@@ -203,9 +236,9 @@ reid_rates
 # ## Known-answer control
 #
 # On the phantom the generating model fixes how much of the face the rest of the head
-# predicts: `face_coupling`, stated below with what it implies. With a coupling near 0 no
-# model may beat the cohort-average face; with a high coupling a model that learned the
-# link should.
+# predicts: `face_coupling`, stated below with what it implies. With a coupling of 0 no
+# model may beat its matched baseline; [Controls](09_controls.ipynb) reruns the whole
+# study at several couplings (`make controls`).
 
 # %%
 if run.is_phantom:
@@ -230,7 +263,8 @@ display(Markdown(f"This chapter took {time.perf_counter() - start:.1f} s."))
 estimator = run.params["reid"]["headline_estimator"]
 key = {**report.face_key_values(report.read_table(run.tables, "face_msd_summary"),
                                 report.read_table(run.tables, "face_tests"), estimator=estimator),
-       **report.reid_key_values(report.read_table(run.tables, "reid"), estimator=estimator)}
+       **report.reid_key_values(report.read_table(run.tables, "reid"), estimator=estimator),
+       **report.floor_key_values(floor)}
 for name, value in key.items():
     glue(name, value, display=False)
 pd.Series(key, name="value").to_frame()

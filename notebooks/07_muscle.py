@@ -17,7 +17,8 @@
 # about the body (CT skeletal-muscle radiodensity at the abdomen, thigh and shin) that
 # defacing throws away? For each muscle and each image type (original, every defaced
 # version, skull-stripped) we predict the age- and sex-adjusted muscle measure from the
-# facial voxels, out of fold, and correlate prediction and truth.
+# facial voxels, out of fold, and correlate prediction and truth; the uncertainty comes
+# from rerunning the whole cross-validated pipeline on resamples of the subjects.
 
 # %% tags=["parameters"]
 # Defaults; `make book` injects its own values, `make lab` sets them through the environment.
@@ -49,6 +50,8 @@ glue("has_muscle", "present" if ds.has_muscle else "absent: this chapter is skip
 if not ds.has_muscle:  # the prose below still quotes these keys
     for key in ("n_original_significant", "n_muscles", "n_diff_significant", "n_diff", "n_wilcoxon_significant"):
         glue(key, "n/a", display=False)
+glue("n_folds", settings["n_splits"], display=False)
+glue("n_resamples", settings["n_boot"], display=False)
 
 # %% [markdown]
 # This chapter ran on {glue:text}`dataset_name`. CT muscle columns:
@@ -56,21 +59,42 @@ if not ds.has_muscle:  # the prose below still quotes these keys
 #
 # ## Method
 #
-# 1. **Residualize.** Each muscle measure is regressed on age and sex (ordinary least
-#    squares); the residual is the target.
-# 2. **Features.** The facial voxels of each image: the face region of pydeface's template
+# 1. **Features.** The facial voxels of each image: the face region of pydeface's template
 #    (plus the air in front of it), sampled on the template grid after each subject's affine
 #    registration, every `stride`-th voxel, each image divided by the median of its brain.
-# 3. **Predict.** Standardised voxels, PCA, ridge regression (`refacelib.muscle.make_model`);
-#    the ridge penalty is chosen by efficient leave-one-out inside each training fold (nested
-#    cross-validation); predictions are out-of-fold only (`predict_oof`), with the same folds
-#    for every image type.
-# 4. **Correlate and bootstrap.** Spearman's rho between predicted and true residual; the
-#    same resamples of subjects for every image type give mean and 95% percentile CI. A
-#    correlation is significant when its CI excludes 0, as in the paper.
-# 5. **Compare.** The paper's test (Wilcoxon signed-rank on the two bootstrap
-#    distributions) and a sound one: the paired bootstrap CI of the difference in rho
-#    (original minus the other image) on the same resamples.
+# 2. **Adjust and predict inside the folds** (`refacelib.muscle.predict_oof`), with
+#    {glue:text}`n_folds`-fold cross-validation. In each fold, using the training subjects
+#    only: the muscle measure is regressed on age and sex (ordinary least squares); the
+#    training residuals train the voxel model (standardised voxels, PCA, ridge regression,
+#    `refacelib.muscle.make_model`, whose penalty is chosen by efficient leave-one-out within
+#    the training fold: a nested cross-validation); that model predicts the held-out
+#    subjects. The held-out subjects' target is their residual under the *training fold's*
+#    age and sex model. No held-out subject enters either model, not even the age and sex
+#    adjustment of its own target.
+# 3. **Correlate.** Spearman's rho between the out-of-fold predictions and these held-out
+#    residuals.
+# 4. **Resample, refitting everything** (`refacelib.muscle.resample_correlations`).
+#    {glue:text}`n_resamples` half-samples: half of the subjects, drawn without replacement;
+#    on each, steps 2 and 3 are rerun (new folds, every model fitted again), so the interval
+#    carries the variability of fitting the models, not only that of the subjects. Each
+#    half-sample correlation is rescaled to the full sample on Fisher's z scale (its
+#    deviation from the mean of the half-samples shrunk by the square root of the sampling
+#    fraction, added to the full-sample estimate): the resampled correlations are centred
+#    on the cross-validated rho of all subjects, and their 95% percentile interval is a
+#    subsampling interval. Every image type gets the same half-samples and the same folds,
+#    so the comparisons are paired. A correlation is significant when its interval
+#    excludes 0, as in the paper. Without a signal the interval covers 0 about as often as
+#    it should (`tests/test_muscle.py`); around a real signal it tends to be somewhat
+#    narrow (simulations in `refacelib.muscle.resample_correlations`).
+#    Why not the bootstrap? Resampling fixed out-of-fold predictions ignores the fitting,
+#    whose variability matters most when there is a signal to fit; a bootstrap with
+#    replacement that refits (`scheme="bootstrap"`) is conservative, its intervals clearly
+#    wider than the estimate's spread across simulated data sets (`tests/test_muscle.py`):
+#    each refit draws fresh prediction noise on a resample whose duplicated subjects count
+#    twice.
+# 5. **Compare.** The paper's test (Wilcoxon signed-rank on the two sets of resampled
+#    correlations) and a sound one: the paired percentile interval of the difference in rho
+#    (original minus the other image) on the same half-samples and folds.
 
 # %%
 if ds.has_muscle:
@@ -109,17 +133,22 @@ if ds.has_muscle:
     display(fig)
 
 # %% [markdown]
-# Each panel is one muscle; each cloud holds the bootstrap correlations of one image type;
-# the point and bar are the mean and 95% CI (solid: CI excludes 0, significant; hollow:
+# Each panel is one muscle; each cloud holds the resampled (rescaled half-sample)
+# correlations of one image type; the point and bar are their mean (centred on the
+# full-sample estimate) and 95% CI (solid: CI excludes 0, significant; hollow:
 # covers 0); a star marks an image whose paired difference from the original excludes 0.
 # A CI below 0 also counts as "significant" under the paper's rule, but it means a
 # prediction worse than chance, not information. Skull-stripping leaves no facial voxel:
 # its predictions are constant and its correlation is undefined (an empty column).
+# Cross-validated correlations also lean slightly below 0 when there is nothing to find,
+# and more so in small samples: a small negative estimate is no evidence against the face.
 #
 # ## Ours next to the paper's
 #
-# Mean [95% CI] of Spearman's rho per image type and muscle. The `paper_*` columns are the
-# **paper's numbers on its real cohort** (read off its figure), not a result of this run.
+# Mean [95% CI] of Spearman's rho per image type and muscle (ours: of the rescaled
+# half-sample correlations, centred on the full-sample cross-validated rho; the paper's:
+# of its bootstrap). The `paper_*` columns are the **paper's numbers on its real
+# cohort** (read off its figure), not a result of this run.
 
 # %%
 if ds.has_muscle:
@@ -143,8 +172,9 @@ if ds.has_muscle:
 #
 # ## Original against each defaced image
 #
-# `diff_mean`, `ci_low`, `ci_high`: the paired bootstrap difference in rho, original minus
-# the image; `wilcoxon_p`: the paper's test. Saved as `tables/muscle_diff.csv`.
+# `diff_mean`, `ci_low`, `ci_high`: the difference in rho, original minus the image, and its
+# paired percentile interval over the same half-samples and folds; `wilcoxon_p`: the
+# paper's test on the resampled correlations. Saved as `tables/muscle_diff.csv`.
 
 # %%
 if ds.has_muscle:
@@ -160,11 +190,13 @@ if ds.has_muscle:
 #
 # ## Why the paper's test is not enough
 #
-# The Wilcoxon signed-rank test treats the bootstrap resamples as independent
+# The Wilcoxon signed-rank test treats the resampled correlations as independent
 # observations. They are not data: their number is chosen by the analyst, and the test's
-# p-value shrinks as that number grows, for the same subjects and the same difference. The
-# paired bootstrap CI of the difference does not shrink with the number of resamples; it
-# only gets more precise. The table shows both, computed on the first k resamples.
+# p-value shrinks as that number grows, for the same subjects and the same difference
+# (refitting the models in every resample does not change this). The paired interval of
+# the difference does not shrink with the number of resamples; it only gets more precise.
+# The table shows both, computed on the first k resamples, for the comparison with the
+# largest difference.
 
 # %%
 if ds.has_muscle:
@@ -177,8 +209,8 @@ if ds.has_muscle:
 glue("muscle_seconds", round(time.perf_counter() - start, 1), display=False)
 
 # %% [markdown]
-# This chapter took {glue:text}`muscle_seconds` s (features, models and bootstrap; the
-# defacing stage is cached from the previous chapter).
+# This chapter took {glue:text}`muscle_seconds` s (features, and the models refitted in
+# every fold of every half-sample; the defacing stage is cached from the previous chapter).
 
 # %% [markdown]
 # ## Key results

@@ -62,8 +62,7 @@ glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a 
 study = refacing.setup(run)
 ckpt_folder, _ = refacing.trained_cascade(run, study)
 subjects = study.test_subjects
-refaced, _ = refacing.reface_test_set(run, study.deface_folder, ckpt_folder, list(subjects), study.methods,
-                                      study.template, study.config)
+refaced, _ = refacing.refaced_test_set(run, study, ckpt_folder)
 sid, method = next(iter(subjects)), run.params["reid"]["render_method"]
 original, affine = stages.load_defaced(study.deface_folder, "original", sid)
 cands = evaluation.candidate_images(study.deface_folder, refaced, sid, method)
@@ -173,7 +172,7 @@ for key, value in values.items():
 # ## Research potential
 #
 # Spearman's rho between the predicted and the true age- and sex-adjusted CT muscle
-# radiodensity, mean [95% bootstrap CI]. The paper's values are read off its figure.
+# radiodensity, mean [95% interval from half-samples that refit the model]. The paper's values are read off its figure.
 
 # %%
 corr, diff = table("muscle_corr"), table("muscle_diff")

@@ -59,8 +59,7 @@ settings = run.params["cascade"]
 device = resolve_device(settings.get("device", "auto"))
 study = refacing.setup(run)
 ckpt_folder, _ = refacing.trained_cascade(run, study)
-refaced, _ = refacing.reface_test_set(run, study.deface_folder, ckpt_folder, list(study.test_subjects),
-                                      study.methods, study.template, study.config)
+refaced, _ = refacing.refaced_test_set(run, study, ckpt_folder)
 bench_dir = config.project_root() / "bench"
 
 # %% [markdown]
@@ -151,7 +150,8 @@ rebuild
 # %%
 method = sampler_method or run.params["refacing"]["example_methods"][0]
 internal = [s for s, t in study.test_subjects.items() if t == "test_internal"][:max_subjects]
-data = refacing.build_examples(study.deface_folder, internal, [method], study.template, settings["voxel_mm"])
+data = refacing.build_examples(study.deface_folder, internal, [method], study.template, settings["voxel_mm"],
+                               attacker=True)
 models = tuple(load_stage(ckpt_folder / f"stage{s}.pt", device=device)[0] for s in (1, 2))
 faces = bq.subject_faces(study.deface_folder, study.template, internal)
 msd_fn = lambda volumes: bq.subject_space_msd(faces, volumes, data, template=study.template,  # noqa: E731
@@ -159,7 +159,8 @@ msd_fn = lambda volumes: bq.subject_space_msd(faces, volumes, data, template=stu
 sampler_table = bq.sampler_benchmark(models, study.config, data, samplers, msd=msd_fn, seed=int(run.params["seed"]),
                                      batch_size=settings.get("sample_batch", 8), device=device)
 save_table(sampler_table, run.tables / "bench_samplers.csv")
-average_msd = bq.stored_msd(faces, study.deface_folder, "average")
+# the matched baseline: the cascade's own path with a zero residual (the prior as its output)
+average_msd = pd.DataFrame({"msd_mm": msd_fn(data["prior"])})
 summary = bq.sampler_summary(sampler_table)
 save_table(summary, run.tables / "bench_samplers_summary.csv")
 summary

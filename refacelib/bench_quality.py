@@ -185,7 +185,7 @@ def subject_faces(deface_folder: Path, template, ids) -> dict:
         region = subject_region(template, deface_folder, sid, original.shape, affine)
         threshold = reid.smoothed_threshold(original, 1.0)
         faces[sid] = {"affine": affine, "region": region, "threshold": threshold,
-                      "original_surface": reid.face_surface(original, affine, region, threshold=threshold)}
+                      "original_surface": reid.face_mesh(original, affine, region, threshold=threshold)}
     return faces
 
 
@@ -220,13 +220,13 @@ def subject_space_msd(faces: dict, refaced, data: dict, *, template, deface_fold
     with tempfile.TemporaryDirectory() as tmp:
         for i, (sid, method) in enumerate(zip(data["subject"], data["method"])):
             volume = refacing.full_resolution(refaced[i], data["prior"][i], average, template,
-                                              average_norm=data["average_norm"], prior_scale=data["prior_scale"][i])
+                                              average_norm=data["average_norm"], match=data["match"][i])
             refacing.write_subject(Path(tmp), deface_folder, template, sid, method, {"sample": volume},
                                     scale=data["scale"][i])
             image = load_defaced(Path(tmp), f"{method}_sample", sid)[0]
             f = faces[sid]
-            verts = reid.face_surface(image, f["affine"], f["region"], threshold=f["threshold"])
-            out.append(reid.surface_msd(verts, f["original_surface"]))
+            mesh = reid.face_mesh(image, f["affine"], f["region"], threshold=f["threshold"])
+            out.append(reid.surface_msd(mesh, f["original_surface"]))
     return np.asarray(out, float)
 
 
@@ -238,8 +238,8 @@ def stored_msd(faces: dict, deface_folder: Path, name: str) -> pd.DataFrame:
     rows = []
     for sid, f in faces.items():
         image = load_defaced(deface_folder, name, sid)[0]
-        verts = reid.face_surface(image, f["affine"], f["region"], threshold=f["threshold"])
-        rows.append({"subject": sid, "candidate": name, "msd_mm": reid.surface_msd(verts, f["original_surface"])})
+        mesh = reid.face_mesh(image, f["affine"], f["region"], threshold=f["threshold"])
+        rows.append({"subject": sid, "candidate": name, "msd_mm": reid.surface_msd(mesh, f["original_surface"])})
     return pd.DataFrame(rows)
 
 
@@ -278,10 +278,10 @@ def face_pair_metrics(original: np.ndarray, candidate: np.ndarray, affine: np.nd
     from . import reid
 
     if original_surface is None:
-        original_surface = reid.face_surface(original, affine, region, threshold=threshold)
+        original_surface = reid.face_mesh(original, affine, region, threshold=threshold)
     start = time.perf_counter()
-    verts = reid.face_surface(candidate, affine, region, threshold=threshold)
-    msd = reid.surface_msd(verts, original_surface)
+    mesh = reid.face_mesh(candidate, affine, region, threshold=threshold)
+    msd = reid.surface_msd(mesh, original_surface)
     seconds = time.perf_counter() - start
     box = _face_box(region)
     spacing = [float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))]
@@ -319,14 +319,14 @@ def surface_benchmark(deface_folder: Path, refaced_folder: Path, template, ids, 
         original, affine = load_defaced(deface_folder, "original", sid)
         region = subject_region(template, deface_folder, sid, original.shape, affine)
         threshold = reid.smoothed_threshold(original, 1.0)
-        surf = reid.face_surface(original, affine, region, threshold=threshold)
+        surf = reid.face_mesh(original, affine, region, threshold=threshold)
         for method in methods:
             images = candidate_images(deface_folder, refaced_folder, sid, method)
             for name in candidates:
                 metrics = face_pair_metrics(original, images[name], affine, region, threshold=threshold,
                                             original_surface=surf)
                 rows.append({"subject": sid, "method": method, "candidate": name,
-                             "n_vertices_original": len(surf), **metrics})
+                             "n_vertices_original": len(surf.verts), **metrics})
     return pd.DataFrame(rows)
 
 

@@ -401,9 +401,23 @@ def stage1_inputs(defaced, mask, prior, *, factor: int, multiple: int, original=
     return out
 
 
-def stage1_to_full(x_low: torch.Tensor, *, factor: int, crop: tuple[slice, ...]) -> torch.Tensor:
-    """Upsample a stage-1 result and crop it back to the common grid."""
-    return unpad(upsample(x_low, factor), crop)
+def stage1_to_full(x_low: torch.Tensor, *, factor: int, crop: tuple[slice, ...],
+                   prior_low: torch.Tensor | None = None, prior: torch.Tensor | None = None,
+                   mask_low: torch.Tensor | None = None) -> torch.Tensor:
+    """Upsample a stage-1 result and crop it back to the common grid.
+
+    With ``prior_low`` (stage 1's prior), ``prior`` (the full-grid prior, (N, 1, X, Y, Z)) and
+    ``mask_low`` (stage 1's mask) the *generated residual* over the prior (zero outside the mask)
+    is upsampled and added to the full-resolution prior, as
+    :func:`refacelib.refacing.full_resolution` does: a stage 1 that returns its prior then gives
+    the prior exactly, so an untrained cascade reproduces the average-face baseline voxel for voxel.
+    """
+    if prior_low is None or prior is None:
+        return unpad(upsample(x_low, factor), crop)
+    residual = x_low - prior_low
+    if mask_low is not None:
+        residual = torch.where(mask_low, residual, torch.zeros_like(residual))
+    return prior + unpad(upsample(residual, factor), crop)
 
 
 def stage2_inputs(defaced, mask, prior, coarse, *, box, original=None, device=None,

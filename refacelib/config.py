@@ -258,7 +258,31 @@ def _check_dataset(dataset: Any) -> str:
     return str(path.resolve())
 
 
-def open_run(profile: str = "quick", dataset: str = PHANTOM, *, create: bool = True) -> Run:
+def apply_overrides(params: dict, overrides: dict | None) -> dict:
+    """A copy of ``params`` with dotted keys replaced (``{"phantom.face_coupling": 0.0}``).
+
+    Every section must already exist in the profile (its keys are checked where they are read).
+
+    Examples
+    --------
+    >>> apply_overrides({"a": {"b": 1}}, {"a.b": 2})
+    {'a': {'b': 2}}
+    """
+    import copy
+
+    out = copy.deepcopy(params)
+    for dotted, value in (overrides or {}).items():
+        node, parts = out, dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"override {dotted!r}: the profile has no section {part!r}")
+            node = node[part]
+        node[parts[-1]] = value
+    return out
+
+
+def open_run(profile: str = "quick", dataset: str = PHANTOM, *, create: bool = True,
+             overrides: dict | None = None, suffix: str = "") -> Run:
     """Resolve a (profile, dataset) pair into a :class:`Run` and its folder.
 
     The resolved parameters are written to ``inputs/params.yaml`` in the run
@@ -272,14 +296,20 @@ def open_run(profile: str = "quick", dataset: str = PHANTOM, *, create: bool = T
         ``"phantom"`` or the path of a BIDS-style folder.
     create : bool
         Create the folder and write the resolved parameters.
+    overrides : dict, optional
+        Dotted parameter keys replaced in the profile (:func:`apply_overrides`);
+        used by the controls, which rerun a profile under other settings.
+    suffix : str
+        Appended to the run folder's name (``runs/<profile>-<dataset>-<suffix>``).
     """
-    params = load_profile(profile)
+    params = apply_overrides(load_profile(profile), overrides)
     dataset = _check_dataset(dataset)
-    folder = _confined(runs_root() / f"{profile}-{dataset_label(dataset)}", runs_root())
+    name = f"{profile}-{dataset_label(dataset)}" + (f"-{_LABEL_RE.sub('_', suffix)}" if suffix else "")
+    folder = _confined(runs_root() / name, runs_root())
     run = Run(profile=profile, dataset=dataset, params=params, folder=folder)
     if create:
         folder.mkdir(parents=True, exist_ok=True)
-        resolved = {"profile": profile, "dataset": dataset, "params": params}
+        resolved = {"profile": profile, "dataset": dataset, "params": params, "overrides": overrides or {}}
         from .io import atomic_write_text
 
         atomic_write_text(run.path("inputs", "params.yaml"), yaml.safe_dump(resolved, sort_keys=True))

@@ -13,7 +13,9 @@ Engines. ``quickshear`` always runs the real PyPI package. ``pydeface``,
 (pydeface needs FSL's ``flirt``) and otherwise a built-in emulation: a
 removal region defined on the template grid (functions ``*_region`` below)
 is warped to the subject (nearest neighbour) and restricted to
-``dilate(subject head, 10 mm) & ~brain_mask``. ``engine="real"`` forces the
+``dilate(template head warped to the subject, 10 mm) & ~brain_mask``: the
+subject's own head or face never shapes the removal region (a real tool's
+mask comes from its template and registration, not from the face it removes). ``engine="real"`` forces the
 real tool and raises :class:`ToolNotFoundError` when it is missing;
 ``engine="emulated"`` forces the emulation.
 
@@ -44,7 +46,7 @@ __all__ = [
     "pydeface_region", "fsl_deface_region", "mri_deface_region", "face_region",
     "deface_pydeface", "deface_fsl", "deface_mri", "deface_quickshear", "skullstrip",
     "deepbet_brain_mask", "METHODS", "REGISTRY", "tool_status", "method_table",
-    "average_face", "cohort_average", "qc", "deface_subject",
+    "cohort_average", "qc", "deface_subject",
 ]
 
 METHODS = ("fsl_deface", "mri_deface", "pydeface", "quickshear", "skullstrip")
@@ -155,30 +157,51 @@ class Registration:
 
 
 def register_template(image: np.ndarray, affine: np.ndarray, template: Template, *,
-                      voxel_mm: float = 4.0, seed: int = 0) -> Registration:
+                      voxel_mm: float = 4.0, seed: int = 0, exclude: np.ndarray | None = None,
+                      template_part: np.ndarray | None = None) -> Registration:
     """Affine-register ``template`` (moving) to the subject (fixed) with ANTsPy.
 
     Both images are resampled to ``voxel_mm`` first, for speed. The registration
     is judged by the Dice of the warped template head and the subject head mask.
     Seeded and single-threaded, so that the same input gives the same transform.
+
+    ``exclude`` (bool, subject grid) leaves voxels out of the similarity metric
+    and of the Dice: the attacker's registration of a *defaced* image passes
+    the removal mask, so that the zeroed face neither pulls the template nor
+    is needed (:func:`refacelib.stages.deface_cohort`). ``template_part`` (bool,
+    template grid) registers only that part of the template (its brain, for
+    a skull-stripped image, which has nothing else to align to).
     """
     ants = _ants()
     start = time.perf_counter()
     fixed = ants.resample_image(_to_ants(image, affine), (voxel_mm,) * 3, use_voxels=False, interp_type=0)
-    moving = ants.resample_image(_to_ants(template.data, template.affine), (voxel_mm,) * 3,
+    source = template.data if template_part is None else np.where(template_part, template.data, 0)
+    moving = ants.resample_image(_to_ants(source, template.affine), (voxel_mm,) * 3,
                                  use_voxels=False, interp_type=0)
+    keep = None
+    if exclude is not None:
+        keep_img = ants.resample_image(_to_ants((~np.asarray(exclude, bool)).astype(np.float32), affine),
+                                       (voxel_mm,) * 3, use_voxels=False, interp_type=1)
+        keep = keep_img.new_image_like((keep_img.numpy() > 0.5).astype(np.float32))
     # antspyx takes the seed from ants.config (its random_seed argument is not passed on), and
     # ANTs reads a seed of 0 as "draw one from the clock": seed s is passed on as s + 1
     ants_seed = int(seed) % (2**31 - 2) + 1
     previous, ants.config._random_seed = ants.config._random_seed, ants_seed
     try:
+        extra = {} if keep is None else {"mask": keep}
         reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Affine",
-                                random_seed=ants_seed, aff_iterations=(200, 100, 50, 10))
+                                random_seed=ants_seed, aff_iterations=(200, 100, 50, 10), **extra)
     finally:
         ants.config._random_seed = previous
     out = Registration(template=template, transform=ants.read_transform(reg["fwdtransforms"][0]))
     head = head_mask_from_intensity(image)
-    out.metric = _dice(out.to_subject(template.head, image.shape, affine), head)
+    warped = out.to_subject(template.head if template_part is None else np.asarray(template_part, bool),
+                            image.shape, affine)
+    if template_part is not None:
+        head = head_mask_from_intensity(image) if exclude is None else ~np.asarray(exclude, bool)
+    if exclude is not None:
+        head, warped = head & ~exclude, warped & ~exclude
+    out.metric = _dice(warped, head)
     out.success = bool(out.metric > DICE_SUCCESS)
     out.seconds = time.perf_counter() - start
     return out
@@ -250,7 +273,8 @@ def template_regions(template: Template) -> dict[str, np.ndarray]:
 def _emulated_removal(name: str, image, affine, brain_mask, registration: Registration) -> np.ndarray:
     region = template_regions(registration.template)[name]
     warped = registration.to_subject(region, image.shape, affine, order=0)
-    near = _dilate_mm(head_mask_from_intensity(image), HEAD_MARGIN_MM, affine)
+    head = registration.to_subject(registration.template.head, image.shape, affine, order=0)
+    near = _dilate_mm(head, HEAD_MARGIN_MM, affine)
     return warped & near & ~brain_mask
 
 
@@ -414,27 +438,6 @@ def method_table() -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- average face
-def average_face(image, affine, *, average: np.ndarray, registration: Registration,
-                 face_region: np.ndarray, head_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Replace the subject's face by an average face.
-
-    ``average`` (template grid) is warped to the subject (linear) and scaled by
-    the ratio of medians of subject and warped average over head voxels outside
-    the warped face region. It replaces the warped face region (nearest),
-    restricted to ``dilate(head, 10 mm)`` minus the brain of the template warped
-    to the subject (dilated 5 mm). Returns ``(image, replaced_mask)``; outside the
-    mask the image is the input bit for bit.
-    """
-    image = np.asarray(image, np.float32)
-    warped = registration.to_subject(np.asarray(average, np.float32), image.shape, affine, order=1)
-    face = registration.to_subject(np.asarray(face_region, bool), image.shape, affine, order=0)
-    brain = registration.to_subject(registration.template.brain, image.shape, affine, order=0)
-    sel = head_mask & ~face & (warped > 0)
-    scale = float(np.median(image[sel]) / np.median(warped[sel])) if sel.any() else 1.0
-    replaced = face & _dilate_mm(head_mask, HEAD_MARGIN_MM, affine) & ~_dilate_mm(brain, 5.0, affine)
-    return np.where(replaced, np.float32(scale) * warped, image).astype(np.float32), replaced
-
-
 def cohort_average(images, affines, template: Template, registrations) -> np.ndarray:
     """Average head of a training cohort on the template grid.
 

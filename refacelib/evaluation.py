@@ -1,14 +1,15 @@
 """Face evaluation of a run: surface distances of every candidate face and the matching attack.
 
 Candidates of a test subject under a defacing method: the defaced image, the
-refaced image (a single sample and the mean of samples), and the heads with the
-cohort-average and the template-average face. All are compared with the
-subject's original on the same face region: the template's face region carried
-to the subject by its registration.
+refaced image (a single sample and the mean of samples), the matched baselines
+(the cohort's and the template's average face through the cascade's own path
+with a zero residual), the swap check and, for the phantom, the oracle face.
+All are compared with the subject's original on the same face region (the
+template's face region carried to the subject by the evaluator's registration
+to the original), at the same surface threshold.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,54 +17,71 @@ import pandas as pd
 
 from . import reid
 from .deface import face_region
+from .parallel import default_jobs
 from .stages import load_defaced, load_registration
 from .template import Template
 
-__all__ = ["subject_region", "candidate_images", "default_jobs", "face_msd_table", "fast_msd_matrix", "matching_attack"]
+__all__ = ["subject_region", "candidate_images", "default_jobs", "face_msd_table", "fast_msd_matrix", "template_face",
+           "matching_attack"]
 
 
 def subject_region(template: Template, deface_folder: Path, sid: str, shape, affine) -> np.ndarray:
-    """The template's face region on a subject's grid (nearest neighbour, through its registration)."""
+    """The template's face region on a subject's grid (nearest neighbour, through its registration).
+
+    The evaluator's registration (template to the original image), the same for every candidate.
+    """
     return load_registration(deface_folder, sid, template).to_subject(face_region(template), shape, affine, order=0)
 
 
+def _stored(folder: Path, name: str, sid: str) -> np.ndarray | None:
+    path = Path(folder) / name / f"{sid}.nii.gz"
+    return load_defaced(folder, name, sid)[0] if path.is_file() else None
+
+
 def candidate_images(deface_folder: Path, refaced_folder: Path, sid: str, method: str) -> dict[str, np.ndarray]:
-    """Every candidate face of one subject under one method, on the subject's grid."""
-    return {
-        "defaced": load_defaced(deface_folder, method, sid)[0],
-        "refaced": load_defaced(refaced_folder, f"{method}_sample", sid)[0],
-        "refaced_mean": load_defaced(refaced_folder, f"{method}_mean", sid)[0],
-        "average": load_defaced(deface_folder, "average", sid)[0],
-        "template_average": load_defaced(deface_folder, "template_average", sid)[0],
-    }
+    """Every candidate face of one subject under one method, on the subject's grid.
+
+    ``defaced``; the cascade's ``refaced`` (one sample) and ``refaced_mean``;
+    the matched baselines ``average`` and ``template_average`` (the same path
+    as the cascade with a zero residual, in the same removal mask); ``swapped``
+    (the swap check, :func:`refacelib.refacing.reface_test_set`); and, for the
+    phantom, ``oracle``: the subject's head regenerated with its face latents
+    replaced by their expectation given the rest of the head, composited into
+    the same removal mask (the best any model could do).
+    """
+    defaced = load_defaced(deface_folder, method, sid)[0]
+    out = {"defaced": defaced}
+    for name, stored in (("refaced", "sample"), ("refaced_mean", "mean"), ("average", "average"),
+                         ("template_average", "template_average"), ("swapped", "swapped")):
+        out[name] = load_defaced(refaced_folder, f"{method}_{stored}", sid)[0]
+    oracle = _stored(deface_folder, "oracle", sid)
+    if oracle is not None:
+        removal = load_defaced(deface_folder, f"{method}_removal", sid)[0] > 0
+        out["oracle"] = np.where(removal, oracle, defaced).astype(np.float32)
+    return out
 
 
 def _subject_faces(deface_folder: Path, refaced_folder: Path, template: Template, sid: str, test_set: str,
-                   methods, keep_surfaces: bool) -> tuple[list, dict]:
-    """MSD rows and face surfaces of one subject (one worker's share of :func:`face_msd_table`)."""
+                   methods, keep_surfaces: bool) -> tuple[list, dict, list]:
+    """MSD rows, face surfaces and test-retest rows of one subject (one worker's share of :func:`face_msd_table`)."""
     original, affine = load_defaced(deface_folder, "original", sid)
     region = subject_region(template, deface_folder, sid, original.shape, affine)
     # one threshold per subject (from its original), so candidates differ only by their voxels
     threshold = reid.smoothed_threshold(original, 1.0)
-    orig_surface = reid.face_surface(original, affine, region, threshold=threshold)
-    rows, surfaces = [], {(sid, "original"): orig_surface}
+    orig_mesh = reid.face_mesh(original, affine, region, threshold=threshold)
+    rows, surfaces, floor = [], {(sid, "original"): orig_mesh.verts}, []
+    retest = _stored(deface_folder, "retest", sid)
+    if retest is not None:
+        floor.append({"subject": sid, "test_set": test_set, "msd_mm": reid.surface_msd(
+            reid.face_mesh(retest, affine, region, threshold=threshold), orig_mesh)})
     for method in methods:
         for name, image in candidate_images(deface_folder, refaced_folder, sid, method).items():
-            verts = reid.face_surface(image, affine, region, threshold=threshold)
+            mesh = reid.face_mesh(image, affine, region, threshold=threshold)
             if keep_surfaces:
-                surfaces[(sid, f"{method}:{name}")] = verts
+                surfaces[(sid, f"{method}:{name}")] = mesh.verts
             rows.append({"subject": sid, "test_set": test_set, "method": method, "candidate": name,
-                         "msd_mm": reid.surface_msd(verts, orig_surface)})
-    return rows, surfaces
-
-
-def default_jobs() -> int:
-    """Worker processes for per-subject loops: the CPUs this process may use, at most 8."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        n = os.cpu_count() or 1
-    return max(1, min(n, 8))
+                         "msd_mm": reid.surface_msd(mesh, orig_mesh)})
+    return rows, surfaces, floor
 
 
 def face_msd_table(deface_folder: Path, refaced_folder: Path, template: Template, subjects: dict[str, str],
@@ -83,6 +101,8 @@ def face_msd_table(deface_folder: Path, refaced_folder: Path, template: Template
     -------
     msd : DataFrame with columns subject, test_set, method, candidate, msd_mm
     surfaces : dict (sid, name) -> face vertices (mm), name ``original`` or ``<method>:<candidate>``
+    floor : DataFrame with columns subject, test_set, msd_mm: the test-retest floor, the MSD
+        between the original and a second scan of the same head (phantom only; empty otherwise)
     """
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
@@ -92,11 +112,13 @@ def face_msd_table(deface_folder: Path, refaced_folder: Path, template: Template
                                      keep_surfaces) for sid, test_set in subjects.items())
     results = (Parallel(n_jobs=n_jobs, return_as="generator")(tasks) if n_jobs > 1
                else (fn(*args, **kwargs) for fn, args, kwargs in tasks))
-    rows, surfaces = [], {}
-    for sub_rows, sub_surfaces in tqdm(results, total=len(subjects), desc="face surfaces", disable=not progress):
+    rows, surfaces, floor = [], {}, []
+    for sub_rows, sub_surfaces, sub_floor in tqdm(results, total=len(subjects), desc="face surfaces",
+                                                  disable=not progress):
         rows.extend(sub_rows)
         surfaces.update(sub_surfaces)
-    return reid.msd_table(rows), surfaces
+        floor.extend(sub_floor)
+    return reid.msd_table(rows), surfaces, pd.DataFrame(floor, columns=["subject", "test_set", "msd_mm"])
 
 
 def _subsample(points: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
@@ -132,16 +154,22 @@ def _rank_candidates(cands: list, reference: np.ndarray, originals: list, max_po
     return reid.identification_ranks(fast_msd_matrix(aligned, originals, max_points=max_points))
 
 
-def matching_attack(surfaces: dict, subjects: dict[str, str], methods, *,
+def template_face(template: Template) -> np.ndarray:
+    """Vertices of the template's own face surface: the common reference of the matching attack."""
+    return reid.face_surface(template.data, template.affine, face_region(template))
+
+
+def matching_attack(surfaces: dict, subjects: dict[str, str], methods, *, reference: np.ndarray,
                     candidates=("refaced", "refaced_mean", "average", "defaced"),
                     max_points: int = 1500, n_jobs: int | None = None) -> tuple[pd.DataFrame, dict]:
     """Rank every original test face for each candidate face; top-1/top-5 and CMC curves.
 
     Candidate ``i`` of a test set belongs to original ``i``. Each face surface is first
-    rigidly aligned (ICP) to the first subject's original face, so that pose does not
-    decide the match; then every candidate is compared with every original of the same
-    test set by MSD (:func:`fast_msd_matrix`). Method x candidate pairs run in parallel
-    worker processes (``n_jobs``, default :func:`default_jobs`).
+    rigidly aligned (ICP) to ``reference``, the template's face (:func:`template_face`),
+    the same for every subject, so that pose does not decide the match and no test
+    subject is privileged; then every candidate is compared with every original of the
+    same test set by MSD (:func:`fast_msd_matrix`). Method x candidate pairs run in
+    parallel worker processes (``n_jobs``, default :func:`default_jobs`).
     """
     from joblib import Parallel, delayed
 
@@ -149,7 +177,7 @@ def matching_attack(surfaces: dict, subjects: dict[str, str], methods, *,
     rows, curves = [], {}
     for test_set in sorted(set(subjects.values())):
         ids = [s for s, t in subjects.items() if t == test_set]
-        reference = _subsample(surfaces[(ids[0], "original")], max_points)
+        reference = _subsample(np.asarray(reference, float), max_points)
         originals = [reid.align_rigid(_subsample(v, max_points), reference) if len(v) else v
                      for v in (surfaces[(sid, "original")] for sid in ids)]
         pairs = [(method, cand) for method in methods for cand in candidates]

@@ -69,7 +69,7 @@ def _muscle_bars(ax, corr: pd.DataFrame | None, labels: dict) -> None:
     ax.axhline(0, color="0.4", lw=0.8)
     ax.set_xticks(range(len(muscles)), muscles)
     ax.set_ylabel("Spearman rho", fontsize=8)
-    ax.set_title("predicted vs true CT muscle radiodensity\n(mean, 95% bootstrap CI)", fontsize=9)
+    ax.set_title("predicted vs true CT muscle radiodensity\n(mean, 95% resampling CI)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.tick_params(labelsize=7)
 
@@ -114,7 +114,7 @@ def plot_overview(views: dict, *, steps: list[str], face_slice: np.ndarray | Non
     if face_slice is not None and face_region is not None:
         red = matplotlib.colors.ListedColormap(["red"])
         ax.imshow(np.ma.masked_where(~face_region, face_region), cmap=red, alpha=0.45, vmin=0, vmax=1)
-    _arrow(fig.add_subplot(bottom[0, 1]), "PCA + ridge,\nout of fold;\nSpearman rho,\nbootstrap")
+    _arrow(fig.add_subplot(bottom[0, 1]), "PCA + ridge,\nout of fold;\nSpearman rho,\nresampled")
     _muscle_bars(fig.add_subplot(bottom[0, 3]), corr, labels or {})
     fig.text(0.01, 0.97, "Re-identification risk", fontsize=11, weight="bold")
     fig.text(0.01, 0.47, "Research potential: head -> body CT", fontsize=11, weight="bold")

@@ -23,6 +23,17 @@ Muscle radiodensity (HU) of muscle ``m``:
 
 Subject ``i`` depends only on ``(seed, i)`` and the parameters, so the seed
 reproduces a subject bit for bit whatever the cohort size.
+
+Two reference scans of every test subject are written as ground truth:
+
+* the **oracle**: the same head with its face latents replaced by their
+  expectation given the cranial latents, ``E[f | c] = rho M c`` (and the
+  soft-tissue factor by its expectation given what defacing leaves: itself when
+  ``soft_tissue_scalp_fraction > 0``, else 0), with the same pose, intensity,
+  bias and noise draw: the best face any refacing model can predict from the
+  defaced image;
+* the **retest**: the same image re-acquired with another noise draw, the
+  test-retest floor of any face distance.
 """
 from __future__ import annotations
 
@@ -46,12 +57,21 @@ __all__ = [
     "build_basis",
     "sample_latents",
     "generate_subject",
+    "oracle_latents",
+    "retest_seed",
+    "generate_with_references",
     "write_cohort",
+    "COHORT_VERSION",
 ]
 
 FACE_COMPONENTS = ("nose", "lips", "chin", "cheeks", "brow")
 MUSCLES = ("abdomen", "thigh", "shin")
 SPLITS = ("train", "val", "test_internal", "test_external")
+# Version of what a written cohort contains. It is a field of PhantomParams, so it
+# enters the cache key of the cohort folder (refacelib.cohort.phantom_folder): bump it
+# whenever the files written change, so that an older cohort is not reused.
+# 2: oracle and retest scans of the test subjects.
+COHORT_VERSION = 2
 
 
 @dataclass
@@ -88,12 +108,14 @@ class PhantomParams:
     muscle_sd_hu: dict = field(default_factory=lambda: {"abdomen": 8.0, "thigh": 6.0, "shin": 5.0})
     muscle_age_effect: float = -0.4
     muscle_sex_effect: float = 0.5
+    # not a knob: the version of the written cohort, part of the cache key (see COHORT_VERSION)
+    version: int = field(default=COHORT_VERSION, init=False)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> "PhantomParams":
         """Build from a profile's ``phantom`` section; unknown keys are an error."""
         values = dict(values or {})
-        known = set(cls.__dataclass_fields__)
+        known = {name for name, f in cls.__dataclass_fields__.items() if f.init}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown phantom parameter(s): {', '.join(unknown)}")
@@ -245,16 +267,22 @@ def _displacement(basis: PhantomBasis, latents: dict, params: PhantomParams) -> 
     return u
 
 
-def _source_coords(basis: PhantomBasis, latents: dict, params: PhantomParams) -> np.ndarray:
-    """Template voxel coordinates sampled by each output voxel (backward warp)."""
-    tpl = basis.template
+def _pose_coords(tpl: Template, latents: dict) -> np.ndarray:
+    """Template voxel coordinates (3, N) of each output voxel under the pose alone."""
     centre = tpl.affine[:3, :3] @ (np.array(tpl.shape) / 2.0) + tpl.affine[:3, 3]
     pose = _rotation(latents["rotation_deg"]) * latents["scale"]
     grid = np.indices(tpl.shape, dtype=np.float32).reshape(3, -1)
     world = tpl.affine[:3, :3] @ grid + tpl.affine[:3, 3:4]
     src_world = np.linalg.inv(pose) @ (world - centre[:, None] - latents["translation_mm"][:, None]) + centre[:, None]
     inv = np.linalg.inv(tpl.affine)
-    src_vox = inv[:3, :3] @ src_world + inv[:3, 3:4]
+    return inv[:3, :3] @ src_world + inv[:3, 3:4]
+
+
+def _source_coords(basis: PhantomBasis, latents: dict, params: PhantomParams) -> np.ndarray:
+    """Template voxel coordinates sampled by each output voxel (backward warp)."""
+    tpl = basis.template
+    inv = np.linalg.inv(tpl.affine)
+    src_vox = _pose_coords(tpl, latents)
     u = _displacement(basis, latents, params)
     u_at = np.stack([ndimage.map_coordinates(u[i], src_vox, order=1, mode="nearest") for i in range(3)])
     return (src_vox - (inv[:3, :3] @ u_at)).reshape((3, *tpl.shape))
@@ -266,35 +294,131 @@ def _bias_field(shape, bias) -> np.ndarray:
     return np.exp(bias[0] * x + bias[1] * y + bias[2] * z).astype(np.float32)
 
 
-def generate_subject(index: int, basis: PhantomBasis, params: PhantomParams) -> dict:
-    """One subject: image (float32), brain and face masks, affine, latents, muscle.
+def oracle_latents(latents: dict, params: PhantomParams, coupling_matrix: np.ndarray) -> dict:
+    """The oracle's latents: what defacing leaves predicts of the face, as keyword overrides.
 
-    The image is on the template grid (RAS, ``voxel_mm``); the external-site
-    resampling to thick slices happens in :func:`write_cohort`.
+    ``face_latents`` is ``E[f | c] = rho M c`` (zero at ``face_coupling`` 0: the
+    mean face; ``f`` itself at 1). ``soft_tissue`` is ``E[s | defaced image]``:
+    ``s`` when it thickens the scalp too (``soft_tissue_scalp_fraction > 0``),
+    else its mean, 0. Pass them to :func:`generate_subject`.
+
+    Examples
+    --------
+    >>> p = PhantomParams(cranial_basis=5, face_coupling=0.0, soft_tissue_scalp_fraction=0.0)
+    >>> lat = sample_latents(0, p, np.eye(5))
+    >>> o = oracle_latents(lat, p, np.eye(5))
+    >>> bool(np.all(o["face_latents"] == 0)), o["soft_tissue"]
+    (True, 0.0)
     """
-    latents = sample_latents(index, params, basis.coupling_matrix)
+    rho = params.face_coupling
+    driven = coupling_matrix @ latents["cranial"] if params.cranial_basis else np.zeros(len(FACE_COMPONENTS))
+    soft = latents["soft_tissue"] if params.soft_tissue_scalp_fraction > 0 else 0.0
+    return {"face_latents": rho * driven + 0.0, "soft_tissue": float(soft)}  # + 0.0: no negative zeros
+
+
+def retest_seed(index: int, params: PhantomParams) -> int:
+    """Noise seed of subject ``index``'s retest scan (depends only on seed and index)."""
+    return int(np.random.default_rng([params.seed, index, 0x7E57]).integers(2**31))
+
+
+def _site(index: int, params: PhantomParams) -> str:
+    return "site-B" if params.split_of(index) == "test_external" else "site-A"
+
+
+def _render(index: int, basis: PhantomBasis, params: PhantomParams, latents: dict, *, masks: bool = True):
+    """Warp, then image (intensity, bias, site contrast): the noise-free image, its noise SD, the masks."""
     tpl = basis.template
     coords = _source_coords(basis, latents, params)
     image = ndimage.map_coordinates(tpl.data, coords, order=1, mode="constant", cval=0.0)
-    brain = ndimage.map_coordinates(tpl.brain, coords, order=0, mode="constant").astype(bool)
-    face = ndimage.map_coordinates(tpl.face, coords, order=0, mode="constant").astype(bool)
-    site = "site-B" if params.split_of(index) == "test_external" else "site-A"
+    brain = face = None
+    if masks:
+        brain = ndimage.map_coordinates(tpl.brain, coords, order=0, mode="constant").astype(bool)
+        face = ndimage.map_coordinates(tpl.face, coords, order=0, mode="constant").astype(bool)
+    site = _site(index, params)
     image = image * latents["intensity"] * _bias_field(tpl.shape, latents["bias"])
     ref = float(np.percentile(tpl.data[tpl.head], 95))
     if site == "site-B":
         image = ref * np.clip(image / ref, 0, None) ** params.external_gamma
     sigma = params.noise_sd * ref * (params.external_noise_factor if site == "site-B" else 1.0)
-    noise = np.random.default_rng(latents["noise_seed"]).standard_normal((2, *tpl.shape)).astype(np.float32)
-    image = np.sqrt((image + sigma * noise[0]) ** 2 + (sigma * noise[1]) ** 2)
+    return image, sigma, brain, face
+
+
+def _rician(image: np.ndarray, sigma: float, noise_seed: int) -> np.ndarray:
+    noise = np.random.default_rng(noise_seed).standard_normal((2, *image.shape)).astype(np.float32)
+    return np.sqrt((image + sigma * noise[0]) ** 2 + (sigma * noise[1]) ** 2).astype(np.float32)
+
+
+def _subject_latents(index, params, coupling_matrix, face_latents=None, soft_tissue=None, noise_seed=None):
+    latents = sample_latents(index, params, coupling_matrix)
+    muscle = muscle_hu(latents, params)  # the subject's body: overrides change the head image only
+    if face_latents is not None:
+        face = np.asarray(face_latents, dtype=float)
+        if face.shape != (len(FACE_COMPONENTS),):
+            raise ValueError(f"face_latents must have shape ({len(FACE_COMPONENTS)},), got {face.shape}")
+        latents["face"] = face
+    if soft_tissue is not None:
+        latents["soft_tissue"] = float(soft_tissue)
+    if noise_seed is not None:
+        latents["noise_seed"] = int(noise_seed)
+    return latents, muscle
+
+
+def generate_subject(index: int, basis: PhantomBasis, params: PhantomParams, *,
+                     face_latents=None, soft_tissue: float | None = None, noise_seed: int | None = None) -> dict:
+    """One subject: image (float32), brain and face masks, affine, latents, muscle.
+
+    The image is on the template grid (RAS, ``voxel_mm``); the external-site
+    resampling to thick slices happens in :func:`write_cohort`.
+
+    The keywords regenerate subject ``index`` with some latents replaced and
+    everything else identical (pose, intensity, bias, and the noise draw unless
+    ``noise_seed`` is given): ``face_latents`` (5 values, e.g. the oracle's,
+    :func:`oracle_latents`), ``soft_tissue``, ``noise_seed`` (e.g.
+    :func:`retest_seed`). The returned latents show the replacements; ``muscle``
+    stays the subject's.
+    """
+    latents, muscle = _subject_latents(index, params, basis.coupling_matrix, face_latents, soft_tissue, noise_seed)
+    image, sigma, brain, face = _render(index, basis, params, latents)
     return {
         "participant_id": f"sub-{index + 1:03d}",
-        "image": image.astype(np.float32),
+        "image": _rician(image, sigma, latents["noise_seed"]),
         "brain": brain,
         "face": face,
-        "affine": tpl.affine.copy(),
+        "affine": basis.template.affine.copy(),
         "latents": latents,
-        "muscle": muscle_hu(latents, params),
-        "site": site,
+        "muscle": muscle,
+        "site": _site(index, params),
+        "split": params.split_of(index),
+    }
+
+
+def generate_with_references(index: int, basis: PhantomBasis, params: PhantomParams) -> dict:
+    """:func:`generate_subject` plus its reference scans, float32 on the same grid.
+
+    ``oracle``: the head with the oracle's latents (:func:`oracle_latents`), same
+    pose, imaging and noise draw; ``retest``: the subject's noise-free image with
+    another noise draw (:func:`retest_seed`). Equal bit for bit to
+    ``generate_subject(index, basis, params, **oracle_latents(...))["image"]`` and
+    ``generate_subject(index, basis, params, noise_seed=retest_seed(index, params))["image"]``,
+    but the retest reuses the subject's warp.
+    """
+    latents, muscle = _subject_latents(index, params, basis.coupling_matrix)
+    clean, sigma, brain, face = _render(index, basis, params, latents)
+    overrides = oracle_latents(latents, params, basis.coupling_matrix)
+    oracle, _ = _subject_latents(index, params, basis.coupling_matrix, **overrides)
+    oracle_clean, _, _, _ = _render(index, basis, params, oracle, masks=False)  # its own warp
+    return {
+        "participant_id": f"sub-{index + 1:03d}",
+        "image": _rician(clean, sigma, latents["noise_seed"]),
+        "oracle": _rician(oracle_clean, sigma, latents["noise_seed"]),
+        "retest": _rician(clean, sigma, retest_seed(index, params)),
+        "brain": brain,
+        "face": face,
+        "affine": basis.template.affine.copy(),
+        "latents": latents,
+        "oracle_latents": overrides,
+        "muscle": muscle,
+        "site": _site(index, params),
         "split": params.split_of(index),
     }
 
@@ -325,20 +449,32 @@ def _latent_row(subject: dict) -> dict:
     return row
 
 
+def _stored(s: dict, image: np.ndarray, params: PhantomParams) -> nib.Nifti1Image:
+    """An image of subject ``s`` as its site stores it (site B: thick slices, LPS)."""
+    affine = s["affine"]
+    if s["site"] == "site-B":
+        image, affine = _thick_slices(image, affine, params.external_slice_factor)
+    return nib.Nifti1Image(image.astype(np.float32), affine)
+
+
 def _write_subject(folder: Path, s: dict, params: PhantomParams) -> None:
     sid = s["participant_id"]
     deriv = folder / "derivatives" / "phantom" / sid / "anat"
     for name in ("brain", "face"):
         save_nifti(nib.Nifti1Image(s[name].astype(np.uint8), s["affine"]), deriv / f"{sid}_desc-{name}_mask.nii.gz")
-    image, affine = s["image"], s["affine"]
-    if s["site"] == "site-B":
-        image, affine = _thick_slices(image, affine, params.external_slice_factor)
+    for name in ("oracle", "retest"):  # test subjects: the reference scans, on the T1w's grid
+        if name in s:
+            save_nifti(_stored(s, s[name], params), deriv / f"{sid}_desc-{name}_T1w.nii.gz")
     # the image last: its presence marks the subject as complete
-    save_nifti(nib.Nifti1Image(image.astype(np.float32), affine), folder / sid / "anat" / f"{sid}_T1w.nii.gz")
+    save_nifti(_stored(s, s["image"], params), folder / sid / "anat" / f"{sid}_T1w.nii.gz")
 
 
 def write_cohort(folder: Path, basis: PhantomBasis, params: PhantomParams, *, progress: bool = True) -> Path:
     """Write the cohort as a BIDS-style folder; ground truth under ``derivatives/phantom``.
+
+    Each test subject also gets ``derivatives/phantom/<sid>/anat/<sid>_desc-oracle_T1w.nii.gz``
+    and ``<sid>_desc-retest_T1w.nii.gz`` (:func:`generate_with_references`), stored
+    like its T1w (same grid, orientation and, at site B, thick slices).
 
     Subjects already on disk (from an interrupted run) are kept; the tables
     and ``dataset_description.json`` are written last, so their presence
@@ -357,6 +493,9 @@ def write_cohort(folder: Path, basis: PhantomBasis, params: PhantomParams, *, pr
                  "split": params.split_of(i)}
             s["muscle"] = muscle_hu(s["latents"], params)
             s["site"] = "site-B" if s["split"] == "test_external" else "site-A"
+        elif params.split_of(i).startswith("test"):  # with its oracle and retest scans
+            s = generate_with_references(i, basis, params)
+            _write_subject(folder, s, params)
         else:
             s = generate_subject(i, basis, params)
             _write_subject(folder, s, params)

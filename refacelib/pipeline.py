@@ -51,6 +51,19 @@ book with this appendix filled in.
 """
 
 
+#: Run-folder files a chapter reads that no cached stage of the book produces (``make controls``
+#: writes ``tables/controls.csv``): their content enters the chapter's cache key.
+CHAPTER_INPUTS = {"09_controls": ("tables/controls.csv",)}
+
+
+def _inputs_digest(run: Run, name: str) -> str:
+    digest = hashlib.sha256()
+    for rel in CHAPTER_INPUTS.get(name, ()):
+        path = run.folder / rel
+        digest.update(rel.encode() + (path.read_bytes() if path.is_file() else b"absent"))
+    return digest.hexdigest()[:12]
+
+
 class ChapterFailed(RuntimeError):
     """A chapter raised while papermill executed it."""
 
@@ -200,7 +213,7 @@ def execute_chapters(run: Run, names: list[str], *, force: bool = False, publish
     previous, timings = stable_hash(base, 16), []
     for i, name in enumerate(names, 1):
         source = (project_root() / "notebooks" / f"{name}.py").read_text()
-        key = stable_hash([previous, source], 16)
+        key = stable_hash([previous, source] + ([_inputs_digest(run, name)] if name in CHAPTER_INPUTS else []), 16)
         out = run.folder / "notebooks" / f"{name}.ipynb"
         key_file = run.folder / "notebooks" / f"{name}.key"
         if not force and out.exists() and key_file.exists() and key_file.read_text() == key:

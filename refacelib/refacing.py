@@ -34,9 +34,12 @@ __all__ = [
     "cascade_config",
     "common_grid",
     "subject_scale",
-    "prior_scale",
+    "intensity_match",
+    "apply_match",
     "build_examples",
     "full_resolution",
+    "REFACED_NAMES",
+    "swap_partners",
     "write_subject",
     "train_cascade",
     "reface_test_set",
@@ -45,6 +48,7 @@ __all__ = [
     "RefacingSetup",
     "setup",
     "trained_cascade",
+    "refaced_test_set",
     "shipped_root",
     "install_shipped",
     "training_provenance",
@@ -98,65 +102,118 @@ def cascade_config(run: Run, template: Template) -> _cascade.CascadeConfig:
                                   per_method=bool(p.get("per_method", False)), seed=int(run.params["seed"]))
 
 
-def prior_scale(defaced: np.ndarray, average: np.ndarray, head: np.ndarray, mask: np.ndarray) -> float:
-    """Intensity match of the average head to a defaced head: ratio of medians outside the mask.
+def intensity_match(defaced: np.ndarray, average: np.ndarray, head: np.ndarray, mask: np.ndarray, *,
+                    n_quantiles: int = 33) -> np.ndarray:
+    """Monotone intensity map from the average head to a defaced head (quantile matching).
 
-    Taken over the template's head voxels that the method kept (``head & ~mask``),
-    as :func:`refacelib.deface.average_face` does for the average-face candidate,
-    so that an untrained cascade returns that candidate's intensities.
+    Fitted on the template's head voxels that the method kept (``head & ~mask``,
+    both images on one grid): the ``n_quantiles`` quantiles (2nd to 98th
+    percentile) of the average head are paired with those of the defaced
+    image, so a contrast change that one ratio cannot match (an external
+    site's gamma) is matched too, and brightness is not something a refacing
+    model can win on. Returns a (2, K) array of knots ``(x, y)`` through the
+    origin for :func:`apply_match`.
 
     Examples
     --------
-    >>> head = np.ones((2, 2, 2), bool); mask = np.zeros_like(head); mask[0] = True
-    >>> prior_scale(np.full((2, 2, 2), 3.0), np.full((2, 2, 2), 2.0), head, mask)
-    1.5
+    >>> head = np.ones((4, 4, 4), bool); mask = np.zeros_like(head); mask[0] = True
+    >>> avg = np.linspace(1, 2, 64).reshape(4, 4, 4)
+    >>> knots = intensity_match(3 * avg, avg, head, mask)
+    >>> float(apply_match(np.array([1.5]), knots)[0])
+    4.5
     """
     sel = head & ~mask & (average > 0)
     if not sel.any():
-        return 1.0
-    return float(np.median(defaced[sel]) / np.median(average[sel]))
+        return np.array([[0.0, 1.0], [0.0, 1.0]], np.float64)
+    qs = np.linspace(0.02, 0.98, int(n_quantiles))
+    xq, idx = np.unique(np.quantile(average[sel].astype(np.float64), qs), return_index=True)
+    yq = np.maximum.accumulate(np.quantile(defaced[sel].astype(np.float64), qs)[idx])
+    keep = xq > 0
+    return np.stack([np.concatenate([[0.0], xq[keep]]), np.concatenate([[0.0], yq[keep]])])
 
 
-def build_examples(folder: Path, ids, methods, template: Template, voxel_mm: float) -> dict:
+def apply_match(values: np.ndarray, knots: np.ndarray) -> np.ndarray:
+    """Apply :func:`intensity_match`'s map: piecewise linear between knots, proportional beyond the last.
+
+    Examples
+    --------
+    >>> apply_match(np.array([0.5, 4.0]), np.array([[0.0, 1.0, 2.0], [0.0, 2.0, 3.0]])).tolist()
+    [1.0, 6.0]
+    """
+    x, y = np.asarray(knots[0], np.float64), np.asarray(knots[1], np.float64)
+    v = np.asarray(values, np.float64)
+    out = np.interp(v, x, y)
+    beyond = v > x[-1]
+    if beyond.any():
+        out[beyond] = v[beyond] * (y[-1] / x[-1] if x[-1] > 0 else 1.0)
+    return out.astype(np.float32)
+
+
+def _template_space(folder: Path, name: str, sid: str, attacker: bool) -> np.ndarray:
+    """A stored image on the template grid: the attacker's registration when asked and present."""
+    if attacker and (Path(folder) / "attacker" / name / f"{sid}.nii.gz").is_file():
+        return load_defaced(folder, name, sid, space="attacker")[0]
+    return load_defaced(folder, name, sid, space="template")[0]
+
+
+def build_examples(folder: Path, ids, methods, template: Template, voxel_mm: float, *,
+                   attacker: bool = False, baselines: bool = False) -> dict:
     """Arrays (N, X, Y, Z) on the common grid for every (subject, method) pair.
 
     Keys: original, defaced, mask, prior (the cohort-average head matched to
-    each defaced image by :func:`prior_scale`), lists ``subject``, ``method``,
-    ``prior_scale``, ``scale`` (the intensity unit of each example) and the float
-    ``average_norm`` (the average head's unit). None when there is no subject.
+    each defaced image by :func:`intensity_match` on the kept head voxels),
+    lists ``subject``, ``method``, ``match`` (the knots of each example's
+    intensity map), ``scale`` (the intensity unit of each example) and the
+    float ``average_norm`` (the average head's unit). None when there is no
+    subject.
+
+    ``attacker``: the defaced image and its mask come through the attacker's
+    registration to the defaced image (:func:`refacelib.stages.attacker_registration`),
+    where it exists (test subjects); the original is then only the evaluator's
+    reference and enters no model input. ``baselines``: also ``template_prior``,
+    ``template_match`` and ``template_norm``, the template's average head matched
+    the same way (the mri_reface-like baseline).
     """
     if len(ids) == 0:
         return None
     _, _, shape = common_grid(template, voxel_mm)
     brain = _zoom(template.brain, shape, order=0) > 0.5
     head = _zoom(template.head, shape, order=0) > 0.5
-    average = nib.load(str(Path(folder) / "cohort_average.nii.gz")).get_fdata(dtype=np.float32)
-    average = _zoom(average, shape, order=1)
-    norm = INTENSITY_SCALE * subject_scale(average, brain)
-    out = {k: [] for k in ("original", "defaced", "mask", "prior", "subject", "method", "prior_scale", "scale")}
+    averages = {"": nib.load(str(Path(folder) / "cohort_average.nii.gz")).get_fdata(dtype=np.float32)}
+    if baselines:
+        averages["template_"] = template.data.astype(np.float32)
+    averages = {k: _zoom(v, shape, order=1) for k, v in averages.items()}
+    norms = {k: INTENSITY_SCALE * subject_scale(v, brain) for k, v in averages.items()}
+    keys = ["original", "defaced", "mask", "subject", "method", "scale"] + [f"{k}{x}" for k in averages
+                                                                            for x in ("prior", "match")]
+    out = {k: [] for k in keys}
     for sid in ids:
         original = _zoom(load_defaced(folder, "original", sid, space="template")[0], shape, order=1)
         for method in methods:
-            defaced = _zoom(load_defaced(folder, method, sid, space="template")[0], shape, order=1)
-            mask = _zoom(load_defaced(folder, f"{method}_removal", sid, space="template")[0], shape, order=0) > 0.5
+            defaced = _zoom(_template_space(folder, method, sid, attacker), shape, order=1)
+            mask = _zoom(_template_space(folder, f"{method}_removal", sid, attacker), shape, order=0) > 0.5
             scale = INTENSITY_SCALE * subject_scale(defaced, brain)
-            match = prior_scale(defaced / scale, average / norm, head, mask)
             out["original"].append(original / scale)
             out["defaced"].append(np.where(mask, 0.0, defaced / scale).astype(np.float32))
             out["mask"].append(mask)
-            out["prior"].append(average / norm * match)
+            for k, average in averages.items():
+                knots = intensity_match(defaced / scale, average / norms[k], head, mask)
+                out[f"{k}prior"].append(apply_match(average / norms[k], knots))
+                out[f"{k}match"].append(knots)
             out["subject"].append(sid)
             out["method"].append(method)
-            out["prior_scale"].append(match)
             out["scale"].append(scale)
-    arrays = {k: np.stack(out[k]).astype(bool if k == "mask" else np.float32) for k in ("original", "defaced", "mask", "prior")}
-    lists = {k: out[k] for k in ("subject", "method", "prior_scale", "scale")}
-    return {**arrays, **lists, "average_norm": float(norm)}
+    arrays = {k: np.stack(out[k]).astype(bool if k == "mask" else np.float32)
+              for k in out if k in ("original", "defaced", "mask") or k.endswith("prior")}
+    lists = {k: out[k] for k in out if k not in arrays}
+    norm_keys = {f"{k or 'average_'}norm": float(v) for k, v in norms.items()}
+    return {**arrays, **lists, **norm_keys}
 
 
 #: Version of the training data and output composition; part of every cascade cache key.
 #: 2: per-example loss weight, prior matched outside the mask, full-resolution composition.
-CASCADE_VERSION = 2
+#: 3: quantile intensity match, stage-1 residual upsampling, leak-free defacing.
+CASCADE_VERSION = 3
 
 #: Steps between two validation losses (each costs about two training steps on a CPU;
 #: it does not change the weights: its noise comes from its own seeded generator).
@@ -239,37 +296,74 @@ def stage1_coarse(stage1_model, data: dict, config: _cascade.CascadeConfig, *, s
 
 
 def full_resolution(common: np.ndarray, prior: np.ndarray, average_tpl: np.ndarray, template: Template, *,
-                    average_norm: float, prior_scale: float) -> np.ndarray:
+                    average_norm: float, match: np.ndarray) -> np.ndarray:
     """A cascade output on the template grid, in the example's intensity unit.
 
     The cascade learns a residual over the prior at the common grid's
     resolution; the detail finer than that grid comes from the full-resolution
-    average head: ``average_tpl / average_norm * prior_scale + zoom(common - prior)``.
-    An untrained cascade (output = prior) returns the intensity-matched average
-    head at full resolution, the average-face candidate.
+    average head mapped by the example's intensity map:
+    ``apply_match(average_tpl / average_norm, match) + zoom(common - prior)``.
+    An untrained cascade (output = prior) returns exactly the matched average
+    head at full resolution: the average-face baseline is this function with
+    ``common = prior``.
 
     Examples
     --------
     >>> class T: shape = (4, 4, 4)
     >>> avg = np.full((4, 4, 4), 2.0, np.float32)
-    >>> out = full_resolution(np.ones((2, 2, 2)), np.ones((2, 2, 2)), avg, T, average_norm=2.0, prior_scale=1.5)
+    >>> knots = np.array([[0.0, 1.0], [0.0, 1.5]])
+    >>> out = full_resolution(np.ones((2, 2, 2)), np.ones((2, 2, 2)), avg, T, average_norm=2.0, match=knots)
     >>> float(out.min()), float(out.max())
     (1.5, 1.5)
     """
     residual = _zoom(np.asarray(common, np.float32) - np.asarray(prior, np.float32), template.shape, order=1)
-    return (np.asarray(average_tpl, np.float32) / np.float32(average_norm) * np.float32(prior_scale)
+    return (apply_match(np.asarray(average_tpl, np.float32) / np.float32(average_norm), match)
             + residual).astype(np.float32)
 
 
+#: What :func:`reface_test_set` writes per method: the cascade's estimators, the matched
+#: baselines (zero residual through the same path) and the swap check.
+REFACED_NAMES = ("sample", "mean", "average", "template_average", "swapped")
+
+
+def swap_partners(subjects: list, test_sets: list) -> list:
+    """Index of the subject whose refaced residual each subject receives in the swap check.
+
+    The next subject of the same test set (cyclically); a subject alone in its
+    set keeps its own index.
+
+    Examples
+    --------
+    >>> swap_partners(["a", "b", "c", "d"], ["x", "x", "y", "y"])
+    [1, 0, 3, 2]
+    """
+    out = []
+    for i, t in enumerate(test_sets):
+        same = [j for j, u in enumerate(test_sets) if u == t]
+        out.append(same[(same.index(i) + 1) % len(same)])
+    return out
+
+
 def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, methods, template: Template,
-                    config: _cascade.CascadeConfig, *, progress: bool = True,
-                    n_jobs: int | None = None) -> tuple[Path, pd.DataFrame]:
+                    config: _cascade.CascadeConfig, *, progress: bool = True, n_jobs: int | None = None,
+                    test_sets: list | None = None, models=None) -> tuple[Path, pd.DataFrame]:
     """Reface every test subject under every method; write NIfTIs in subject space.
 
+    The cascade sees the attacker's view only (:func:`build_examples` with
+    ``attacker=True``). Per method and subject it writes ``sample`` and
+    ``mean`` (the cascade's estimators), ``average`` and ``template_average``
+    (the matched baselines: the cohort's and the template's average head
+    through the very same path with a zero residual, so they differ from the
+    refaced face only by what the cascade learned) and ``swapped`` (this
+    subject's baseline plus the learned residual of another subject of the
+    same test set, :func:`swap_partners`: a person-independent correction
+    would help it as much as the subject's own).
+
     Sampling runs in this process (batched over subjects); bringing the results
-    to each subject's space and writing them (resampling and gzip, about half
-    the time on a CPU) runs in ``n_jobs`` worker processes (default
-    :func:`refacelib.evaluation.default_jobs`). The files do not depend on it.
+    to each subject's space and writing them runs in ``n_jobs`` worker
+    processes (default :func:`refacelib.evaluation.default_jobs`). The files
+    do not depend on it. ``models`` overrides the trained networks (a test
+    passes untrained ones).
 
     Returns the output folder and a table of wall times per method.
     """
@@ -280,22 +374,37 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
     from .train import load_stage
 
     p = run.params["cascade"]
-    out = run.artifacts / f"refaced-{stable_hash([CASCADE_VERSION, ckpt_folder.name, p['sampler'], p['sample_steps'], p['n_samples'], list(test_ids)])}"
+    test_sets = list(test_sets) if test_sets is not None else ["test"] * len(test_ids)
+    key = [CASCADE_VERSION, ckpt_folder.name, p["sampler"], p["sample_steps"], p["n_samples"], list(test_ids),
+           test_sets, models is None]
+    out = run.artifacts / f"refaced-{stable_hash(key)}"
     if (out / "done.json").exists():
         return out, pd.read_csv(out / "timings.csv")
-    models = tuple(load_stage(ckpt_folder / f"stage{s}.pt", device=p.get("device", "auto"))[0] for s in (1, 2))
-    average_tpl = nib.load(str(Path(deface_folder) / "cohort_average.nii.gz")).get_fdata(dtype=np.float32)
+    if models is None:
+        models = tuple(load_stage(ckpt_folder / f"stage{s}.pt", device=p.get("device", "auto"))[0] for s in (1, 2))
+    averages = {"": nib.load(str(Path(deface_folder) / "cohort_average.nii.gz")).get_fdata(dtype=np.float32),
+                "template_": template.data.astype(np.float32)}
+    partners = swap_partners(list(test_ids), test_sets)
     rows, n_jobs = [], default_jobs() if n_jobs is None else max(1, int(n_jobs))
     workers = Parallel(n_jobs=n_jobs, max_nbytes=None) if n_jobs > 1 else None  # no memmaps: tasks are small
     for method in methods:
         start = time.perf_counter()
-        data = build_examples(deface_folder, test_ids, [method], template, p["voxel_mm"])
+        data = build_examples(deface_folder, test_ids, [method], template, p["voxel_mm"], attacker=True,
+                              baselines=True)
         result = reface(data["defaced"], data["mask"], data["prior"], models, config, sampler=p["sampler"],
                         steps=p["sample_steps"], n_samples=p["n_samples"], seed=int(run.params["seed"]),
                         batch_size=p.get("sample_batch", 8), device=p.get("device", "auto"), progress=progress)
-        tasks = [(out, deface_folder, template, sid, method, {k: result[k][i] for k in ("sample", "mean")},
-                  data["prior"][i], average_tpl, float(data["average_norm"]), float(data["prior_scale"][i]),
-                  float(data["scale"][i])) for i, sid in enumerate(test_ids)]
+        tasks = []
+        for i, sid in enumerate(test_ids):
+            j = partners[i]
+            swapped = np.where(data["mask"][i], data["prior"][i] + (result["mean"][j] - data["prior"][j]),
+                               data["defaced"][i])
+            volumes = {"sample": (result["sample"][i], ""), "mean": (result["mean"][i], ""),
+                       "average": (data["prior"][i], ""), "swapped": (swapped, ""),
+                       "template_average": (data["template_prior"][i], "template_")}
+            specs = {name: (common, data[f"{k}prior"][i], averages[k], data[f"{k or 'average_'}norm"],
+                            data[f"{k}match"][i]) for name, (common, k) in volumes.items()}
+            tasks.append((out, deface_folder, template, sid, method, specs, float(data["scale"][i])))
         if workers is None:
             for task in tasks:
                 _write_refaced(*task)
@@ -308,20 +417,24 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
     return out, timings
 
 
-def _write_refaced(out, deface_folder, template, sid, method, common: dict, prior, average_tpl, average_norm,
-                   prior_scale, scale) -> None:
-    """One subject: the cascade's outputs at full resolution, then :func:`write_subject`."""
-    volumes = {k: full_resolution(v, prior, average_tpl, template, average_norm=average_norm, prior_scale=prior_scale)
-               for k, v in common.items()}
+def _write_refaced(out, deface_folder, template, sid, method, specs: dict, scale) -> None:
+    """One subject: every volume at full resolution (:func:`full_resolution`), then :func:`write_subject`."""
+    volumes = {name: full_resolution(common, prior, average_tpl, template, average_norm=norm, match=match)
+               for name, (common, prior, average_tpl, norm, match) in specs.items()}
     write_subject(out, deface_folder, template, sid, method, volumes, scale=scale)
 
 
 def write_subject(out: Path, deface_folder: Path, template: Template, sid: str, method: str, volumes: dict, *,
-                   scale: float) -> None:
-    """Bring each template-grid estimator to the subject, composite inside its removal mask, save."""
+                  scale: float) -> None:
+    """Bring each template-grid volume to the subject, composite inside its removal mask, save.
+
+    The way back is the attacker's registration to the defaced image (the
+    defacing registration when no attacker registration was stored).
+    """
     defaced, affine = load_defaced(deface_folder, method, sid)
     removal = load_defaced(deface_folder, f"{method}_removal", sid)[0] > 0
-    registration = load_registration(deface_folder, sid, template)
+    attacker = (Path(deface_folder) / "attacker" / "transforms" / method / f"{sid}.mat").is_file()
+    registration = load_registration(deface_folder, sid, template, method=method if attacker else None)
     for name, vol in volumes.items():
         subject = registration.to_subject((vol * np.float32(scale)).astype(np.float32), defaced.shape, affine, order=1)
         final = np.where(removal, np.clip(subject, 0, None), defaced).astype(np.float32)
@@ -339,25 +452,22 @@ def record_timings(run: Run, rows: list[dict]) -> pd.DataFrame:
 
 
 def masked_errors(deface_folder: Path, refaced_folder: Path, test_ids, methods) -> pd.DataFrame:
-    """Mean absolute intensity error on the removed face, relative to the brain median.
+    """Mean absolute intensity error inside each method's removal mask, relative to the brain median.
 
-    Candidates: the single sample, the mean of samples and the cohort-average face,
-    all evaluated on the voxels both removed by the method and replaced by the
-    average face (elsewhere the average-face image is the original itself).
+    Candidates: the single sample, the mean of samples and the matched
+    cohort-average baseline, on exactly the same voxels (the method's
+    removal mask, where all three differ from the defaced image).
     """
     rows = []
     for sid in test_ids:
         original, _ = load_defaced(deface_folder, "original", sid)
         brain = load_defaced(deface_folder, "brain", sid)[0] > 0
         scale = float(np.median(original[brain])) if brain.any() else 1.0
-        average = load_defaced(deface_folder, "average", sid)[0]
-        replaced = load_defaced(deface_folder, "average_removal", sid)[0] > 0
         for method in methods:
-            removal = (load_defaced(deface_folder, f"{method}_removal", sid)[0] > 0) & replaced
-            cands = {"refaced": load_defaced(refaced_folder, f"{method}_sample", sid)[0],
-                     "refaced_mean": load_defaced(refaced_folder, f"{method}_mean", sid)[0], "average": average}
-            for name, img in cands.items():
-                err = float(np.abs(img[removal] - original[removal]).mean() / scale)
+            removal = load_defaced(deface_folder, f"{method}_removal", sid)[0] > 0
+            for name, stored in (("refaced", "sample"), ("refaced_mean", "mean"), ("average", "average")):
+                img = load_defaced(refaced_folder, f"{method}_{stored}", sid)[0]
+                err = float(np.abs(img[removal] - original[removal]).mean() / scale) if removal.any() else np.nan
                 rows.append({"subject": sid, "method": method, "candidate": name, "mae_rel": err})
     return pd.DataFrame(rows)
 
@@ -409,6 +519,13 @@ def trained_cascade(run: Run, study: RefacingSetup, *, progress: bool = True) ->
     train = build_examples(study.deface_folder, study.ids["train"], study.methods, study.template, voxel)
     val = build_examples(study.deface_folder, study.ids["val"], study.methods, study.template, voxel)
     return train_cascade(run, train, val, study.config, data_key=study.data_key, progress=progress)
+
+
+def refaced_test_set(run: Run, study: RefacingSetup, ckpt_folder: Path, *, progress: bool = True):
+    """:func:`reface_test_set` of the study's test subjects (their test sets pair the swap check)."""
+    ids = list(study.test_subjects)
+    return reface_test_set(run, study.deface_folder, ckpt_folder, ids, study.methods, study.template, study.config,
+                           progress=progress, test_sets=[study.test_subjects[s] for s in ids])
 
 
 # --------------------------------------------------------------------------- shipped checkpoints

@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-__all__ = ["plot_msd_distributions", "plot_bland_altman", "plot_cmc", "CANDIDATE_LABELS"]
+__all__ = ["plot_msd_distributions", "plot_bland_altman", "plot_cmc", "plot_paired_differences",
+           "plot_dose_response", "CANDIDATE_LABELS"]
 
 CANDIDATE_LABELS = {
     "refaced": "refaced (one sample)",
@@ -26,6 +27,8 @@ CANDIDATE_LABELS = {
     "average": "cohort average face",
     "template_average": "template average face",
     "defaced": "defaced",
+    "swapped": "swap check (another subject's residual)",
+    "oracle": "oracle face (phantom's E[face | rest of head])",
 }
 MSD_LABEL = "MSD to the original face (mm)"
 
@@ -166,5 +169,70 @@ def plot_cmc(curves: Mapping[str, np.ndarray], *, note: str | None = None):
     ax.set_ylabel("identification rate (rank <= k)")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
+    _stamp(fig, note)
+    return fig
+
+
+def plot_paired_differences(tests: pd.DataFrame, *, baseline: str = "average",
+                            estimators: Sequence[str] = ("refaced", "refaced_mean", "swapped", "oracle"),
+                            floor_mm: float | None = None, note: str | None = None):
+    """Forest plot: Hodges-Lehmann paired difference (candidate - baseline, mm) with its 95% interval.
+
+    One panel per test set, one row per method, one marker per estimator; left of
+    zero the candidate's face is closer to the original than the baseline's.
+    ``floor_mm`` (the test-retest floor) is drawn as a shaded band +-floor around zero.
+    """
+    sub = tests[(tests["baseline"] == baseline) & tests["estimator"].isin(estimators)]
+    sets = sorted(sub["test_set"].unique())
+    methods = list(dict.fromkeys(sub["method"]))
+    present = [e for e in estimators if e in set(sub["estimator"])]
+    fig, axes = plt.subplots(1, max(len(sets), 1), figsize=(5.2 * max(len(sets), 1), 0.55 * len(methods) + 1.8),
+                             sharey=True, squeeze=False, layout="constrained")
+    colors = dict(zip(present, sns.color_palette("colorblind", len(present))))
+    for ax, test_set in zip(axes[0], sets):
+        part = sub[sub["test_set"] == test_set]
+        if floor_mm is not None and np.isfinite(floor_mm):
+            ax.axvspan(-floor_mm, floor_mm, color="0.9", zorder=0, label="test-retest floor")
+        ax.axvline(0, color="0.3", lw=0.8)
+        for k, est in enumerate(present):
+            rows = part[part["estimator"] == est].set_index("method").reindex(methods)
+            y = np.arange(len(methods)) + (k - (len(present) - 1) / 2) * 0.18
+            err = np.vstack([rows["hl_diff_mm"] - rows["ci_low_mm"], rows["ci_high_mm"] - rows["hl_diff_mm"]])
+            ax.errorbar(rows["hl_diff_mm"], y, xerr=err, fmt="o", ms=4, capsize=2, color=colors[est],
+                        label=CANDIDATE_LABELS.get(est, est))
+        ax.set_yticks(np.arange(len(methods)), methods)
+        ax.invert_yaxis()
+        ax.set_title(test_set)
+        ax.set_xlabel(f"paired difference vs {CANDIDATE_LABELS.get(baseline, baseline)} (mm)")
+    axes[0][0].legend(fontsize=7, loc="best")
+    _stamp(fig, note)
+    return fig
+
+
+def plot_dose_response(controls: pd.DataFrame, *, estimator: str = "refaced_mean", baseline: str = "average",
+                       note: str | None = None):
+    """Paired difference (estimator - matched baseline, mm) with 95% intervals against ``face_coupling``.
+
+    One line per method, one panel per test set; ``controls`` is ``tables/controls.csv``.
+    """
+    sub = controls[(controls["estimator"] == estimator) & (controls["baseline"] == baseline)]
+    sets = sorted(sub["test_set"].unique())
+    fig, axes = plt.subplots(1, max(len(sets), 1), figsize=(5.2 * max(len(sets), 1), 3.6), sharey=True,
+                             squeeze=False, layout="constrained")
+    methods = list(dict.fromkeys(sub["method"]))
+    colors = dict(zip(methods, sns.color_palette("colorblind", len(methods))))
+    for ax, test_set in zip(axes[0], sets):
+        part = sub[sub["test_set"] == test_set]
+        for k, method in enumerate(methods):
+            rows = part[part["method"] == method].sort_values("coupling")
+            x = rows["coupling"] + (k - (len(methods) - 1) / 2) * 0.012
+            err = np.vstack([rows["hl_diff_mm"] - rows["ci_low_mm"], rows["ci_high_mm"] - rows["hl_diff_mm"]])
+            ax.errorbar(x, rows["hl_diff_mm"], yerr=err, fmt="o-", ms=4, capsize=2, lw=1, color=colors[method],
+                        label=method)
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_title(test_set)
+        ax.set_xlabel("face_coupling (how much of the face the rest of the head predicts)")
+    axes[0][0].set_ylabel(f"{CANDIDATE_LABELS.get(estimator, estimator)}\nminus matched baseline (mm)")
+    axes[0][0].legend(fontsize=7)
     _stamp(fig, note)
     return fig

@@ -41,6 +41,9 @@ __all__ = [
     "headline_test_set",
     "read_table",
     "face_key_values",
+    "floor_key_values",
+    "negative_control_summary",
+    "controls_overview",
     "reid_key_values",
     "muscle_key_values",
     "msd_comparison_values",
@@ -170,7 +173,8 @@ def face_key_values(summary: pd.DataFrame, tests: pd.DataFrame, *, estimator: st
     dict
         ``key_test_set``, ``key_estimator``, ``key_baseline``, ``key_n_closer``
         (``"k of n"``) and per method ``key_msd_refaced_<m>``,
-        ``key_msd_average_<m>``, ``key_p_<m>`` (Holm-corrected), ``key_closer_<m>``
+        ``key_msd_average_<m>``, ``key_diff_<m>`` (Hodges-Lehmann paired difference
+        with its 95% interval, when the tests have it), ``key_p_<m>`` (Holm-corrected), ``key_closer_<m>``
         (``yes``: significantly closer; ``no, farther``/``no, tie``).
 
     Examples
@@ -196,6 +200,11 @@ def face_key_values(summary: pd.DataFrame, tests: pd.DataFrame, *, estimator: st
         p = sel["p_holm"].get(m) if m in sel.index else None
         diff = sel["median_diff_mm"].get(m) if m in sel.index else None
         out[f"key_p_{m}"] = fmt_p(p)
+        if "hl_diff_mm" in sel.columns and m in sel.index:
+            row = sel.loc[m]
+            out[f"key_diff_{m}"] = fmt_ci(row["hl_diff_mm"], row["ci_low_mm"], row["ci_high_mm"])
+        else:
+            out[f"key_diff_{m}"] = NA
         if _missing(p):
             out[f"key_closer_{m}"] = NA
             continue
@@ -415,6 +424,67 @@ def muscle_test_values(corr: pd.DataFrame | None, diff: pd.DataFrame | None, *, 
         "ours_n_diff": f"{int(excludes.sum())} of {len(tested)}",
         "ours_shin_significant": ", ".join(labels.get(i, i) for i in shin) or "none",
     }
+
+
+def floor_key_values(floor: pd.DataFrame | None) -> dict[str, str]:
+    """``key_floor``: the median test-retest face distance (mm), ``n/a`` without retest scans.
+
+    Examples
+    --------
+    >>> floor_key_values(pd.DataFrame({"msd_mm": [0.1, 0.3]}))
+    {'key_floor': '0.20'}
+    >>> floor_key_values(None)
+    {'key_floor': 'n/a'}
+    """
+    if floor is None or len(floor) == 0:
+        return {"key_floor": NA}
+    return {"key_floor": fmt_mm(float(floor["msd_mm"].median()))}
+
+
+def negative_control_summary(controls: pd.DataFrame, *, coupling: float = 0.0, alpha: float = 0.05,
+                             estimators: Iterable[str] = ("refaced", "refaced_mean")) -> pd.DataFrame:
+    """The negative control: refaced vs matched baseline at ``coupling`` (no face signal planted).
+
+    One row per method, test set and estimator with the paired difference, its
+    interval, Holm p and ``closer_significant`` (p_holm < alpha and a negative
+    difference: a false positive of the pipeline).
+
+    Examples
+    --------
+    >>> c = pd.DataFrame({"coupling": [0.0], "method": ["m"], "test_set": ["t"], "estimator": ["refaced"],
+    ...                   "baseline": ["average"], "n": [10], "hl_diff_mm": [0.01], "ci_low_mm": [-0.02],
+    ...                   "ci_high_mm": [0.04], "p_holm": [0.6], "rbc": [0.1]})
+    >>> negative_control_summary(c)["closer_significant"].tolist()
+    [False]
+    """
+    sel = controls[(controls["coupling"] == coupling) & (controls["baseline"] == "average")
+                   & controls["estimator"].isin(list(estimators))]
+    out = sel[["method", "test_set", "estimator", "n", "hl_diff_mm", "ci_low_mm", "ci_high_mm", "p_holm", "rbc"]].copy()
+    out["closer_significant"] = (out["p_holm"] < alpha) & (out["hl_diff_mm"] < 0)
+    return out.reset_index(drop=True)
+
+
+def controls_overview(controls: pd.DataFrame, *, alpha: float = 0.05) -> pd.DataFrame:
+    """Per coupling, test set and candidate: methods significantly closer than the matched baseline.
+
+    Columns ``coupling, test_set, estimator, closer`` (``"k of n"``) and
+    ``median_hl_diff_mm`` (median over methods of the paired difference).
+
+    Examples
+    --------
+    >>> c = pd.DataFrame({"coupling": [1.0, 1.0], "method": ["a", "b"], "test_set": ["t", "t"],
+    ...                   "estimator": ["oracle"] * 2, "baseline": ["average"] * 2,
+    ...                   "hl_diff_mm": [-0.2, -0.1], "p_holm": [0.01, 0.2]})
+    >>> controls_overview(c)[["closer", "median_hl_diff_mm"]].values.tolist()
+    [['1 of 2', -0.15]]
+    """
+    sel = controls[controls["baseline"] == "average"]
+    rows = []
+    for (c, t, e), sub in sel.groupby(["coupling", "test_set", "estimator"], sort=True):
+        k = int(((sub["p_holm"] < alpha) & (sub["hl_diff_mm"] < 0)).sum())
+        rows.append({"coupling": c, "test_set": t, "estimator": e, "closer": f"{k} of {len(sub)}",
+                     "median_hl_diff_mm": round(float(sub["hl_diff_mm"].median()), 3)})
+    return pd.DataFrame(rows, columns=["coupling", "test_set", "estimator", "closer", "median_hl_diff_mm"])
 
 
 def emulated_methods(methods_table: pd.DataFrame) -> str:

@@ -10,7 +10,8 @@ never noised. The final output is a composite: outside the mask it is
 bit-for-bit the defaced input.
 
 Stage 1 samples the downsampled whole head; stage 2 samples the face box at
-full resolution, conditioned on the upsampled stage-1 result. Inside the mask
+full resolution, conditioned on the stage-1 result (its residual over the
+prior upsampled and added to the full-resolution prior). Inside the mask
 but outside the face box the upsampled stage-1 result is used.
 
 Estimators returned by :func:`reface`:
@@ -156,8 +157,9 @@ def _cascade_chunk(vol: dict, idx: torch.Tensor, models, samplers, config: Casca
     d, m, p = vol["defaced"][idx], vol["mask"][idx], vol["prior"][idx]
     low = stage1_inputs(d, m, p, factor=config.factor, multiple=config.stage1.multiple, device=d.device)
     x1, first1, _ = _sample_stage(models[0], samplers[0], low, gen=gen)
-    up = {k: stage1_to_full(v, factor=config.factor, crop=low["crop"]) for k, v in
-          (("sample", x1), ("one_step", first1))}
+    up = {k: stage1_to_full(v, factor=config.factor, crop=low["crop"], prior_low=low["prior"], prior=p.unsqueeze(1),
+                            mask_low=low["mask"])
+          for k, v in (("sample", x1), ("one_step", first1))}
     m5, d5 = m.unsqueeze(1), d.unsqueeze(1)
     out = {k: torch.where(m5, v, d5) for k, v in up.items()}
     out["stage1"] = out["sample"].clone()

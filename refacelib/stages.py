@@ -21,16 +21,18 @@ from . import deface
 from .config import Run, stable_hash
 from .data import BIDSDataset, Subject, load_subject_array
 from .io import atomic_write_text, save_nifti, save_table
-from .surface import head_mask
-from .template import Template, load_template
+from .parallel import default_jobs
+from .template import Template, head_mask_from_intensity, load_template
 
-__all__ = ["study_template", "subject_brain_mask", "deface_cohort", "load_defaced", "load_registration", "face_features", "stage_stats", "qc_summary", "CANDIDATES"]
+__all__ = ["study_template", "subject_brain_mask", "deface_cohort", "load_defaced", "load_registration", "attacker_registration", "phantom_truth",
+           "cohort_average_from_folder", "face_features", "stage_stats", "qc_summary", "CANDIDATES"]
 
 #: Bump when what a stage writes changes, so that old caches are not reused.
-STAGE_VERSION = 3  # 3: seeded, single-threaded (repeatable) ANTs registration
+STAGE_VERSION = 4  # 4: leak-free removal regions, attacker registrations, no fixed-region average faces
 
-#: Images per subject written by :func:`deface_cohort`, besides one per method.
-CANDIDATES = ("original", "average", "template_average")
+#: Images per subject written by :func:`deface_cohort`, besides one per method
+#: (``oracle`` and ``retest`` for the phantom's test subjects only).
+CANDIDATES = ("original", "oracle", "retest")
 
 
 def study_template(run: Run) -> Template:
@@ -76,10 +78,22 @@ def _save(folder: Path, name: str, sid: str, image, affine, dtype=np.float32) ->
     save_nifti(nib.Nifti1Image(np.asarray(image, dtype=dtype), affine), folder / name / f"{sid}.nii.gz")
 
 
-def _deface_one(run, ds, subject, template, folder, methods):
+def _deface_one(run, ds, subject, template, folder, methods, attacker: bool):
+    """Deface one subject with every method and store what later stages read.
+
+    The data owner's side: the template is registered to the original image,
+    which carries every emulated method's removal region (a real tool sees
+    the original too). For a test subject (``attacker``) the attacker's side
+    follows: the template is registered again to each *defaced* image, with
+    the removal mask left out of the similarity metric (for a skull-stripped
+    image, the template's brain to the brain), and the defaced image and its
+    mask are brought onto the template grid by that registration only.
+    Returns the QC rows and the median head intensity of the original.
+    """
     image, affine = load_subject_array(subject, run.params["deface"]["voxel_mm"])
     brain, source = subject_brain_mask(run, ds, subject, image, affine)
-    reg = deface.register_template(image, affine, template, seed=int(run.params.get("seed", 0)))
+    seed = int(run.params.get("seed", 0))
+    reg = deface.register_template(image, affine, template, seed=seed)
     results, qc = deface.deface_subject(image, affine, brain_mask=brain, template=template,
                                          methods=methods, registration=reg)
     sid = subject.participant_id
@@ -87,58 +101,111 @@ def _deface_one(run, ds, subject, template, folder, methods):
     _save(folder, "brain", sid, brain, affine, np.uint8)
     tpl = folder / "template_space"
     _save(tpl, "original", sid, reg.to_template(image, affine, order=1), template.affine)
+    attack_seconds = 0.0
     for name, res in results.items():
         _save(folder, name, sid, res.image, affine)
         _save(folder, f"{name}_removal", sid, res.removal, affine, np.uint8)
         _save(tpl, name, sid, reg.to_template(res.image, affine, order=1), template.affine)
         _save(tpl, f"{name}_removal", sid, reg.to_template(res.removal, affine, order=0), template.affine, np.uint8)
+        if attacker:
+            areg = attacker_registration(res.image, res.removal, affine, template, method=name, seed=seed)
+            attack_seconds += areg.seconds
+            att = folder / "attacker"
+            _save(att, name, sid, areg.to_template(res.image, affine, order=1), template.affine)
+            _save(att, f"{name}_removal", sid, areg.to_template(res.removal, affine, order=0), template.affine,
+                  np.uint8)
+            _ants().write_transform(areg.transform, str(_mkdir(att / "transforms" / name) / f"{sid}.mat"))
     _ants().write_transform(reg.transform, str(_mkdir(folder / "transforms") / f"{sid}.mat"))
-    qc = qc.assign(participant_id=sid, brain_mask_source=source, registration_seconds=round(reg.seconds, 2))
-    return image, affine, brain, reg, qc
+    for kind in ("oracle", "retest"):  # the phantom's ground truth, for the evaluator only
+        truth = phantom_truth(ds, subject, kind)
+        if truth is not None:
+            _save(folder, kind, sid, load_subject_array(truth, run.params["deface"]["voxel_mm"])[0], affine)
+    qc = qc.assign(participant_id=sid, brain_mask_source=source, registration_seconds=round(reg.seconds, 2),
+                   attacker_registration_seconds=round(attack_seconds, 2))
+    return qc, float(np.median(image[head_mask_from_intensity(image)]))
 
 
-def deface_cohort(run: Run, ds: BIDSDataset, template: Template, *, progress: bool = True) -> tuple[Path, pd.DataFrame]:
-    """Deface every subject with every method; add both average faces to the test subjects.
+def attacker_registration(defaced: np.ndarray, removal: np.ndarray, affine: np.ndarray, template: Template, *,
+                          method: str, seed: int = 0) -> deface.Registration:
+    """The template registered to a defaced image, as an attacker can do it (no original needed).
 
+    The removal mask is left out of the similarity metric; a skull-stripped
+    image is matched by the template's brain alone.
+    """
+    if method == "skullstrip":
+        return deface.register_template(defaced, affine, template, seed=seed, template_part=template.brain,
+                                        exclude=removal)
+    return deface.register_template(defaced, affine, template, seed=seed, exclude=removal)
+
+
+def phantom_truth(ds: BIDSDataset, subject: Subject, kind: str) -> Path | None:
+    """The phantom's oracle or retest image of a subject (``kind``), None when absent (real data)."""
+    sid = subject.participant_id
+    path = ds.root / "derivatives" / "phantom" / sid / "anat" / f"{sid}_desc-{kind}_T1w.nii.gz"
+    return path if path.is_file() else None
+
+
+def deface_cohort(run: Run, ds: BIDSDataset, template: Template, *, progress: bool = True,
+                  n_jobs: int | None = None) -> tuple[Path, pd.DataFrame]:
+    """Deface every subject with every method; the training cohort's average head.
+
+    Subjects run in ``n_jobs`` worker processes (default: the usable CPUs, at
+    most 8), each single-threaded, so that the files do not depend on it.
     Returns the stage folder and the QC table (one row per subject and method).
     """
+    from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
     folder = _stage_folder(run, ds)
     if (folder / "done.json").exists():
         return folder, pd.read_csv(folder / "qc.csv")
     methods = tuple(run.params["deface"]["methods"])
-    start, rows, train, tests = time.perf_counter(), [], [], []
-    for subject in tqdm(ds.subjects, desc="defacing", disable=not progress):
-        image, affine, brain, reg, qc = _deface_one(run, ds, subject, template, folder, methods)
+    start = time.perf_counter()
+    n_jobs = default_jobs() if n_jobs is None else max(1, int(n_jobs))
+    tasks = [delayed(_deface_one)(run, ds, s, template, folder, methods,
+                                  str(s.row.get("split", "")).startswith("test")) for s in ds.subjects]
+    results = (Parallel(n_jobs=n_jobs, return_as="generator")(tasks) if n_jobs > 1
+               else (fn(*a, **kw) for fn, a, kw in tasks))
+    rows, medians = [], {}
+    for subject, (qc, median) in zip(ds.subjects, tqdm(results, total=len(tasks), desc="defacing",
+                                                        disable=not progress)):
         rows.append(qc)
-        split = subject.row.get("split", "")
-        if split == "train":
-            train.append((image, affine, reg))
-        elif str(split).startswith("test"):
-            tests.append((subject.participant_id, image, affine, brain, reg))
-    cohort_avg = deface.cohort_average([t[0] for t in train], [t[1] for t in train], template, [t[2] for t in train])
+        medians[subject.participant_id] = median
+    train = [s.participant_id for s in ds.subjects if s.row.get("split", "") == "train"]
+    cohort_avg = cohort_average_from_folder(folder, train, medians, template)
     save_nifti(nib.Nifti1Image(cohort_avg.astype(np.float32), template.affine), folder / "cohort_average.nii.gz")
-    region = deface.face_region(template)
-    for sid, image, affine, brain, reg in tests:
-        head = head_mask(image)
-        for name, average in (("average", cohort_avg), ("template_average", template.data)):
-            out, replaced = deface.average_face(image, affine, average=average, registration=reg,
-                                                face_region=region, head_mask=head)
-            _save(folder, name, sid, out, affine)
-            _save(folder, f"{name}_removal", sid, replaced, affine, np.uint8)
     qc = pd.concat(rows, ignore_index=True)
     save_table(qc, folder / "qc.csv")
     stats = {"seconds": round(time.perf_counter() - start, 1), "n_subjects": len(ds.subjects),
-             "n_train_for_average": len(train),
+             "n_train_for_average": len(train), "n_jobs": n_jobs,
              "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     atomic_write_text(folder / "done.json", json.dumps(stats))
     return folder, qc
 
 
-def load_registration(folder: Path, sid: str, template: Template) -> deface.Registration:
-    """A subject's template registration, as stored by :func:`deface_cohort` (transform only)."""
-    transform = _ants().read_transform(str(Path(folder) / "transforms" / f"{sid}.mat"))
+def cohort_average_from_folder(folder: Path, ids, medians: dict, template: Template) -> np.ndarray:
+    """Average head of the training subjects ``ids`` on the template grid.
+
+    Each subject's template-space original is divided by its median head
+    intensity (``medians``), averaged, and rescaled to the template's median
+    head intensity (as :func:`refacelib.deface.cohort_average`).
+    """
+    if len(ids) == 0:
+        raise ValueError("the cohort average needs at least one training subject")
+    acc = np.zeros(template.shape, np.float64)
+    for sid in ids:
+        acc += load_defaced(folder, "original", sid, space="template")[0] / medians[sid]
+    return (acc / len(ids) * float(np.median(template.data[template.head]))).astype(np.float32)
+
+
+def load_registration(folder: Path, sid: str, template: Template, *, method: str | None = None) -> deface.Registration:
+    """A subject's template registration, as stored by :func:`deface_cohort` (transform only).
+
+    ``method`` given: the attacker's registration to that method's defaced image
+    (test subjects only).
+    """
+    base = Path(folder) / "transforms" if method is None else Path(folder) / "attacker" / "transforms" / method
+    transform = _ants().read_transform(str(base / f"{sid}.mat"))
     return deface.Registration(template=template, transform=transform)
 
 
@@ -146,9 +213,14 @@ def load_defaced(folder: Path, name: str, sid: str, *, space: str = "subject") -
     """One stored image (``original``, a method, ``<method>_removal``, ``average``...) as (array, affine).
 
     ``space="template"`` gives the version resampled onto the template grid by
-    the subject's registration (every subject on one grid).
+    the subject's registration (every subject on one grid); ``space="attacker"``
+    the defaced image or removal mask resampled by the attacker's registration
+    to that defaced image (test subjects only).
     """
-    base = Path(folder) / "template_space" if space == "template" else Path(folder)
+    bases = {"subject": Path(folder), "template": Path(folder) / "template_space", "attacker": Path(folder) / "attacker"}
+    if space not in bases:
+        raise ValueError(f"space must be one of {sorted(bases)}, got {space!r}")
+    base = bases[space]
     img = nib.load(str(base / name / f"{sid}.nii.gz"))
     return np.asarray(img.dataobj), img.affine
 

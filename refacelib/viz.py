@@ -133,7 +133,7 @@ def plot_mid_sagittal_row(images: dict, *, note: str | None = None):
 
 def plot_muscle_correlations(boot: pd.DataFrame, corr: pd.DataFrame, diff: pd.DataFrame, *,
                              labels: dict | None = None, note: str | None = None):
-    """The paper's layout: one panel per muscle, bootstrap clouds per image, mean and 95% CI.
+    """The paper's layout: one panel per muscle, resampled correlations per image, mean and 95% CI.
 
     A star above an image marks a paired-difference CI (original minus image) that
     excludes 0; a CI that excludes 0 is drawn in a solid colour, one that covers 0 hollow.

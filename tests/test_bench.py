@@ -157,7 +157,7 @@ def test_subject_space_msd_puts_the_face_back(deface_folder):
     folder, template = deface_folder
     data = refacing.build_examples(folder, ["sub-01"], ["m"], template, 4.0)
     faces = bq.subject_faces(folder, template, ["sub-01"])
-    assert len(faces["sub-01"]["original_surface"]) > 50
+    assert len(faces["sub-01"]["original_surface"].verts) > 50
     truth = bq.subject_space_msd(faces, data["original"], data, template=template, deface_folder=folder)
     defaced = bq.stored_msd(faces, folder, "m")["msd_mm"].iloc[0]
     assert truth[0] < 0.5 < defaced  # the original's own face comes back; the defaced face is far
@@ -168,10 +168,9 @@ def test_surface_benchmark_table(deface_folder, tmp_path):
 
     folder, template = deface_folder
     original = nib.load(str(folder / "original" / "sub-01.nii.gz"))
-    for name in ("m_sample", "m_mean"):  # a "refaced" image equal to the original
+    for name in ("m_sample", "m_mean", "m_template_average", "m_swapped"):  # "refaced" images equal to the original
         save_nifti(original, tmp_path / name / "sub-01.nii.gz")
-    for name in ("template_average",):
-        save_nifti(original, folder / name / "sub-01.nii.gz")
+    save_nifti(nib.load(str(folder / "average" / "sub-01.nii.gz")), tmp_path / "m_average" / "sub-01.nii.gz")
     table = bq.surface_benchmark(folder, tmp_path, template, ["sub-01"], ["m"])
     assert list(table["candidate"]) == ["refaced", "average"]
     assert table.iloc[0]["msd_mm"] == 0.0 and table.iloc[0]["monai_msd_mm"] == 0.0

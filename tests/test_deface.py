@@ -34,8 +34,9 @@ def test_removal_nonempty_near_head(setup, method):
     affine = setup["subjects"][0]["affine"]
     assert res.method == method and res.image.dtype == np.float32
     assert (res.removal & head).sum() > 0
-    if res.emulated:  # warped regions are confined to the head's neighbourhood
-        assert not (res.removal & ~D._dilate_mm(head, 10.0, affine)).any()
+    if res.emulated:  # warped regions are confined to the neighbourhood of the registered template head
+        tpl_head = setup["regs"][0].to_subject(setup["template"].head, head.shape, affine)
+        assert not (res.removal & ~D._dilate_mm(tpl_head, D.HEAD_MARGIN_MM, affine)).any()
 
 
 @pytest.mark.parametrize("method", D.METHODS)
@@ -89,21 +90,44 @@ def test_registration_dice(setup):
         assert reg.success and reg.metric > 0.85
 
 
-def test_average_face(setup):
-    s, tpl, reg = setup["subjects"][0], setup["template"], setup["regs"][0]
-    face = D.face_region(tpl)
+def test_cohort_average(setup):
+    tpl = setup["template"]
     avg = D.cohort_average([x["image"] for x in setup["subjects"]], [x["affine"] for x in setup["subjects"]],
                            tpl, setup["regs"])
     assert avg.shape == tpl.shape and np.isfinite(avg).all()
-    for average in (tpl.data, avg):
-        out, replaced = D.average_face(s["image"], s["affine"], average=average, registration=reg,
-                                       face_region=face, head_mask=setup["head"])
-        assert replaced.sum() > 0 and not (replaced & s["brain"]).any()
-        assert np.array_equal(out[~replaced], s["image"][~replaced])
-        on_face = s["face"]
-        err_avg = np.abs(out[on_face] - s["image"][on_face]).mean()
-        err_zero = np.abs(setup["results"]["pydeface"].image[on_face] - s["image"][on_face]).mean()
-        assert err_avg < err_zero
+    head = tpl.head
+    assert abs(np.median(avg[head]) / np.median(tpl.data[head]) - 1) < 0.2  # rescaled to the template's unit
+
+
+@pytest.mark.parametrize("method", ("pydeface", "fsl_deface", "mri_deface", "quickshear", "skullstrip"))
+def test_removal_mask_does_not_depend_on_the_face(setup, method):
+    """Two heads that differ only in the face (here: tissue added in front of the nose) get the same
+    removal mask under the same registration: the subject's own face never shapes what is removed."""
+    s, tpl, reg = setup["subjects"][0], setup["template"], setup["regs"][0]
+    world = _world(s["image"].shape, s["affine"])
+    nose = np.linalg.norm(world - np.asarray(tpl.landmarks["nose"])[:, None, None, None], axis=0) <= 12
+    other = s["image"].copy()
+    grown = nose & ~setup["head"]
+    assert grown.sum() > 0
+    other[grown] = np.median(s["image"][setup["head"]])  # a bigger nose
+    assert not np.array_equal(head_mask_from_intensity(other), setup["head"])
+    a = D.REGISTRY[method](s["image"], s["affine"], brain_mask=s["brain"], registration=reg)
+    b = D.REGISTRY[method](other, s["affine"], brain_mask=s["brain"], registration=reg)
+    np.testing.assert_array_equal(a.removal, b.removal)
+
+
+def test_attacker_registration_ignores_the_removed_voxels(setup):
+    """The template registered to a defaced image with its removal mask excluded lands where the
+    registration to the original does (within a voxel on the head)."""
+    from refacelib.stages import attacker_registration
+
+    s, tpl, reg = setup["subjects"][0], setup["template"], setup["regs"][0]
+    for method in ("pydeface", "skullstrip"):
+        res = setup["results"][method]
+        areg = attacker_registration(res.image, res.removal, s["affine"], tpl, method=method, seed=0)
+        a = reg.to_subject(tpl.head, s["image"].shape, s["affine"])
+        b = areg.to_subject(tpl.head, s["image"].shape, s["affine"])
+        assert D._dice(a, b) > (0.9 if method == "skullstrip" else 0.95), method
 
 
 def test_missing_tool_is_explicit(setup, monkeypatch):

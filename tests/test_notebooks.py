@@ -78,16 +78,21 @@ def test_tiny_book_builds_with_real_figures_and_tables(tiny_book, project):
     assert (run / "figures" / "muscle_correlations.png").exists()
     msd = pd.read_csv(run / "tables" / "face_msd.csv")
     assert list(msd.columns) == ["subject", "test_set", "method", "candidate", "msd_mm"]
-    assert set(msd["candidate"]) == {"refaced", "refaced_mean", "average", "template_average", "defaced"}
-    assert len(msd) == 5 * 5 * (summary.set_index("split")["n"].filter(like="test").sum())
+    candidates = {"refaced", "refaced_mean", "average", "template_average", "defaced", "swapped", "oracle"}
+    assert set(msd["candidate"]) == candidates
+    assert len(msd) == 5 * len(candidates) * (summary.set_index("split")["n"].filter(like="test").sum())
     tests = pd.read_csv(run / "tables" / "face_tests.csv")
-    assert {"method", "test_set", "estimator", "n", "W", "p", "p_holm", "rbc"} <= set(tests.columns)
+    assert {"method", "test_set", "estimator", "baseline", "n", "p_holm", "rbc", "hl_diff_mm", "ci_low_mm",
+            "ci_high_mm"} <= set(tests.columns)
+    assert set(tests["baseline"]) == {"average", "template_average"}
+    floor = pd.read_csv(run / "tables" / "face_floor.csv")
+    assert len(floor) == len(msd["subject"].unique()) and (floor["msd_mm"] > 0).all()
     reid = pd.read_csv(run / "tables" / "reid.csv")
     assert list(reid.columns) == ["method", "test_set", "candidate", "n", "top1", "top5"]
     timings = pd.read_csv(run / "tables" / "timings.csv")
     assert list(timings.columns) == ["step", "device", "seconds"] and "train stage 2" in set(timings["step"])
     for name in ("training_loss.png", "face_renderings.png", "face_msd_distributions.png", "face_bland_altman.png",
-                 "reid_cmc.png", "face_distance_refaced.png"):
+                 "reid_cmc.png", "face_distance_refaced.png", "face_paired_differences.png"):
         assert (run / "figures" / name).stat().st_size > 5_000, name
     intro = _html_text(run / "html" / "book" / "intro.html")
     assert f"phantom run here has {len(participants)} simulated participants" in intro
@@ -108,8 +113,11 @@ def test_book_reads_in_headless_chromium(tiny_book):
     pages = {r.page: r for r in results}
     assert {"index.html", "book/intro.html", *(f"chapters/{n}.html" for n in pipeline.chapter_names())} <= set(pages)
     assert {p: r.problems for p, r in pages.items() if r.problems} == {}
+    optional = {n for n, files in pipeline.CHAPTER_INPUTS.items()  # e.g. Controls before `make controls`
+                if not all((run / f).exists() for f in files)}
     with_figures = [f"chapters/{n}.html" for n in pipeline.chapter_names()
-                    if "save_figure(" in (pipeline.project_root() / "notebooks" / f"{n}.py").read_text()]
+                    if "save_figure(" in (pipeline.project_root() / "notebooks" / f"{n}.py").read_text()
+                    and n not in optional]
     assert with_figures and all(pages[p].images > 0 for p in with_figures), {p: pages[p].images for p in with_figures}
     assert all((run / "screenshots" / r.screenshot).stat().st_size > 10_000 for r in results)
 
@@ -138,7 +146,7 @@ def test_refaced_files_do_not_depend_on_the_number_of_writer_processes(tiny_book
         out, _ = refacing.reface_test_set(run, study.deface_folder, ckpt, ids, methods, study.template,
                                           study.config, progress=False, n_jobs=n_jobs)
         files = sorted(out.rglob("*.nii.gz"))
-        assert len(files) == len(ids) * len(methods) * 2  # sample and mean per subject
+        assert len(files) == len(ids) * len(methods) * len(refacing.REFACED_NAMES)
         digests.append({f.relative_to(out): hashlib.sha256(nib.load(str(f)).get_fdata().tobytes()).hexdigest()
                         for f in files})
         shutil.rmtree(out)
@@ -238,3 +246,94 @@ def test_same_chapters_run_on_an_lps_anisotropic_bids_folder(tiny_book, project,
     published = [p for p in (run / "html").rglob("*") if p.suffix in (".html", ".js", ".ipynb", ".md", ".txt")]
     assert [i for p in published for i in raw_ids if i in p.read_text(errors="ignore")] == []
     assert _private_paths(run / "html", str(bids), str(tmp_path)) == []
+
+
+def _untrained_models(config):
+    from refacelib.cascade import _STAGE_IN_CHANNELS, make_unet
+
+    return tuple(make_unet(_STAGE_IN_CHANNELS[s], stage=config.stage(s)) for s in (1, 2))
+
+
+def test_untrained_cascade_equals_the_matched_baseline_voxel_for_voxel(tiny_book):
+    """The baseline is the cascade's own output before training: same prior, intensity match, grid,
+    upsampling, edge treatment and composite. Any difference in the book is what the model learned."""
+    import torch
+
+    from refacelib import config, refacing
+
+    run = config.open_run("tiny", "phantom")
+    study = refacing.setup(run)
+    models = _untrained_models(study.config)
+    for stage, model in zip((1, 2), models):  # MONAI zero-initialises the output convolution
+        shape = (1, model.conv_in.conv.in_channels, *(4 * study.config.stage(stage).multiple,) * 3)
+        out = model(torch.randn(shape), timesteps=torch.tensor([5]))
+        assert torch.count_nonzero(out) == 0
+    ids = list(study.test_subjects)[:2]
+    out, _ = refacing.reface_test_set(run, study.deface_folder, run.artifacts / "untrained", ids,
+                                      study.methods, study.template, study.config, progress=False, n_jobs=1,
+                                      models=models)
+    try:
+        for method in study.methods:
+            for sid in ids:
+                base = nib.load(str(out / f"{method}_average" / f"{sid}.nii.gz")).get_fdata()
+                for name in ("sample", "mean"):
+                    img = nib.load(str(out / f"{method}_{name}" / f"{sid}.nii.gz")).get_fdata()
+                    np.testing.assert_array_equal(img, base, err_msg=f"{method} {name} {sid}")
+    finally:
+        shutil.rmtree(out)
+
+
+def test_no_model_input_comes_from_a_test_subjects_original(tiny_book, tmp_path):
+    """Change only the original (true) face of a test subject: every input of the cascade and the
+    refaced output stay bit-identical (the attacker sees the defaced image and the training cohort)."""
+    from refacelib import config, refacing, stages
+
+    run = config.open_run("tiny", "phantom")
+    study = refacing.setup(run)
+    ckpt, _ = refacing.trained_cascade(run, study, progress=False)
+    sid, method = next(iter(study.test_subjects)), study.methods[1]
+    copy = tmp_path / study.deface_folder.name
+    shutil.copytree(study.deface_folder, copy)
+    removal = stages.load_defaced(copy, f"{method}_removal", sid)[0] > 0
+    for space in ("subject", "template"):
+        base = copy / ("template_space" if space == "template" else "") / "original"
+        img = nib.load(str(base / f"{sid}.nii.gz"))
+        data = np.asarray(img.dataobj, np.float32)
+        face = removal if space == "subject" else stages.load_defaced(copy, f"{method}_removal", sid,
+                                                                      space="template")[0] > 0
+        data[face] = data[face] * 1.5 + 10.0  # another face
+        nib.save(nib.Nifti1Image(data, img.affine), str(base / f"{sid}.nii.gz"))
+    keys = ("defaced", "mask", "prior", "template_prior")
+    a = refacing.build_examples(study.deface_folder, [sid], [method], study.template, 4.0, attacker=True,
+                                baselines=True)
+    b = refacing.build_examples(copy, [sid], [method], study.template, 4.0, attacker=True, baselines=True)
+    assert not np.array_equal(a["original"], b["original"])  # the truth did change
+    for k in keys:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    np.testing.assert_array_equal(a["match"][0], b["match"][0])
+    assert a["scale"] == b["scale"]
+    outs = []
+    for folder in (study.deface_folder, copy):
+        out, _ = refacing.reface_test_set(run, folder, ckpt, [sid], [method], study.template, study.config,
+                                          progress=False, n_jobs=1)
+        outs.append({p.relative_to(out): nib.load(str(p)).get_fdata() for p in sorted(out.rglob("*.nii.gz"))})
+        shutil.rmtree(out)
+    assert outs[0].keys() == outs[1].keys()
+    for key in outs[0]:
+        np.testing.assert_array_equal(outs[0][key], outs[1][key], err_msg=str(key))
+
+
+def test_controls_table_from_the_cached_run(tiny_book):
+    """`make controls` runs the experiment per coupling and writes tables/controls.csv; the profile's own
+    coupling reuses the book's cached run (a full control run per coupling is exercised by make controls)."""
+    from refacelib import config, controls
+
+    own = 0.8  # PhantomParams' default, which the tiny profile keeps
+    assert controls.control_run("tiny", own).folder == config.open_run("tiny", "phantom").folder
+    assert controls.control_run("tiny", 0.0).folder.name == "tiny-phantom-coupling-0"
+    assert controls.control_run("tiny", 0.0).params["phantom"]["face_coupling"] == 0.0
+    assert controls.main(["--profile", "tiny", "--couplings", f"{own:g}"]) == 0
+    table = pd.read_csv(config.open_run("tiny", "phantom").tables / "controls.csv")
+    assert set(table["coupling"]) == {own}
+    assert {"refaced", "refaced_mean", "swapped", "oracle"} <= set(table["estimator"])
+    assert {"hl_diff_mm", "ci_low_mm", "ci_high_mm", "p_holm", "rbc"} <= set(table.columns)

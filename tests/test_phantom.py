@@ -93,3 +93,169 @@ def test_face_coupling_out_of_range_is_refused():
         phantom.PhantomParams.from_dict({"face_coupling": 1.5})
     with pytest.raises(ValueError, match="unknown phantom parameter"):
         phantom.PhantomParams.from_dict({"face_couplin": 0.5})
+
+
+# --------------------------------------------------------------------------- oracle and retest scans
+def _original_image(index, basis, params):
+    """The subject's image by the formula of the phantom before the oracle/retest refactoring."""
+    from scipy import ndimage
+
+    latents = phantom.sample_latents(index, params, basis.coupling_matrix)
+    tpl = basis.template
+    centre = tpl.affine[:3, :3] @ (np.array(tpl.shape) / 2.0) + tpl.affine[:3, 3]
+    pose = phantom._rotation(latents["rotation_deg"]) * latents["scale"]
+    grid = np.indices(tpl.shape, dtype=np.float32).reshape(3, -1)
+    world = tpl.affine[:3, :3] @ grid + tpl.affine[:3, 3:4]
+    src_world = np.linalg.inv(pose) @ (world - centre[:, None] - latents["translation_mm"][:, None]) + centre[:, None]
+    inv = np.linalg.inv(tpl.affine)
+    src_vox = inv[:3, :3] @ src_world + inv[:3, 3:4]
+    u = phantom._displacement(basis, latents, params)
+    u_at = np.stack([ndimage.map_coordinates(u[i], src_vox, order=1, mode="nearest") for i in range(3)])
+    coords = (src_vox - (inv[:3, :3] @ u_at)).reshape((3, *tpl.shape))
+    image = ndimage.map_coordinates(tpl.data, coords, order=1, mode="constant", cval=0.0)
+    site = "site-B" if params.split_of(index) == "test_external" else "site-A"
+    image = image * latents["intensity"] * phantom._bias_field(tpl.shape, latents["bias"])
+    ref = float(np.percentile(tpl.data[tpl.head], 95))
+    if site == "site-B":
+        image = ref * np.clip(image / ref, 0, None) ** params.external_gamma
+    sigma = params.noise_sd * ref * (params.external_noise_factor if site == "site-B" else 1.0)
+    noise = np.random.default_rng(latents["noise_seed"]).standard_normal((2, *tpl.shape)).astype(np.float32)
+    return np.sqrt((image + sigma * noise[0]) ** 2 + (sigma * noise[1]) ** 2).astype(np.float32)
+
+
+def _tests_params(**kw):
+    return phantom.PhantomParams(voxel_mm=4.0, n_train=1, n_val=0, n_test_internal=1, n_test_external=1, **kw)
+
+
+def test_subject_images_are_unchanged_by_the_reference_scans(template):
+    params = _tests_params()
+    basis = phantom.build_basis(template, params)
+    for i in range(params.n_subjects):  # site A and site B
+        original = _original_image(i, basis, params)
+        assert np.array_equal(phantom.generate_subject(i, basis, params)["image"], original)
+        assert np.array_equal(phantom.generate_with_references(i, basis, params)["image"], original)
+
+
+def test_oracle_is_the_subject_at_full_coupling(template):
+    params = _tests_params(face_coupling=1.0)
+    basis = phantom.build_basis(template, params)
+    for i in (1, 2):
+        s = phantom.generate_with_references(i, basis, params)
+        assert np.array_equal(s["oracle_latents"]["face_latents"], s["latents"]["face"])
+        assert np.array_equal(s["oracle"], s["image"])
+
+
+def test_oracle_is_the_mean_face_without_coupling(template):
+    params = _tests_params(face_coupling=0.0)
+    basis = phantom.build_basis(template, params)
+    s = phantom.generate_with_references(1, basis, params)
+    assert np.abs(s["latents"]["face"]).min() > 0
+    assert np.all(s["oracle_latents"]["face_latents"] == 0)
+    assert s["oracle_latents"]["soft_tissue"] == s["latents"]["soft_tissue"]  # seen in the scalp
+    # the keyword overrides regenerate the same oracle: same pose, imaging and noise draw
+    again = phantom.generate_subject(1, basis, params, face_latents=np.zeros(5))
+    assert np.array_equal(again["image"], s["oracle"])
+    assert np.array_equal(again["latents"]["face"], np.zeros(5)) and again["muscle"] == s["muscle"]
+    # soft tissue invisible after defacing: the oracle takes its mean
+    hidden = _tests_params(face_coupling=0.0, soft_tissue_scalp_fraction=0.0)
+    lat = phantom.sample_latents(1, hidden, basis.coupling_matrix)
+    assert phantom.oracle_latents(lat, hidden, basis.coupling_matrix)["soft_tissue"] == 0.0
+
+
+@pytest.mark.parametrize("scalp_fraction", [0.3, 0.0])
+def test_oracle_differs_from_the_subject_only_near_the_face(template, scalp_fraction):
+    from scipy import ndimage
+
+    params = _tests_params(face_coupling=0.5, soft_tissue_scalp_fraction=scalp_fraction)
+    basis = phantom.build_basis(template, params)
+    s = phantom.generate_with_references(1, basis, params)
+    oracle = {**s["latents"], "face": s["oracle_latents"]["face_latents"],
+              "soft_tissue": s["oracle_latents"]["soft_tissue"]}
+    du = phantom._displacement(basis, oracle, params) - phantom._displacement(basis, s["latents"], params)
+    assert np.all(du[:, basis.face_weight == 0] == 0) and np.abs(du).max() > 0.5
+    # output voxels whose backward warp reads the displacement far from the face (one voxel
+    # margin): the pose, identical for both, maps them; there the images agree bit for bit
+    support = ndimage.binary_dilation(basis.face_weight > 0, iterations=1).astype(np.float32)
+    src = phantom._pose_coords(template, s["latents"])
+    far = ndimage.map_coordinates(support, src, order=1, mode="nearest").reshape(template.shape) == 0
+    assert (far & template.head).sum() > 0.5 * template.head.sum()
+    assert np.array_equal(s["oracle"][far], s["image"][far])
+    assert np.abs(s["oracle"][template.face] - s["image"][template.face]).mean() > 1.0
+
+
+def test_retest_differs_by_the_noise_draw_only(template):
+    params = _tests_params()
+    basis = phantom.build_basis(template, params)
+    bigger = phantom.PhantomParams(voxel_mm=4.0, n_train=1, n_val=0, n_test_internal=5, n_test_external=1)
+    assert phantom.retest_seed(1, params) == phantom.retest_seed(1, bigger)  # (seed, index) only
+    for i in (1, 2):
+        s = phantom.generate_with_references(i, basis, params)
+        seed = phantom.retest_seed(i, params)
+        assert seed != s["latents"]["noise_seed"]
+        assert np.array_equal(phantom.generate_subject(i, basis, params, noise_seed=seed)["image"], s["retest"])
+        sigma = params.noise_sd * float(np.percentile(template.data[template.head], 95))
+        sigma *= params.external_noise_factor if s["site"] == "site-B" else 1.0
+        diff = s["retest"] - s["image"]
+        assert np.mean(diff != 0) > 0.99 and np.abs(diff).mean() < 3 * sigma
+    quiet = _tests_params(noise_sd=0.0)  # without noise, the retest is the same image
+    s = phantom.generate_with_references(2, phantom.build_basis(template, quiet), quiet)
+    assert np.array_equal(s["retest"], s["image"])
+
+
+def test_cohort_version_enters_the_cache_key_but_is_no_knob():
+    from dataclasses import asdict
+
+    assert asdict(phantom.PhantomParams())["version"] == phantom.COHORT_VERSION
+    with pytest.raises(ValueError, match="unknown phantom parameter"):
+        phantom.PhantomParams.from_dict({"version": 1})
+
+
+def _nifti(path):
+    img = nib.load(str(path))
+    return np.asanyarray(img.dataobj), img.affine
+
+
+def test_write_cohort_writes_reference_scans_of_test_subjects_and_resumes(template, tmp_path, monkeypatch):
+    params = phantom.PhantomParams(voxel_mm=4.0, n_train=2, n_val=1, n_test_internal=1, n_test_external=1)
+    basis = phantom.build_basis(template, params)
+    first = tmp_path / "first"
+    phantom.write_cohort(first, basis, params, progress=False)
+    deriv = first / "derivatives" / "phantom"
+    for i in range(params.n_subjects):
+        sid = f"sub-{i + 1:03d}"
+        refs = [deriv / sid / "anat" / f"{sid}_desc-{name}_T1w.nii.gz" for name in ("oracle", "retest")]
+        if not params.split_of(i).startswith("test"):
+            assert not any(p.exists() for p in refs)
+            continue
+        t1w, t1w_affine = _nifti(first / sid / "anat" / f"{sid}_T1w.nii.gz")
+        s = phantom.generate_with_references(i, basis, params)
+        for path, key in zip(refs, ("oracle", "retest")):
+            data, affine = _nifti(path)
+            assert data.shape == t1w.shape and np.array_equal(affine, t1w_affine)
+            expected = phantom._stored(s, s[key], params)
+            assert np.array_equal(data, np.asanyarray(expected.dataobj))
+        if s["site"] == "site-B":
+            assert nib.aff2axcodes(t1w_affine) == ("L", "P", "S") and t1w.shape[2] < template.shape[2]
+    # an interrupted run: the external subject stopped after its oracle, the tables not written
+    second = tmp_path / "second"
+    calls = []
+    for name in ("generate_subject", "generate_with_references"):
+        original = getattr(phantom, name)
+        monkeypatch.setattr(phantom, name, lambda i, *a, _f=original, **k: calls.append(i) or _f(i, *a, **k))
+    phantom.write_cohort(second, basis, params, progress=False)
+    sid = "sub-005"
+    for path in (second / sid / "anat" / f"{sid}_T1w.nii.gz",
+                 second / "derivatives" / "phantom" / sid / "anat" / f"{sid}_desc-retest_T1w.nii.gz",
+                 second / "participants.tsv", second / "dataset_description.json"):
+        path.unlink()
+    calls.clear()
+    phantom.write_cohort(second, basis, params, progress=False)
+    assert calls == [4]  # subjects with a T1w are complete
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    for rel in files:
+        if rel.name.endswith(".nii.gz"):
+            a, b = _nifti(first / rel), _nifti(second / rel)
+            assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]), rel
+        else:
+            assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel

@@ -63,10 +63,34 @@ def test_full_resolution_adds_the_upsampled_residual_to_the_average():
     rng = np.random.default_rng(0)
     average = rng.random((8, 8, 8)).astype(np.float32) + 1
     prior = np.full((4, 4, 4), 0.5, np.float32)
-    untrained = refacing.full_resolution(prior, prior, average, T, average_norm=2.0, prior_scale=1.2)
+    knots = np.array([[0.0, 2.0], [0.0, 2.4]])  # a ratio of 1.2
+    untrained = refacing.full_resolution(prior, prior, average, T, average_norm=2.0, match=knots)
     np.testing.assert_allclose(untrained, average / 2.0 * 1.2, rtol=1e-6)  # the average face, full detail
-    shifted = refacing.full_resolution(prior + 0.25, prior, average, T, average_norm=2.0, prior_scale=1.2)
+    shifted = refacing.full_resolution(prior + 0.25, prior, average, T, average_norm=2.0, match=knots)
     np.testing.assert_allclose(shifted - untrained, 0.25, atol=1e-6)
+
+
+def test_intensity_match_undoes_a_contrast_change_one_ratio_cannot():
+    """An external site's gamma: quantile matching maps the average head onto the subject's contrast,
+    inside the removed region too, where a single ratio of medians leaves a systematic error."""
+    rng = np.random.default_rng(1)
+    average = rng.uniform(0.2, 1.0, (12, 12, 12))
+    subject = average ** 0.8  # the same anatomy under a gamma contrast change
+    head = np.ones(average.shape, bool)
+    mask = np.zeros(average.shape, bool)
+    mask[:, :, 8:] = True  # the removed face
+    knots = refacing.intensity_match(np.where(mask, 0, subject), average, head, mask)
+    matched = refacing.apply_match(average, knots)
+    ratio = np.median(subject[~mask]) / np.median(average[~mask])
+    err_quantile = np.abs(matched[mask] - subject[mask]).mean()
+    err_ratio = np.abs(average[mask] * ratio - subject[mask]).mean()
+    assert err_quantile < 0.01 < err_ratio
+    assert np.all(np.diff(knots[0]) > 0) and np.all(np.diff(knots[1]) >= 0)  # monotone
+    assert refacing.apply_match(np.array([0.0]), knots)[0] == 0.0  # air stays air
+
+
+def test_swap_partners_stay_in_their_test_set():
+    assert refacing.swap_partners(["a", "b", "c"], ["x", "x", "y"]) == [1, 0, 2]
 
 
 def test_shipped_checkpoints_match_a_profile():

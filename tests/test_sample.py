@@ -98,3 +98,19 @@ def test_make_sampler_puts_every_scheduler_table_on_the_device(setup, kind):
     assert "alphas_cumprod" in tensors and all(v.device.type == "meta" for v in tensors.values())
     sched, _, _ = make_sampler(cfg.stage1, sampler=kind, steps=3)
     assert sched.alphas_cumprod.device.type == "cpu"
+
+
+def test_untrained_cascade_returns_the_prior_exactly(setup):
+    """MONAI zero-initialises the output convolution: an untrained cascade returns the prior inside the
+    mask, bit for bit, also outside the stage-2 box (only the generated residual is upsampled from stage 1),
+    which makes the zero-residual average face the cascade's own baseline."""
+    defaced, _, prior, _, cfg = setup
+    g = np.mgrid[:16, :16, :16]
+    mask = np.repeat(((g[0] >= 11) | (g[2] <= 2))[None], 2, 0)  # reaches beyond the stage-2 box
+    cfg = CascadeConfig.from_dict(dict(stage1=TINY, stage2=TINY, box=face_box(g[0] >= 11, margin=1, multiple=2)))
+    models = tuple(make_unet(cin, stage=cfg.stage(s)) for s, cin in ((1, 3), (2, 4)))
+    defaced = np.where(mask, 0.0, prior + 0.3).astype(np.float32)  # the kept head differs from the prior
+    res = reface(defaced, mask, prior, models, cfg, steps=3, n_samples=2, batch_size=4, device="cpu")
+    expected = np.where(mask, prior, defaced)
+    for key in ("sample", "mean", "stage1"):
+        np.testing.assert_array_equal(res[key], expected, err_msg=key)

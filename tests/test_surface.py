@@ -130,3 +130,87 @@ def test_head_mask_one_filled_component(rng):
     # the mask lies between the ball eroded by 1 and dilated by 2 voxels
     assert m[ndi.binary_erosion(head)].all()
     assert not m[~ndi.binary_dilation(head, iterations=2)].any()
+
+
+# --------------------------------------------------------------------------- sub-voxel meshes
+def _brute_point_mesh_distance(points, mesh):
+    """Distance of every point to every triangle (trimesh geometry), minimum per point."""
+    from trimesh.triangles import closest_point
+
+    tri = mesh.verts[mesh.faces]
+    out = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for p in points:
+            q = closest_point(tri, np.repeat(p[None], len(tri), axis=0))
+            out.append(np.nanmin(np.sqrt(((q - p) ** 2).sum(axis=1))))  # degenerate ones: NaN
+    return np.array(out)
+
+
+def test_iso_surface_interpolates_between_voxels():
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (-10.0, 4.0, 1.0)
+    vol = np.zeros((8, 8, 8))
+    vol[2:6, 2:6, 2:6] = 100.0
+    for level, lo_vox in ((50.0, 1.5), (25.0, 1.25), (75.0, 1.75)):
+        mesh = surface.iso_surface(vol, affine, level)
+        assert mesh.verts.dtype == np.float64 and mesh.faces.shape[1] == 3
+        assert mesh.verts[:, 0].min() == pytest.approx(-10.0 + 2.0 * lo_vox)
+        assert mesh.verts[:, 0].max() == pytest.approx(-10.0 + 2.0 * (7 - lo_vox))
+    assert len(surface.iso_surface(vol, affine, 150.0).verts) == 0
+    assert surface.iso_surface(vol, affine, 150.0).faces.shape == (0, 3)
+
+
+def test_point_mesh_distance_known_answers():
+    tri = surface.Mesh(np.array([[0.0, 0, 0], [4, 0, 0], [0, 4, 0]]), np.array([[0, 1, 2]]))
+    pts = np.array([[1.0, 1, 3],     # above the face: plane distance
+                    [2.0, 2, 0],     # on the hypotenuse
+                    [-3.0, -4, 0],   # vertex region of (0, 0, 0)
+                    [2.0, -1, 0],    # edge region of the x edge
+                    [4.0, 4, 0]])    # edge region of the hypotenuse
+    np.testing.assert_allclose(surface.point_mesh_distance(pts, tri),
+                               [3.0, 0.0, 5.0, 1.0, np.sqrt(8.0)], atol=1e-12)
+    # no triangles: nearest vertex
+    pts_only = surface.Mesh(tri.verts, np.zeros((0, 3), np.int64))
+    np.testing.assert_allclose(surface.point_mesh_distance(pts[:1], pts_only), [np.sqrt(11.0)])
+    with pytest.raises(ValueError, match="empty"):
+        surface.point_mesh_distance(pts, surface.Mesh.empty())
+
+
+def test_point_mesh_distance_is_exact_on_a_marching_cubes_mesh(rng):
+    """Against all triangles, for points near, far and on the surface; degenerate ones too."""
+    mask = _ball((24, 24, 24), 8.0, center=(11.3, 11.6, 11.9))
+    vol = mask.astype(float) * 100.0
+    from scipy import ndimage as ndi
+
+    affine = np.array([[1.2, 0.3, 0.0, -5.0], [0.0, 1.5, 0.2, 3.0], [0.1, 0.0, 0.9, 1.0],
+                       [0, 0, 0, 1]])
+    mesh = surface.iso_surface(ndi.gaussian_filter(vol, 1.0), affine, 50.0)
+    a, b = mesh.faces[0, :2]  # degenerate triangles on an existing edge and vertex
+    mesh = surface.Mesh(mesh.verts, np.vstack([mesh.faces, [[a, a, b]], [[b, b, b]]]))
+    pts = np.vstack([
+        mesh.verts[rng.choice(len(mesh.verts), 60)],                       # on it
+        mesh.verts[rng.choice(len(mesh.verts), 60)] + rng.normal(0, 0.7, (60, 3)),
+        mesh.verts[rng.choice(len(mesh.verts), 40)] + rng.normal(0, 5.0, (40, 3)),
+        rng.normal(0, 60.0, (20, 3)),                                       # far away
+    ])
+    index = surface.index_mesh(mesh)
+    d = surface.point_mesh_distance(pts, index)
+    np.testing.assert_allclose(d, _brute_point_mesh_distance(pts, mesh), atol=1e-9)
+    assert np.all(d[:60] < 1e-9)
+    np.testing.assert_array_equal(surface.point_mesh_distance(pts, mesh), d)  # Mesh or MeshIndex
+
+
+def test_mesh_msd_and_compact_mesh():
+    verts = np.array([[0.0, 0, 0], [4, 0, 0], [0, 4, 0], [9, 9, 9]])
+    a = surface.compact_mesh(verts, np.array([[0, 1, 2]]))
+    assert a.verts.shape == (3, 3)
+    b = surface.Mesh(a.verts + [0.0, 0.0, 0.5], a.faces)
+    assert surface.mesh_msd(a, b) == pytest.approx(0.5)
+    assert surface.mesh_msd(a, a) == 0.0
+    assert surface.mesh_msd(surface.index_mesh(a), b) == surface.mesh_msd(a, b)
+    # a lone point against the triangle: point-to-triangle one way, vertex-to-point the other
+    p = surface.Mesh(np.array([[1.0, 1.0, 2.0]]), np.zeros((0, 3), np.int64))
+    expected = 0.5 * (2.0 + np.mean(np.linalg.norm(a.verts - [1.0, 1.0, 2.0], axis=1)))
+    assert surface.mesh_msd(p, a) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="non-empty"):
+        surface.mesh_msd(a, surface.Mesh.empty())

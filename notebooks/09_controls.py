@@ -1,0 +1,107 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Controls
+#
+# Does the pipeline find an effect where one was planted, and none where none was? The
+# phantom lets us set how much of the face the rest of the head predicts
+# (`phantom.face_coupling`, [the phantom](../book/phantom.md)) and rerun the whole study:
+# phantom, defacing, cascade training, refacing and face distances. `make controls` runs
+# it at couplings 0, 0.5, 0.8 and 1 and writes `tables/controls.csv`; this chapter shows
+# that table.
+#
+# - **Negative control** (coupling 0): nothing an attacker sees predicts the face, so the
+#   refaced face must not be closer to the original than its matched baseline.
+# - **Dose response**: the paired difference (refaced minus matched baseline) should fall
+#   below zero as the coupling grows, if the model learns the predictable part of a face.
+# - **Swap check**: each subject's baseline plus *another* subject's learned correction.
+#   If it helps as much as the subject's own, the "gain" is not about the person.
+# - **Oracle**: the face the phantom's generator predicts from the rest of the head, the
+#   best any model could do.
+
+# %% tags=["parameters"]
+# Defaults; `make book` injects its own values, `make lab` sets them through the environment.
+import os
+
+profile = os.environ.get("REFACE_PROFILE", "quick")
+dataset = os.environ.get("REFACE_DATASET", "phantom")
+publish_faces = False
+
+# %%
+import time
+
+from IPython.display import Markdown, display
+from myst_nb import glue
+
+from refacelib import config, report, reid_plots, viz
+from refacelib.io import save_figure
+
+run = config.open_run(profile, dataset)
+chapter_start = time.time()
+note = viz.SIMULATION_NOTE if run.is_phantom else None
+controls = report.read_table(run.tables, "controls") if run.is_phantom else None
+have = controls is not None and len(controls) > 0
+glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
+if not run.is_phantom:
+    display(Markdown("*The controls need a dataset whose ground truth is known: they run on the phantom only.*"))
+elif not have:
+    display(Markdown(f"*The controls have not been run for this book: `make controls PROFILE={profile}` runs "
+                     "them (one full study per coupling) and rebuilds the book with this chapter filled in.*"))
+
+# %% [markdown]
+# This chapter ran on {glue:text}`dataset_name`.
+#
+# ## Negative control and dose response
+#
+# Hodges–Lehmann paired difference of the face distance (candidate minus the matched
+# cohort-average baseline, mm; negative: the candidate's face is closer to the original)
+# with its 95% interval, against the coupling, for the mean of samples.
+
+# %%
+if have:
+    fig = reid_plots.plot_dose_response(controls, estimator="refaced_mean", baseline="average", note=note)
+    save_figure(fig, run.figures / "controls_dose_response.png")
+    display(fig)
+    null = report.negative_control_summary(controls)
+    glue("null_wins", int(null["closer_significant"].sum()), display=False)
+    glue("null_n", len(null), display=False)
+    display(null)
+else:
+    glue("null_wins", "not run", display=False)
+    glue("null_n", "not run", display=False)
+
+# %% [markdown]
+# At coupling 0, a refaced face (either estimator) was significantly closer to the
+# original than its matched baseline (Holm p < 0.05, negative difference) in
+# {glue:text}`null_wins` of {glue:text}`null_n` method × test-set × estimator comparisons.
+# Any such case is a false positive of the pipeline.
+#
+# ## Swap check and oracle at every coupling
+
+# %%
+if have:
+    fig = reid_plots.plot_dose_response(controls, estimator="swapped", baseline="average", note=note)
+    save_figure(fig, run.figures / "controls_swap.png")
+    display(fig)
+    fig = reid_plots.plot_dose_response(controls, estimator="oracle", baseline="average", note=note)
+    save_figure(fig, run.figures / "controls_oracle.png")
+    display(fig)
+    display(report.controls_overview(controls))
+
+# %% [markdown]
+# The table lists, per coupling and test set, in how many methods each candidate was
+# significantly closer to the original than the matched baseline (Holm p < 0.05), and
+# the median of the per-method paired differences.
+
+# %% tags=["remove-input"]
+display(report.chapter_footer(run, started=chapter_start))

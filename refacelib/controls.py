@@ -1,0 +1,119 @@
+"""Controls of the re-identification experiment: the same pipeline where the answer is known.
+
+``python -m refacelib.controls --profile quick`` (``make controls``) reruns the
+phantom study of a profile under other values of ``phantom.face_coupling``
+(how strongly the face is predictable from the rest of the head), each in its
+own cached run folder ``runs/<profile>-phantom-coupling-<value>``, and writes (or updates, coupling
+by coupling) ``tables/controls.csv`` in the main run folder:
+
+* **negative control**: at coupling 0 nothing the attacker sees predicts the
+  face, so a refaced face must not beat its matched baseline;
+* **dose response**: the paired difference (refaced - matched baseline) against
+  the coupling, which should fall as the face becomes predictable;
+* **swap check** (in every run): the learned residual of another subject of
+  the same test set gives no advantage, unless the "gain" is person-independent;
+* **oracle** (in every run): the face predicted from the rest of the head by the
+  phantom's own generator, the upper bound of any model.
+
+Each control is a full run of the pipeline (phantom, defacing, cascade
+training, refacing, face distances); the book's Controls chapter shows the
+table when it exists.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import pandas as pd
+
+from . import evaluation, refacing, reid
+from .config import Run, open_run
+from .io import save_table
+
+__all__ = ["COUPLINGS", "ESTIMATORS", "control_run", "face_tests", "run_control", "controls_table", "main"]
+
+#: Couplings of the dose response (the profile's own value is its main run).
+COUPLINGS = (0.0, 0.5, 0.8, 1.0)
+#: Candidates tested against the matched baselines in every run.
+ESTIMATORS = ("refaced", "refaced_mean", "swapped", "oracle")
+BASELINES = ("average", "template_average")
+
+
+def control_run(profile: str, coupling: float) -> Run:
+    """The run of ``profile`` on the phantom with ``phantom.face_coupling = coupling``.
+
+    The profile's own coupling is its main run (``runs/<profile>-phantom``).
+    """
+    main_run = open_run(profile, "phantom", create=False)
+    own = float((main_run.params.get("phantom") or {}).get("face_coupling", 0.8))
+    if abs(float(coupling) - own) < 1e-12:
+        return open_run(profile, "phantom")
+    return open_run(profile, "phantom", overrides={"phantom.face_coupling": float(coupling)},
+                    suffix=f"coupling-{float(coupling):g}")
+
+
+def face_tests(msd: pd.DataFrame) -> pd.DataFrame:
+    """Paired tests of every estimator in :data:`ESTIMATORS` present in ``msd`` against both matched baselines."""
+    present = [e for e in ESTIMATORS if e in set(msd["candidate"])]
+    return reid.wilcoxon_tests(msd, baseline=BASELINES, estimators=present)
+
+
+def run_control(run: Run, *, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every stage of the re-identification experiment for one run (cached); its MSD and test tables."""
+    study = refacing.setup(run)
+    ckpt, _ = refacing.trained_cascade(run, study, progress=progress)
+    refaced, _ = refacing.refaced_test_set(run, study, ckpt, progress=progress)
+    msd, _, _ = evaluation.face_msd_table(study.deface_folder, refaced, study.template, study.test_subjects,
+                                          study.methods, keep_surfaces=False, progress=progress)
+    return msd, face_tests(msd)
+
+
+def controls_table(results: dict[float, pd.DataFrame]) -> pd.DataFrame:
+    """One table of the tests of every coupling (column ``coupling`` first).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"method": ["m"], "p_holm": [0.5]})
+    >>> controls_table({0.0: t, 1.0: t})["coupling"].tolist()
+    [0.0, 1.0]
+    """
+    frames = [t.assign(coupling=float(c)) for c, t in sorted(results.items())]
+    out = pd.concat(frames, ignore_index=True)
+    return out[["coupling"] + [c for c in out.columns if c != "coupling"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m refacelib.controls --profile quick``: run the controls, write ``tables/controls.csv``."""
+    from .pipeline import run_lock
+
+    parser = argparse.ArgumentParser(prog="python -m refacelib.controls", description=main.__doc__)
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--couplings", default=",".join(f"{c:g}" for c in COUPLINGS),
+                        help="comma-separated face couplings (default: %(default)s)")
+    args = parser.parse_args(argv)
+    couplings = [float(c) for c in args.couplings.split(",") if c.strip()]
+    if any(not 0.0 <= c <= 1.0 for c in couplings):
+        parser.error(f"couplings must lie in [0, 1], got {couplings}")
+    main_run = open_run(args.profile, "phantom")
+    results = {}
+    for c in couplings:
+        run = control_run(args.profile, c)
+        start = time.perf_counter()
+        print(f"control: face_coupling {c:g} in runs/{run.label} ...", flush=True)
+        with run_lock(run):
+            _, tests = run_control(run)
+        results[c] = tests
+        print(f"control: face_coupling {c:g} done in {time.perf_counter() - start:.0f} s", flush=True)
+    table = controls_table(results)
+    path = main_run.tables / "controls.csv"
+    if path.exists():  # couplings run earlier and not now are kept
+        old = pd.read_csv(path)
+        table = pd.concat([old[~old["coupling"].isin(list(results))], table], ignore_index=True)
+        table = table.sort_values("coupling", kind="stable").reset_index(drop=True)
+    save_table(table, path)
+    print(f"wrote runs/{main_run.label}/tables/controls.csv; `make book PROFILE={args.profile}` shows it")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
