@@ -53,9 +53,13 @@ def control_run(profile: str, coupling: float) -> Run:
 
 
 def face_tests(msd: pd.DataFrame) -> pd.DataFrame:
-    """Paired tests of every estimator in :data:`ESTIMATORS` present in ``msd`` against both matched baselines."""
+    """Paired tests of every estimator in :data:`ESTIMATORS` present in ``msd`` against both matched
+    baselines, and of the refaced estimators against the swap check (the person-specific part)."""
     present = [e for e in ESTIMATORS if e in set(msd["candidate"])]
-    return reid.wilcoxon_tests(msd, baseline=BASELINES, estimators=present)
+    out = [reid.wilcoxon_tests(msd, baseline=BASELINES, estimators=present)]
+    if "swapped" in present:
+        out.append(reid.wilcoxon_tests(msd, baseline="swapped", estimators=("refaced", "refaced_mean")))
+    return pd.concat(out, ignore_index=True)
 
 
 def run_control(run: Run, *, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -95,22 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     if any(not 0.0 <= c <= 1.0 for c in couplings):
         parser.error(f"couplings must lie in [0, 1], got {couplings}")
     main_run = open_run(args.profile, "phantom")
-    results = {}
+    path = main_run.tables / "controls.csv"
     for c in couplings:
         run = control_run(args.profile, c)
         start = time.perf_counter()
         print(f"control: face_coupling {c:g} in runs/{run.label} ...", flush=True)
         with run_lock(run):
             _, tests = run_control(run)
-        results[c] = tests
+        table = controls_table({c: tests})
+        if path.exists():  # couplings run earlier and not now are kept; each is written when done
+            old = pd.read_csv(path)
+            table = pd.concat([old[old["coupling"] != c], table], ignore_index=True)
+            table = table.sort_values("coupling", kind="stable").reset_index(drop=True)
+        save_table(table, path)
         print(f"control: face_coupling {c:g} done in {time.perf_counter() - start:.0f} s", flush=True)
-    table = controls_table(results)
-    path = main_run.tables / "controls.csv"
-    if path.exists():  # couplings run earlier and not now are kept
-        old = pd.read_csv(path)
-        table = pd.concat([old[~old["coupling"].isin(list(results))], table], ignore_index=True)
-        table = table.sort_values("coupling", kind="stable").reset_index(drop=True)
-    save_table(table, path)
     print(f"wrote runs/{main_run.label}/tables/controls.csv; `make book PROFILE={args.profile}` shows it")
     return 0
 

@@ -42,6 +42,7 @@ __all__ = [
     "read_table",
     "face_key_values",
     "floor_key_values",
+    "person_key_values",
     "negative_control_summary",
     "controls_overview",
     "reid_key_values",
@@ -424,6 +425,32 @@ def muscle_test_values(corr: pd.DataFrame | None, diff: pd.DataFrame | None, *, 
         "ours_n_diff": f"{int(excludes.sum())} of {len(tested)}",
         "ours_shin_significant": ", ".join(labels.get(i, i) for i in shin) or "none",
     }
+
+
+def person_key_values(tests: pd.DataFrame, *, estimator: str, alpha: float = 0.05) -> dict[str, str]:
+    """Is the gain about the person? Counts of methods on the headline test set.
+
+    ``key_swap_n_closer``: the swap check (a subject's baseline plus another subject's
+    learned residual) significantly closer than the matched baseline; ``key_person_n_closer``:
+    the refaced face (``estimator``) significantly closer than the swap check, the part of
+    the gain that belongs to the person. Both read ``"k of n"``.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"method": ["a", "a"], "test_set": ["test_external"] * 2,
+    ...                   "estimator": ["swapped", "refaced"], "baseline": ["average", "swapped"],
+    ...                   "p_holm": [0.01, 0.5], "hl_diff_mm": [-0.2, -0.01]})
+    >>> person_key_values(t, estimator="refaced")
+    {'key_swap_n_closer': '1 of 1', 'key_person_n_closer': '0 of 1'}
+    """
+    test_set = headline_test_set(tests["test_set"])
+    out = {}
+    for key, est, base in (("key_swap_n_closer", "swapped", "average"), ("key_person_n_closer", estimator, "swapped")):
+        sub = tests[(tests["test_set"] == test_set) & (tests["estimator"] == est) & (tests["baseline"] == base)]
+        sub = sub.dropna(subset=["p_holm"])
+        k = int(((sub["p_holm"] < alpha) & (sub["hl_diff_mm"] < 0)).sum())
+        out[key] = f"{k} of {len(sub)}" if len(sub) else NA
+    return out
 
 
 def floor_key_values(floor: pd.DataFrame | None) -> dict[str, str]:

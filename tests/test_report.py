@@ -201,7 +201,8 @@ def test_every_glue_key_the_landing_page_quotes_is_produced(face_tables):
     reid = pd.DataFrame({"method": ["x"], "test_set": ["test_external"], "candidate": ["a"], "n": [2], "top1": [0.5]})
     made = {
         "06_reid": set(report.face_key_values(*face_tables, estimator="refaced_mean"))
-        | set(report.reid_key_values(reid, estimator="refaced_mean")) | set(report.floor_key_values(None)),
+        | set(report.reid_key_values(reid, estimator="refaced_mean")) | set(report.floor_key_values(None))
+        | set(report.person_key_values(face_tables[1].assign(hl_diff_mm=-0.1), estimator="refaced_mean")),
         "07_muscle": set(report.muscle_key_values(None)),
     }
     assert {doc for doc, _ in quoted} == set(made)
