@@ -220,7 +220,8 @@ def subject_space_msd(faces: dict, refaced, data: dict, *, template, deface_fold
     with tempfile.TemporaryDirectory() as tmp:
         for i, (sid, method) in enumerate(zip(data["subject"], data["method"])):
             volume = refacing.full_resolution(refaced[i], data["prior"][i], average, template,
-                                              average_norm=data["average_norm"], match=data["match"][i])
+                                              average_norm=data["average_norm"], match=data["match"][i],
+                                              mask=data["mask"][i])
             refacing.write_subject(Path(tmp), deface_folder, template, sid, method, {"sample": volume},
                                     scale=data["scale"][i])
             image = load_defaced(Path(tmp), f"{method}_sample", sid)[0]

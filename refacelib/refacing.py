@@ -296,7 +296,7 @@ def stage1_coarse(stage1_model, data: dict, config: _cascade.CascadeConfig, *, s
 
 
 def full_resolution(common: np.ndarray, prior: np.ndarray, average_tpl: np.ndarray, template: Template, *,
-                    average_norm: float, match: np.ndarray) -> np.ndarray:
+                    average_norm: float, match: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """A cascade output on the template grid, in the example's intensity unit.
 
     The cascade learns a residual over the prior at the common grid's
@@ -305,7 +305,9 @@ def full_resolution(common: np.ndarray, prior: np.ndarray, average_tpl: np.ndarr
     ``apply_match(average_tpl / average_norm, match) + zoom(common - prior)``.
     An untrained cascade (output = prior) returns exactly the matched average
     head at full resolution: the average-face baseline is this function with
-    ``common = prior``.
+    ``common = prior``. With ``mask`` (the removal mask on the common grid) only the generated
+    residual inside it is upsampled: outside it the cascade's output is the defaced image,
+    whose difference from the prior must not bleed into the mask's border by interpolation.
 
     Examples
     --------
@@ -316,10 +318,17 @@ def full_resolution(common: np.ndarray, prior: np.ndarray, average_tpl: np.ndarr
     >>> float(out.min()), float(out.max())
     (1.5, 1.5)
     """
-    residual = _zoom(np.asarray(common, np.float32) - np.asarray(prior, np.float32), template.shape, order=1)
+    residual = np.asarray(common, np.float32) - np.asarray(prior, np.float32)
+    if mask is not None:
+        residual = np.where(np.asarray(mask, bool), residual, np.float32(0))
+    residual = _zoom(residual, template.shape, order=1)
     return (apply_match(np.asarray(average_tpl, np.float32) / np.float32(average_norm), match)
             + residual).astype(np.float32)
 
+
+#: Version of what :func:`reface_test_set` writes (part of its cache key).
+#: 2: only the generated residual, inside the mask, reaches full resolution.
+REFACE_VERSION = 2
 
 #: What :func:`reface_test_set` writes per method: the cascade's estimators, the matched
 #: baselines (zero residual through the same path) and the swap check.
@@ -375,7 +384,7 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
 
     p = run.params["cascade"]
     test_sets = list(test_sets) if test_sets is not None else ["test"] * len(test_ids)
-    key = [CASCADE_VERSION, ckpt_folder.name, p["sampler"], p["sample_steps"], p["n_samples"], list(test_ids),
+    key = [CASCADE_VERSION, REFACE_VERSION, ckpt_folder.name, p["sampler"], p["sample_steps"], p["n_samples"], list(test_ids),
            test_sets, models is None]
     out = run.artifacts / f"refaced-{stable_hash(key)}"
     if (out / "done.json").exists():
@@ -397,13 +406,13 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
         tasks = []
         for i, sid in enumerate(test_ids):
             j = partners[i]
-            swapped = np.where(data["mask"][i], data["prior"][i] + (result["mean"][j] - data["prior"][j]),
-                               data["defaced"][i])
+            learned_j = np.where(data["mask"][j], result["mean"][j] - data["prior"][j], np.float32(0))
+            swapped = np.where(data["mask"][i], data["prior"][i] + learned_j, data["defaced"][i])
             volumes = {"sample": (result["sample"][i], ""), "mean": (result["mean"][i], ""),
                        "average": (data["prior"][i], ""), "swapped": (swapped, ""),
                        "template_average": (data["template_prior"][i], "template_")}
             specs = {name: (common, data[f"{k}prior"][i], averages[k], data[f"{k or 'average_'}norm"],
-                            data[f"{k}match"][i]) for name, (common, k) in volumes.items()}
+                            data[f"{k}match"][i], data["mask"][i]) for name, (common, k) in volumes.items()}
             tasks.append((out, deface_folder, template, sid, method, specs, float(data["scale"][i])))
         if workers is None:
             for task in tasks:
@@ -419,8 +428,8 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
 
 def _write_refaced(out, deface_folder, template, sid, method, specs: dict, scale) -> None:
     """One subject: every volume at full resolution (:func:`full_resolution`), then :func:`write_subject`."""
-    volumes = {name: full_resolution(common, prior, average_tpl, template, average_norm=norm, match=match)
-               for name, (common, prior, average_tpl, norm, match) in specs.items()}
+    volumes = {name: full_resolution(common, prior, average_tpl, template, average_norm=norm, match=match, mask=mask)
+               for name, (common, prior, average_tpl, norm, match, mask) in specs.items()}
     write_subject(out, deface_folder, template, sid, method, volumes, scale=scale)
 
 

@@ -469,8 +469,12 @@ def floor_key_values(floor: pd.DataFrame | None) -> dict[str, str]:
 
 
 def negative_control_summary(controls: pd.DataFrame, *, coupling: float = 0.0, alpha: float = 0.05,
-                             estimators: Iterable[str] = ("refaced", "refaced_mean")) -> pd.DataFrame:
-    """The negative control: refaced vs matched baseline at ``coupling`` (no face signal planted).
+                             estimators: Iterable[str] = ("refaced", "refaced_mean"),
+                             baseline: str = "average") -> pd.DataFrame:
+    """The negative control: refaced vs ``baseline`` at ``coupling`` (no face signal planted).
+
+    ``baseline="average"`` is the matched average face; ``"swapped"`` the swap check, which
+    a person-independent correction beats as well, so only a win over it is about the person.
 
     One row per method, test set and estimator with the paired difference, its
     interval, Holm p and ``closer_significant`` (p_holm < alpha and a negative
@@ -484,7 +488,7 @@ def negative_control_summary(controls: pd.DataFrame, *, coupling: float = 0.0, a
     >>> negative_control_summary(c)["closer_significant"].tolist()
     [False]
     """
-    sel = controls[(controls["coupling"] == coupling) & (controls["baseline"] == "average")
+    sel = controls[(controls["coupling"] == coupling) & (controls["baseline"] == baseline)
                    & controls["estimator"].isin(list(estimators))]
     out = sel[["method", "test_set", "estimator", "n", "hl_diff_mm", "ci_low_mm", "ci_high_mm", "p_holm", "rbc"]].copy()
     out["closer_significant"] = (out["p_holm"] < alpha) & (out["hl_diff_mm"] < 0)

@@ -84,7 +84,7 @@ def test_tiny_book_builds_with_real_figures_and_tables(tiny_book, project):
     tests = pd.read_csv(run / "tables" / "face_tests.csv")
     assert {"method", "test_set", "estimator", "baseline", "n", "p_holm", "rbc", "hl_diff_mm", "ci_low_mm",
             "ci_high_mm"} <= set(tests.columns)
-    assert set(tests["baseline"]) == {"average", "template_average"}
+    assert set(tests["baseline"]) == {"average", "template_average", "swapped"}
     floor = pd.read_csv(run / "tables" / "face_floor.csv")
     assert len(floor) == len(msd["subject"].unique()) and (floor["msd_mm"] > 0).all()
     reid = pd.read_csv(run / "tables" / "reid.csv")

@@ -68,6 +68,13 @@ def test_full_resolution_adds_the_upsampled_residual_to_the_average():
     np.testing.assert_allclose(untrained, average / 2.0 * 1.2, rtol=1e-6)  # the average face, full detail
     shifted = refacing.full_resolution(prior + 0.25, prior, average, T, average_norm=2.0, match=knots)
     np.testing.assert_allclose(shifted - untrained, 0.25, atol=1e-6)
+    # outside the mask the cascade's output is the defaced image: its difference from the prior
+    # must not reach the full-resolution volume (an untrained cascade = the baseline, exactly)
+    mask = np.zeros((4, 4, 4), bool)
+    mask[2:] = True
+    defaced_outside = np.where(mask, prior, prior + 3.0)
+    masked = refacing.full_resolution(defaced_outside, prior, average, T, average_norm=2.0, match=knots, mask=mask)
+    np.testing.assert_array_equal(masked, untrained)
 
 
 def test_intensity_match_undoes_a_contrast_change_one_ratio_cannot():
