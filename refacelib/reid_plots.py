@@ -231,8 +231,10 @@ def plot_dose_response(controls: pd.DataFrame, *, estimator: str = "refaced_mean
                         label=method)
         ax.axhline(0, color="0.3", lw=0.8)
         ax.set_title(test_set)
-        ax.set_xlabel("face_coupling (how much of the face the rest of the head predicts)")
-    axes[0][0].set_ylabel(f"{CANDIDATE_LABELS.get(estimator, estimator)}\nminus matched baseline (mm)")
+        ax.set_xlabel("face_coupling")
+    base = {"average": "matched baseline", "swapped": "swap check"}.get(baseline, baseline)
+    axes[0][0].set_ylabel(f"{CANDIDATE_LABELS.get(estimator, estimator)}\nminus {base} (mm)")
+    fig.suptitle("face_coupling: how much of the face the rest of the head predicts (phantom)", fontsize=9)
     axes[0][0].legend(fontsize=7)
     _stamp(fig, note)
     return fig
