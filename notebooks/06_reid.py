@@ -35,7 +35,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import cohort, config, evaluation, paper, refacing, reid, reid_plots, render, report, stages
+from refacelib import cohort, config, controls, evaluation, paper, refacing, reid, reid_plots, render, report, stages
 from refacelib.io import save_figure, save_table
 from refacelib.surface import head_mask
 from refacelib.viz import SIMULATION_NOTE
@@ -108,11 +108,7 @@ shown
 
 # %%
 estimators = [e for e in ("refaced", "refaced_mean", "swapped", "oracle") if e in set(msd["candidate"])]
-tests = pd.concat([reid.wilcoxon_tests(msd, baseline=("average", "template_average"), estimators=estimators),
-                   reid.wilcoxon_tests(msd, baseline="swapped", estimators=("refaced", "refaced_mean"))]
-                  if "swapped" in estimators else
-                  [reid.wilcoxon_tests(msd, baseline=("average", "template_average"), estimators=estimators)],
-                  ignore_index=True)
+tests = controls.face_tests(msd)  # the same tests the controls run at every coupling
 save_table(tests, run.tables / "face_tests.csv")
 headline = tests[(tests["baseline"] == "average") & (tests["estimator"] == run.params["reid"]["headline_estimator"])]
 closer = headline[(headline["p_holm"] < 0.05) & (headline["hl_diff_mm"] < 0)]

@@ -99,7 +99,7 @@ if have:
     fig = reid_plots.plot_dose_response(controls, estimator="refaced_mean", baseline="swapped", note=note)
     save_figure(fig, run.figures / "controls_person_specific.png")
     display(fig)
-    display(report.negative_control_summary(controls, baseline="swapped"))
+    display(person)
 
 # %% [markdown]
 # The person-specific part of the gain (refaced minus swap check) against the coupling:

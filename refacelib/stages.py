@@ -25,14 +25,11 @@ from .parallel import default_jobs
 from .template import Template, head_mask_from_intensity, load_template
 
 __all__ = ["study_template", "subject_brain_mask", "deface_cohort", "load_defaced", "load_registration", "attacker_registration", "phantom_truth",
-           "cohort_average_from_folder", "face_features", "stage_stats", "qc_summary", "CANDIDATES"]
+           "cohort_average_from_folder", "face_features", "stage_stats", "qc_summary"]
 
 #: Bump when what a stage writes changes, so that old caches are not reused.
 STAGE_VERSION = 4  # 4: leak-free removal regions, attacker registrations, no fixed-region average faces
 
-#: Images per subject written by :func:`deface_cohort`, besides one per method
-#: (``oracle`` and ``retest`` for the phantom's test subjects only).
-CANDIDATES = ("original", "oracle", "retest")
 
 
 def study_template(run: Run) -> Template:
