@@ -49,8 +49,8 @@ controls: $(STAMP) ## the re-identification controls (face_coupling 0, 0.5, 0.8,
 	$(BIN)/python -m refacelib.controls --profile '$(PROFILE)'
 	$(BIN)/python -m refacelib.pipeline book --profile '$(PROFILE)' --dataset phantom --publish-faces '$(PUBLISH_FACES)'
 
-checkpoint: $(STAMP) ## train the cascade of PROFILE (cached) and export it to checkpoints/ for make book
-	$(BIN)/python -m refacelib.refacing ship --profile '$(PROFILE)' --dataset '$(DATASET)'
+checkpoint: $(STAMP) ## train the cascade of PROFILE (cached) and export it to checkpoints/ (holds the run's lock)
+	$(BIN)/python -m refacelib.pipeline checkpoint --profile '$(PROFILE)' --dataset '$(DATASET)'
 
 run-folder: $(STAMP) ## print the run folder of PROFILE on DATASET
 	@$(BIN)/python -m refacelib.pipeline run-folder --profile '$(PROFILE)' --dataset '$(DATASET)'
@@ -62,8 +62,10 @@ $(LAB_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,lab]'
 	@touch $@
 
-lab: $(LAB_STAMP) ## JupyterLab with jupytext: open notebooks/*.py as notebooks (PROFILE, DATASET apply)
-	REFACE_PROFILE='$(PROFILE)' REFACE_DATASET='$(DATASET)' $(BIN)/jupyter lab --notebook-dir=notebooks
+# JupyterLab holds the run's lock until it exits: `make book` of the same PROFILE and DATASET
+# refuses to start meanwhile, and `make lab` refuses while a build holds the run.
+lab: $(LAB_STAMP) ## JupyterLab with jupytext: open notebooks/*.py as notebooks (PROFILE, DATASET apply; holds the run)
+	$(BIN)/python -m refacelib.pipeline lab --profile '$(PROFILE)' --dataset '$(DATASET)'
 
 clean: ## remove the run folders (keeps .venv)
 	rm -rf runs

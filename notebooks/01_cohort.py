@@ -24,7 +24,7 @@ profile = os.environ.get("REFACE_PROFILE", "quick")
 dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
-# %%
+# %% tags=["hide-input"]
 import time
 
 from IPython.display import Markdown, display
@@ -44,7 +44,7 @@ show_faces = run.is_phantom or config.parse_flag(publish_faces, name="publish_fa
 #
 # The paragraph below is generated from the run's parameters.
 
-# %%
+# %% tags=["hide-input"]
 start = time.perf_counter()
 ds = cohort.prepare_dataset(run)
 participants = ds.participants
@@ -73,17 +73,21 @@ glue("has_muscle", "yes" if ds.has_muscle else "no", display=False)
 # where present, the mean CT muscle radiodensity (HU). Saved as
 # `tables/participants_summary.csv` in the run folder.
 
-# %%
+# %% tags=["hide-input"]
 summary = cohort.summary_table(participants)
-save_table(summary, run.tables / "participants_summary.csv")
+summary_csv = save_table(summary, run.tables / "participants_summary.csv")
 save_table(participants, run.tables / "participants.csv")
 glue("participants_summary", summary, display=False)
-summary
+muscle_labels = {f"{c}_mean": f"{c.rsplit('_', 1)[-1]} muscle, mean (HU)" for c in MUSCLE_COLUMNS}
+report.reader_table(summary, csv=summary_csv, columns={
+    "split": "Split", "site": "Site", "n": "Participants", "age_mean": "Age, mean (years)",
+    "age_sd": "Age, SD (years)", "female_%": "Women (%)",
+    **{k: v for k, v in muscle_labels.items() if k in summary}})
 
 # %% [markdown]
 # ## Demographics
 
-# %%
+# %% tags=["hide-input"]
 muscles = [c for c in MUSCLE_COLUMNS if c in participants] if ds.has_muscle else []
 fig = viz.plot_demographics(participants, muscle_columns=muscles, note=note)
 save_figure(fig, run.figures / "cohort_demographics.png")
@@ -97,7 +101,7 @@ fig
 # resampled to the profile's resolution. For a real dataset this montage shows
 # faces, so it is left out unless `publish_faces` is true.
 
-# %%
+# %% tags=["hide-input"]
 per_split = run.params["cohort"]["montage_per_split"]
 picked = participants.groupby("split", sort=False).head(per_split)
 by_id = {s.participant_id: s for s in ds.subjects}

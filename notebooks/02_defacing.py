@@ -29,7 +29,7 @@ profile = os.environ.get("REFACE_PROFILE", "quick")
 dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
-# %%
+# %% tags=["hide-input"]
 import time
 
 from IPython.display import Markdown, display
@@ -56,11 +56,12 @@ glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a 
 # defined on the template and carried to each subject by an ANTsPy affine registration,
 # stands in for it and is named so. Saved as `tables/deface_methods.csv`.
 
-# %%
+# %% tags=["hide-input"]
 methods = deface.method_table()
-save_table(methods, run.tables / "deface_methods.csv")
+methods_csv = save_table(methods, run.tables / "deface_methods.csv")
 glue("n_emulated", int(methods["emulated"].sum()), display=False)
-methods
+report.reader_table(methods, csv=methods_csv,
+                    columns={"method": "Method", "engine": "Engine", "version": "Version", "emulated": "Emulated"})
 
 # %% [markdown]
 # {glue:text}`n_emulated` of the methods ran as emulations on this machine.
@@ -72,7 +73,7 @@ methods
 # everything outside the template's deepbet brain mask). Quickshear's region is not
 # drawn: the real quickshear computes its shear plane per subject from the brain mask.
 
-# %%
+# %% tags=["hide-input"]
 regions = {**deface.template_regions(template), "skullstrip": template.head & ~template.brain}
 fig = viz.plot_regions(template.data, regions, template.affine, eye_world=template.landmarks["eye_left"], note=note)
 save_figure(fig, run.figures / "deface_regions.png")
@@ -84,10 +85,10 @@ fig
 # Every subject, every method. Brain masks for the phantom: see the QC table's
 # `brain_mask_source` column (a parameter, `deface.phantom_brain_mask`).
 
-# %%
+# %% tags=["hide-input"]
 folder, qc = stages.deface_cohort(run, ds, template)
 stats = stages.stage_stats(folder)
-save_table(qc, run.tables / "deface_qc.csv")
+qc_csv = save_table(qc, run.tables / "deface_qc.csv")
 glue("deface_seconds", stats["seconds"], display=False)
 glue("deface_peak_mib", stats["peak_rss_mib"], display=False)
 glue("deface_n", stats["n_subjects"], display=False)
@@ -106,12 +107,15 @@ glue("brain_source", ", ".join(sorted(qc["brain_mask_source"].unique())), displa
 # Fraction of head voxels removed, brain voxels touched (zero for every method but
 # skull-stripping) and registration success, per method. Saved as `tables/deface_qc.csv`.
 
-# %%
+# %% tags=["hide-input"]
 summary = stages.qc_summary(qc)
-save_table(summary, run.tables / "deface_qc_summary.csv")
-summary
+summary_csv = save_table(summary, run.tables / "deface_qc_summary.csv")
+report.reader_table(summary, csv=[summary_csv, qc_csv], columns={
+    "method": "Method", "n": "Subjects", "failed": "Failed", "removed_head_fraction_median": "Head removed, median (%)",
+    "brain_voxels_removed_max": "Brain voxels removed, max", "registration_ok": "Registrations succeeded"},
+    formats={"removed_head_fraction_median": lambda f: f"{100 * f:.1f}"})
 
-# %%
+# %% tags=["hide-input"]
 fig = viz.plot_deface_qc(qc, note=note)
 save_figure(fig, run.figures / "deface_qc.png")
 fig
@@ -122,7 +126,7 @@ fig
 # Mid-sagittal slices and 3D renderings of the original and each defaced version. For real data these are shown only when
 # `publish_faces` is true, and the renderings carry an eye bar.
 
-# %%
+# %% tags=["hide-input"]
 test_ids = [s.participant_id for s in ds.subjects if str(s.row.get("split", "")).startswith("test")]
 sid = (test_ids or ds.ids)[0]
 names = ["original", *run.params["deface"]["methods"]]
@@ -136,7 +140,7 @@ if show_faces:
 else:
     display(Markdown("*Withheld: real faces are not published (`publish_faces` is false).*"))
 
-# %%
+# %% tags=["hide-input"]
 if show_faces:
     rows = {name: (head_mask(img), aff) for name, (img, aff) in images.items()}
     fig = render.render_grid(rows, labels={n: n.replace("_", " ") for n in rows}, eye_bar=not run.is_phantom,

@@ -34,9 +34,10 @@ profile = os.environ.get("REFACE_PROFILE", "quick")
 dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
-# %%
+# %% tags=["hide-input"]
 import time
 
+import pandas as pd
 from IPython.display import display
 from myst_nb import glue
 
@@ -61,7 +62,7 @@ glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a 
 # Every training subject under every defacing method, on the common grid (template space
 # after each subject's affine registration). The validation subjects give the validation loss.
 
-# %%
+# %% tags=["hide-input"]
 _, _, grid_shape = refacing.common_grid(study.template, settings["voxel_mm"])
 glue("device", device, display=False)
 glue("n_train_examples", len(study.ids["train"]) * len(study.methods), display=False)
@@ -69,7 +70,8 @@ glue("n_train_subjects", len(study.ids["train"]), display=False)
 glue("grid_shape", " x ".join(map(str, grid_shape)), display=False)
 glue("voxel_mm", settings["voxel_mm"], display=False)
 glue("box", " x ".join(str(hi - lo) for lo, hi in cfg.box), display=False)
-cfg.to_dict()
+report.reader_table(report.key_value_table(cfg.to_dict(), key="setting"), csv_name="cascade_config.csv",
+                    columns={"setting": "Setting of the cascade", "value": "Value"})
 
 # %% [markdown]
 # {glue:text}`n_train_examples` training examples ({glue:text}`n_train_subjects` subjects x
@@ -83,13 +85,13 @@ cfg.to_dict()
 # `cascade.stage2.steps`; an optional time budget `max_seconds_per_stage` stops earlier).
 # Checkpoints are cached by the hash of the configuration and the data.
 
-# %%
+# %% tags=["hide-input"]
 ckpt_folder, history = refacing.trained_cascade(run, study)
 shipped = refacing.training_provenance(ckpt_folder)
 trained_on = shipped["device"] if shipped else device
 seconds = history.groupby("stage")["seconds"].max()
 steps = history.groupby("stage")["step"].max()
-save_table(history, run.tables / "training_history.csv")
+history_csv = save_table(history, run.tables / "training_history.csv")
 refacing.record_timings(run, [{"step": f"train stage {s}", "device": trained_on, "seconds": round(float(seconds[s]), 1)}
                               for s in seconds.index])
 if shipped:
@@ -112,10 +114,15 @@ glue("training_total_seconds", round(float(seconds.sum()), 1), display=False)
 # ({glue:text}`training_total_seconds` s in all, measured when the checkpoints were made).
 # {glue:text}`trained_where`
 
-# %%
+# %% tags=["hide-input"]
 fig = viz.plot_loss_curves(history, note=note)
 save_figure(fig, run.figures / "training_loss.png")
-fig
+display(fig)
+val_loss = history.dropna(subset=["val_loss"]).groupby("stage")["val_loss"].last().reindex(seconds.index)
+per_stage = pd.DataFrame({"stage": seconds.index, "steps": steps.values, "seconds": seconds.values,
+                          "val_loss": val_loss.values})
+report.reader_table(per_stage, csv=history_csv, columns={
+    "stage": "Stage", "steps": "Training steps", "seconds": "Wall time (s)", "val_loss": "Last validation loss"})
 
 # %% tags=["remove-input"]
 display(report.chapter_footer(run, started=chapter_start))

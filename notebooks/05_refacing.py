@@ -26,7 +26,7 @@ profile = os.environ.get("REFACE_PROFILE", "quick")
 dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
-# %%
+# %% tags=["hide-input"]
 import time
 
 import pandas as pd
@@ -73,7 +73,7 @@ glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a 
 # through the same path into the same removal mask, is the **matched baseline** of the
 # next chapter, so what separates the refaced face from it is what the model learned.
 
-# %%
+# %% tags=["hide-input"]
 test_ids = list(study.test_subjects)
 if not test_ids:
     raise ValueError("no test subjects: give some participants split test_internal or test_external")
@@ -88,7 +88,8 @@ all_timings = pd.read_csv(run.tables / "timings.csv")
 cascade_steps = all_timings[all_timings["step"].str.match(r"(train stage|reface) ")]
 glue("cascade_total_min", f"{cascade_steps['seconds'].sum() / 60:.1f}", display=False)
 glue("cascade_devices", ", ".join(sorted(set(cascade_steps["device"].astype(str)))), display=False)
-timings
+report.reader_table(timings, csv=run.tables / "timings.csv",
+                    columns={"step": "Step", "n": "Test subjects", "device": "Device", "seconds": "Wall time (s)"})
 
 # %% [markdown]
 # {glue:text}`n_test` test subjects were refaced under every method with
@@ -108,12 +109,14 @@ timings
 # matched baseline (the same voxels for all three). The surface-based comparison of the
 # paper is the next chapter.
 
-# %%
+# %% tags=["hide-input"]
 errors = refacing.masked_errors(folder, refaced, test_ids, methods)
-save_table(errors, run.tables / "refacing_masked_error.csv")
+errors_csv = save_table(errors, run.tables / "refacing_masked_error.csv")
 table = errors.pivot_table(index="method", columns="candidate", values="mae_rel", aggfunc="median").round(4)
 glue("n_methods_mean_beats_average", int((table["refaced_mean"] < table["average"]).sum()), display=False)
-table
+report.reader_table(table.reset_index(), csv=errors_csv, formats=dict.fromkeys(table.columns, 3),
+                    columns={"method": "Method", **{c: c for c in table.columns}},
+                    caption="Median over test subjects of the relative error inside the removal mask.")
 
 # %% [markdown]
 # The mean of samples has a lower median error than the matched baseline for
@@ -125,7 +128,7 @@ table
 # (single sample) and the matched baseline (the cohort-average face), under two methods. For real
 # data, shown only with `publish_faces`, and renderings carry an eye bar.
 
-# %%
+# %% tags=["hide-input"]
 sid = test_ids[0]
 glue("example_subject", sid, display=False)
 for method in run.params["refacing"]["example_methods"] if show_faces else []:

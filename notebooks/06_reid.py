@@ -28,7 +28,7 @@ profile = os.environ.get("REFACE_PROFILE", "quick")
 dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
-# %%
+# %% tags=["hide-input"]
 import time
 
 import pandas as pd
@@ -78,17 +78,21 @@ glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a 
 # (`refacelib.reid.face_mesh`). MSD is the mean of the two directed mean point-to-triangle
 # distances (`refacelib.reid.surface_msd`). Saved as `tables/face_msd.csv`.
 
-# %%
+# %% tags=["hide-input"]
 start = time.perf_counter()
 msd, surfaces, floor = evaluation.face_msd_table(folder, refaced, template, subjects, methods)
-save_table(msd, run.tables / "face_msd.csv")
-save_table(floor, run.tables / "face_floor.csv")
+msd_csv = save_table(msd, run.tables / "face_msd.csv")
+floor_csv = save_table(floor, run.tables / "face_floor.csv")
 summary = reid.summary_table(msd)
-save_table(summary, run.tables / "face_msd_summary.csv")
+summary_csv = save_table(summary, run.tables / "face_msd_summary.csv")
 floor_mm = float(floor["msd_mm"].median()) if len(floor) else float("nan")
 glue("floor_mm", report.fmt_mm(floor_mm), display=False)
 shown = summary.pivot_table(index=["test_set", "method"], columns="candidate", values="summary", aggfunc="first")
-shown
+order = ["defaced", "refaced", "refaced_mean", "average", "template_average", "swapped", "oracle"]
+order = [c for c in order if c in shown.columns] + [c for c in shown.columns if c not in order]
+report.reader_table(shown.reset_index(), csv=[summary_csv, msd_csv, floor_csv],
+                    columns={"test_set": "Test set", "method": "Method", **{c: c for c in order}},
+                    caption="Median [IQR] face MSD to the original (mm), per candidate.")
 
 # %% [markdown]
 # Median [IQR] MSD (mm) per method, test set and candidate. The **test–retest floor**, the
@@ -104,12 +108,15 @@ shown
 # the paired Wilcoxon signed-rank test, Holm-corrected across methods; for the single
 # sample (what an attacker running the model once sees), the mean of samples, the swap
 # check and the oracle, against the matched cohort-average baseline and the matched
-# template-average face. Saved as `tables/face_tests.csv`.
+# template-average face. Saved as `tables/face_tests.csv`. The table shows the three
+# comparisons discussed below (the headline estimator and the swap check against the matched
+# baseline, the headline estimator against the swap check) per method and test set; the full
+# table, every estimator against every baseline, is folded under it.
 
-# %%
+# %% tags=["hide-input"]
 estimators = [e for e in ("refaced", "refaced_mean", "swapped", "oracle") if e in set(msd["candidate"])]
 tests = controls.face_tests(msd)  # the same tests the controls run at every coupling
-save_table(tests, run.tables / "face_tests.csv")
+tests_csv = save_table(tests, run.tables / "face_tests.csv")
 headline = tests[(tests["baseline"] == "average") & (tests["estimator"] == run.params["reid"]["headline_estimator"])]
 closer = headline[(headline["p_holm"] < 0.05) & (headline["hl_diff_mm"] < 0)]
 glue("headline_estimator", run.params["reid"]["headline_estimator"], display=False)
@@ -119,9 +126,17 @@ swap = tests[(tests["baseline"] == "average") & (tests["estimator"] == "swapped"
 person = tests[(tests["baseline"] == "swapped") & (tests["estimator"] == run.params["reid"]["headline_estimator"])]
 glue("n_swap_closer", int(((swap["p_holm"] < 0.05) & (swap["hl_diff_mm"] < 0)).sum()), display=False)
 glue("n_person_closer", int(((person["p_holm"] < 0.05) & (person["hl_diff_mm"] < 0)).sum()), display=False)
-cols = ["method", "test_set", "estimator", "baseline", "n", "n_closer", "hl_diff_mm", "ci_low_mm", "ci_high_mm",
-        "rbc", "p_holm"]
-tests[cols].round(4)
+
+# %% tags=["hide-input"]
+est = run.params["reid"]["headline_estimator"]
+shown = tests.assign(comparison=tests["estimator"] + " vs " + tests["baseline"])
+discussed = shown[shown["comparison"].isin([f"{est} vs average", "swapped vs average", f"{est} vs swapped"])]
+report.reader_table(shown, csv=tests_csv, summary=discussed, formats={"rbc": 2}, columns={
+    "comparison": "Comparison", "method": "Method", "test_set": "Test set", "n": "Subjects",
+    "n_closer": "Closer (subjects)", ("hl_diff_mm", "ci_low_mm", "ci_high_mm"): "Paired difference (mm) [95% CI]",
+    "rbc": "Rank-biserial r", "p_holm": "p (Holm)"},
+    pivot={"index": ["Comparison", "Method"], "columns": "Test set",
+           "values": ["Paired difference (mm) [95% CI]", "p (Holm)"]})
 
 # %% [markdown]
 # With the {glue:text}`headline_estimator` estimator, the refaced face is significantly closer
@@ -134,18 +149,18 @@ tests[cols].round(4)
 # gain carries information about the individual face; the rest is a correction the model
 # applies to everyone (for example, sharpening the blur of an averaged head).
 
-# %%
+# %% tags=["hide-input"]
 fig = reid_plots.plot_paired_differences(tests, baseline="average", estimators=estimators, floor_mm=floor_mm,
                                          note=note)
 save_figure(fig, run.figures / "face_paired_differences.png")
 fig
 
-# %%
+# %% tags=["hide-input"]
 fig = reid_plots.plot_msd_distributions(msd, candidates=(run.params["reid"]["headline_estimator"], "average"), note=note)
 save_figure(fig, run.figures / "face_msd_distributions.png")
 fig
 
-# %%
+# %% tags=["hide-input"]
 fig = reid_plots.plot_bland_altman(msd, a=run.params["reid"]["headline_estimator"], b="average", note=note)
 save_figure(fig, run.figures / "face_bland_altman.png")
 fig
@@ -156,14 +171,15 @@ fig
 # The paper's column is the follow-up work's median MSD of the refaced face on its 469
 # **real** external subjects; ours is the median on this run's external test set.
 
-# %%
+# %% tags=["hide-input"]
 ours = msd[msd["test_set"].isin(["test_external", "test"]) & (msd["candidate"] == run.params["reid"]["headline_estimator"])]
 ours = ours.groupby("method")["msd_mm"].median().round(2).rename("ours_median_msd_mm").reset_index()
 avg = msd[msd["test_set"].isin(["test_external", "test"]) & (msd["candidate"] == "template_average")]["msd_mm"].median()
 ours = pd.concat([ours, pd.DataFrame([{"method": "average (mri_reface)", "ours_median_msd_mm": round(avg, 2)}])])
 side = ours.merge(paper.refaced_msd_medians(), on="method", how="outer")
-save_table(side, run.tables / "face_msd_vs_paper.csv")
-side
+side_csv = save_table(side, run.tables / "face_msd_vs_paper.csv")
+report.reader_table(side, csv=side_csv, columns={"method": "Method", "ours_median_msd_mm": "Ours: median MSD (mm)",
+                                                 "paper_median_msd_mm": "Paper (real data): median MSD (mm)"})
 
 # %% [markdown]
 # ## Faces
@@ -172,7 +188,7 @@ side
 # each row's MSD to the original. For real data the renderings carry an eye bar and are
 # shown only with `publish_faces`.
 
-# %%
+# %% tags=["hide-input"]
 sid = next(iter(subjects))
 method = run.params["reid"]["render_method"]
 cands = evaluation.candidate_images(folder, refaced, sid, method)
@@ -195,7 +211,7 @@ else:
 # each point of the face surface to the original face (mm), for the refaced face and for the
 # average face.
 
-# %%
+# %% tags=["hide-input"]
 if show_faces:
     region = evaluation.subject_region(template, folder, sid, original.shape, affine)
     for name in ("refaced", "average"):
@@ -219,9 +235,9 @@ if show_faces:
 # privacy risk beyond that when it ranks the right person higher than the average face does.
 # Saved as `tables/reid.csv`.
 
-# %%
+# %% tags=["hide-input"]
 reid_rates, curves = evaluation.matching_attack(surfaces, subjects, methods, reference=evaluation.template_face(template))
-save_table(reid_rates, run.tables / "reid.csv")
+reid_csv = save_table(reid_rates, run.tables / "reid.csv")
 test_set = sorted(set(subjects.values()))[-1]
 fig = reid_plots.plot_cmc({f"{m}: {c}": curves[(m, test_set, c)] for m in methods for c in ("refaced_mean", "average")},
                           note=note)
@@ -235,7 +251,13 @@ glue("best_average_top1", f"{same['top1']:.2f}", display=False)
 glue("best_chance", f"{1 / best['n']:.2f}", display=False)
 glue("reid_seconds", round(time.perf_counter() - start, 1), display=False)
 display(fig)
-reid_rates
+
+# %% tags=["hide-input"]
+report.reader_table(reid_rates, csv=reid_csv, formats={"top1": 2, "top5": 2}, columns={
+    "method": "Method", "test_set": "Test set", "candidate": "Candidate", "n": "Subjects",
+    "top1": "Top-1 rate", "top5": "Top-5 rate"},
+    pivot={"index": ["Test set", "Method"], "columns": "Candidate", "values": "Top-1 rate"},
+    caption="Top-1 identification rate of each candidate face; chance is one over the number of subjects.")
 
 # %% [markdown]
 # The highest top-1 identification rate of a refaced face (mean of samples) is
@@ -249,7 +271,7 @@ reid_rates
 # model may beat its matched baseline; [Controls](09_controls.ipynb) reruns the whole
 # study at several couplings (`make controls`).
 
-# %%
+# %% tags=["hide-input"]
 if run.is_phantom:
     coupling = cohort.phantom_params(run).face_coupling
     glue("face_coupling", coupling, display=False)
@@ -268,7 +290,7 @@ display(Markdown(f"This chapter took {time.perf_counter() - start:.1f} s."))
 # and of the cohort-average face with the Holm-corrected Wilcoxon p per method, and the
 # matching attack's top-1 identification rates.
 
-# %%
+# %% tags=["hide-input"]
 estimator = run.params["reid"]["headline_estimator"]
 key = {**report.face_key_values(report.read_table(run.tables, "face_msd_summary"),
                                 report.read_table(run.tables, "face_tests"), estimator=estimator),
@@ -278,7 +300,7 @@ key = {**report.face_key_values(report.read_table(run.tables, "face_msd_summary"
           {"key_swap_n_closer": report.NA, "key_person_n_closer": report.NA})}
 for name, value in key.items():
     glue(name, value, display=False)
-pd.Series(key, name="value").to_frame()
+report.reader_table(report.key_value_table(key, key="glue key"), csv_name="06_reid_key_results.csv")
 
 # %% tags=["remove-input"]
 display(report.chapter_footer(run, started=chapter_start))

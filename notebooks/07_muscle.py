@@ -28,11 +28,9 @@ profile = os.environ.get("REFACE_PROFILE", "quick")
 dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
-# %%
+# %% tags=["hide-input"]
 import time
 
-import numpy as np
-import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
@@ -96,7 +94,7 @@ glue("n_resamples", settings["n_boot"], display=False)
 #    correlations) and a sound one: the paired percentile interval of the difference in rho
 #    (original minus the other image) on the same half-samples and folds.
 
-# %%
+# %% tags=["hide-input"]
 if ds.has_muscle:
     template = stages.study_template(run)
     folder, qc = stages.deface_cohort(run, ds, template)
@@ -122,12 +120,13 @@ else:
 #
 # ## Correlations
 
-# %%
+# %% tags=["hide-input"]
 if ds.has_muscle:
     corr, diff, boot = muscle.analyze_muscle(table, features, n_boot=settings["n_boot"], seed=int(run.params["seed"]),
                                              n_splits=settings["n_splits"], n_components=settings["n_components"])
-    save_table(corr, run.tables / "muscle_corr.csv")
-    save_table(diff[["muscle", "image", "diff_mean", "ci_low", "ci_high", "wilcoxon_p"]], run.tables / "muscle_diff.csv")
+    corr_csv = save_table(corr, run.tables / "muscle_corr.csv")
+    diff_csv = save_table(diff[["muscle", "image", "diff_mean", "ci_low", "ci_high", "wilcoxon_p"]],
+                          run.tables / "muscle_diff.csv")
     fig = viz.plot_muscle_correlations(boot, corr, diff, labels=paper.IMAGE_LABELS, note=note)
     save_figure(fig, run.figures / "muscle_correlations.png")
     display(fig)
@@ -150,21 +149,28 @@ if ds.has_muscle:
 # of its bootstrap). The `paper_*` columns are the **paper's numbers on its real
 # cohort** (read off its figure), not a result of this run.
 
-# %%
+# %% tags=["hide-input"]
 if ds.has_muscle:
     side = corr.merge(paper.muscle_correlations(), on=["muscle", "image"], how="left")
     fmt = lambda m, lo, hi: f"{m:.3f} [{lo:.3f}, {hi:.3f}]"  # noqa: E731
     side["ours"] = [fmt(*r) for r in side[["mean", "ci_low", "ci_high"]].to_numpy()]
     side["paper (real data)"] = [fmt(*r) for r in side[["paper_mean", "paper_ci_low", "paper_ci_high"]].to_numpy()]
     side["image"] = side["image"].map(paper.IMAGE_LABELS)
-    shown = side.pivot(index="image", columns="muscle", values=["ours", "paper (real data)"])
-    save_table(side, run.tables / "muscle_corr_vs_paper.csv")
+    side_csv = save_table(side, run.tables / "muscle_corr_vs_paper.csv")
     originals = corr[corr["image"] == "original"]
     glue("n_original_significant", int(originals["significant"].sum()), display=False)
     glue("n_muscles", len(originals), display=False)
     for _, r in originals.iterrows():
         glue(f"rho_original_{r['muscle']}", f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]", display=False)
-    display(shown)
+
+# %% tags=["hide-input"]
+if ds.has_muscle:
+    display(report.reader_table(side, csv=[side_csv, corr_csv], columns={
+        "image": "Image", "muscle": "Muscle", ("mean", "ci_low", "ci_high"): "ours",
+        ("paper_mean", "paper_ci_low", "paper_ci_high"): "paper (real data)"},
+        formats={("mean", "ci_low", "ci_high"): 3, ("paper_mean", "paper_ci_low", "paper_ci_high"): 3},
+        pivot={"index": "Image", "columns": "Muscle", "values": ["ours", "paper (real data)"]},
+        caption="Spearman's rho, mean [95% CI], per image and muscle."))
 
 # %% [markdown]
 # From the original images the correlation is significant for
@@ -176,12 +182,16 @@ if ds.has_muscle:
 # paired percentile interval over the same half-samples and folds; `wilcoxon_p`: the
 # paper's test on the resampled correlations. Saved as `tables/muscle_diff.csv`.
 
-# %%
+# %% tags=["hide-input"]
 if ds.has_muscle:
     glue("n_diff_significant", int(diff["diff_significant"].sum()), display=False)
     glue("n_diff", len(diff), display=False)
     glue("n_wilcoxon_significant", int((diff["wilcoxon_p"] < 1e-4).sum()), display=False)
-    display(diff.round(4))
+    display(report.reader_table(diff, csv=diff_csv, columns={
+        "muscle": "Muscle", "image": "Image", ("diff_mean", "ci_low", "ci_high"): "Difference in rho [95% CI]",
+        "diff_significant": "CI excludes 0", "wilcoxon_p": "Wilcoxon p (the paper's test)"},
+        formats={("diff_mean", "ci_low", "ci_high"): 3, "wilcoxon_p": "p-sci",
+                 "image": lambda image: paper.IMAGE_LABELS.get(image, image)}))
 
 # %% [markdown]
 # The paired-difference CI excludes 0 for {glue:text}`n_diff_significant` of
@@ -198,14 +208,17 @@ if ds.has_muscle:
 # The table shows both, computed on the first k resamples, for the comparison with the
 # largest difference.
 
-# %%
+# %% tags=["hide-input"]
 if ds.has_muscle:
     worst = diff.dropna(subset=["diff_mean"]).sort_values("diff_mean", ascending=False).iloc[0]
     demo = muscle.wilcoxon_p_vs_nboot(boot[boot["muscle"] == worst["muscle"]].drop(columns="muscle"),
                                       image=worst["image"], n_boots=settings["demo_n_boots"])
     demo.insert(0, "comparison", f"original vs {worst['image']} ({worst['muscle']})")
-    save_table(demo, run.tables / "muscle_wilcoxon_vs_nboot.csv")
-    display(demo)
+    demo_csv = save_table(demo, run.tables / "muscle_wilcoxon_vs_nboot.csv")
+    display(report.reader_table(demo, csv=demo_csv, columns={
+        "comparison": "Comparison", "n_boot": "Resamples", "wilcoxon_p": "Wilcoxon p",
+        ("diff_ci_low", "diff_ci_high"): "Difference in rho, 95% CI"},
+        formats={"wilcoxon_p": "p-sci", ("diff_ci_low", "diff_ci_high"): 3}))
 glue("muscle_seconds", round(time.perf_counter() - start, 1), display=False)
 
 # %% [markdown]
@@ -218,11 +231,11 @@ glue("muscle_seconds", round(time.perf_counter() - start, 1), display=False)
 # The correlations the landing page quotes, read back from `tables/muscle_corr.csv` by
 # `refacelib.report` (mean [95% CI] per muscle and image; `n/a` without muscle columns).
 
-# %%
+# %% tags=["hide-input"]
 key = report.muscle_key_values(report.read_table(run.tables, "muscle_corr"))
 for name, value in key.items():
     glue(name, value, display=False)
-display(pd.Series(key, name="value").to_frame())
+display(report.reader_table(report.key_value_table(key, key="glue key"), csv_name="07_muscle_key_results.csv"))
 
 # %% tags=["remove-input"]
 display(report.chapter_footer(run, started=chapter_start))

@@ -27,14 +27,13 @@ profile = os.environ.get("REFACE_PROFILE", "quick")
 dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
-# %%
+# %% tags=["hide-input"]
 import time
 
-import pandas as pd
 from IPython.display import display
 from myst_nb import glue
 
-from refacelib import config, evaluation, overview, paper, refacing, render, report, stages, viz
+from refacelib import config, evaluation, overview, paper, privacy, refacing, render, report, stages, viz
 from refacelib.io import save_figure
 from refacelib.surface import head_mask
 
@@ -58,7 +57,7 @@ glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a 
 # original image and from each defaced one. For a real dataset the faces are withheld
 # unless `publish_faces` is true, and renderings carry an eye bar.
 
-# %%
+# %% tags=["hide-input"]
 study = refacing.setup(run)
 ckpt_folder, _ = refacing.trained_cascade(run, study)
 subjects = study.test_subjects
@@ -74,7 +73,7 @@ views = {k: render.render_view(m, affine, azimuth_deg=render.VIEWS["right_3q"], 
          if show_faces else None for k, m in masks.items()}
 region = evaluation.subject_region(study.template, study.deface_folder, sid, original.shape, affine)
 
-# %%
+# %% tags=["hide-input"]
 stage1_mm = run.params["cascade"]["voxel_mm"] * run.params["cascade"]["factor"]
 msd = table("face_msd")
 row_msd = msd[(msd["subject"] == sid) & (msd["method"] == method)].set_index("candidate")["msd_mm"]
@@ -85,6 +84,8 @@ fig = overview.plot_overview(
     views, steps=steps,
     face_slice=overview.mid_sagittal(original, masks["original"]) if show_faces else None,
     face_region=overview.mid_sagittal(region, masks["original"]) if show_faces else None,
+    eye_bar=(privacy.sagittal_eye_bar(overview.mid_sagittal(masks["original"], masks["original"]) > 0)
+             if show_faces and not run.is_phantom else None),
     corr=table("muscle_corr"), labels=paper.IMAGE_LABELS, titles=titles, note=note)
 save_figure(fig, run.figures / "overview.png")
 glue("overview_figure", fig, display=False)
@@ -100,7 +101,7 @@ display(fig)
 # The numbers the methods page refers to, read from the run's parameters
 # (`params/<profile>.yaml`) and the cascade configuration.
 
-# %%
+# %% tags=["hide-input"]
 p, cfg = run.params["cascade"], study.config
 settings = {
     "stage1_mm": f"{stage1_mm:g}", "stage2_mm": f"{p['voxel_mm']:g}", "factor": p["factor"],
@@ -113,7 +114,8 @@ settings = {
 }
 for key, value in settings.items():
     glue(f"p_{key}", value, display=False)
-pd.Series(settings, name="value").to_frame()
+report.reader_table(report.key_value_table(settings, key="setting (glued as p_<setting>)"),
+                    csv_name="08_run_settings.csv")
 
 # %% [markdown]
 # ## Re-identification risk
@@ -126,7 +128,7 @@ pd.Series(settings, name="value").to_frame()
 # subjects; the average-face row there is mri_reface's population-average face, which we
 # match with the template-average face.
 
-# %%
+# %% tags=["hide-input"]
 tests, summary = table("face_tests"), table("face_msd_summary")
 test_set = report.headline_test_set(summary["test_set"])
 values = {
@@ -143,8 +145,9 @@ for split in ("train", "test_internal", "test_external"):
 values.update(paper.glue_values())
 values["ours_emulated"] = report.emulated_methods(table("deface_methods"))
 values.update(report.method_engines(table("deface_methods")))
-with pd.option_context("display.max_colwidth", None):
-    glue("methods_table", table("deface_methods").set_index("method"), display=False)
+glue("methods_table", report.reader_table(
+    table("deface_methods"), csv=run.tables / "deface_methods.csv",
+    columns={"method": "Method", "engine": "Engine", "version": "Version", "emulated": "Emulated"}), display=False)
 for key, value in values.items():
     glue(key, value, display=False)
 
@@ -174,7 +177,7 @@ for key, value in values.items():
 # Spearman's rho between the predicted and the true age- and sex-adjusted CT muscle
 # radiodensity, mean [95% interval from half-samples that refit the model]. The paper's values are read off its figure.
 
-# %%
+# %% tags=["hide-input"]
 corr, diff = table("muscle_corr"), table("muscle_diff")
 values = {**report.muscle_comparison_values(corr), **report.muscle_test_values(corr, diff)}
 for key, value in values.items():

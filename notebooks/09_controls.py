@@ -37,7 +37,7 @@ profile = os.environ.get("REFACE_PROFILE", "quick")
 dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
-# %%
+# %% tags=["hide-input"]
 import time
 
 from IPython.display import Markdown, display
@@ -50,7 +50,13 @@ run = config.open_run(profile, dataset)
 chapter_start = time.time()
 note = viz.SIMULATION_NOTE if run.is_phantom else None
 controls = report.read_table(run.tables, "controls") if run.is_phantom else None
+offsets = report.read_table(run.tables, "controls_offsets") if run.is_phantom else None
 have = controls is not None and len(controls) > 0
+have_offsets = offsets is not None and len(offsets) > 0 and bool((offsets["coupling"] == 0).any())
+controls_csv, offsets_csv = run.tables / "controls.csv", run.tables / "controls_offsets.csv"
+TEST_COLUMNS = {"coupling": "Coupling", "method": "Method", "test_set": "Test set", "estimator": "Estimator",
+                "n": "Subjects", ("hl_diff_mm", "ci_low_mm", "ci_high_mm"): "Paired difference (mm) [95% CI]",
+                "p_holm": "Holm p", "rbc": "Rank-biserial", "closer_significant": "Closer, significant"}
 glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
 if not run.is_phantom:
     display(Markdown("*The controls need a dataset whose ground truth is known: they run on the phantom only.*"))
@@ -67,7 +73,7 @@ elif not have:
 # cohort-average baseline, mm; negative: the candidate's face is closer to the original)
 # with its 95% interval, against the coupling, for the mean of samples.
 
-# %%
+# %% tags=["hide-input"]
 if have:
     fig = reid_plots.plot_dose_response(controls, estimator="refaced_mean", baseline="average", note=note)
     save_figure(fig, run.figures / "controls_dose_response.png")
@@ -78,7 +84,8 @@ if have:
     glue("null_n", len(null), display=False)
     glue("null_person_wins", int(person["closer_significant"].sum()), display=False)
     glue("null_person_n", len(person), display=False)
-    display(null)
+    display(report.reader_table(null, csv=controls_csv, columns=TEST_COLUMNS, formats={"rbc": 2},
+                                caption="Negative control (coupling 0): refaced vs the matched cohort-average baseline."))
 else:
     for key in ("null_wins", "null_n", "null_person_wins", "null_person_n"):
         glue(key, "not run", display=False)
@@ -87,19 +94,62 @@ else:
 # At coupling 0, a refaced face (either estimator) was significantly closer to the
 # original than its matched baseline (Holm p < 0.05, negative difference) in
 # {glue:text}`null_wins` of {glue:text}`null_n` method × test-set × estimator comparisons.
-# Nothing about the face can be learned there, so each such case is a gain that does not
-# depend on the person: a correction the cascade applies to every face (a likely cause: the
-# matched baseline is the voxel-wise average of warped heads, blurrier than any one face). The
-# person-specific comparison is against the swap check, which carries that correction too:
-# at coupling 0 the refaced face was significantly closer than the swap check in
+# No face latent can be learned there, so each such case is a gain that does not depend on
+# the person's face. The next section measures where it comes from. The person-specific
+# comparison is against the swap check, which carries any such correction too: at coupling 0
+# the refaced face was significantly closer than the swap check in
 # {glue:text}`null_person_wins` of {glue:text}`null_person_n` comparisons.
+#
+# ## Where the null "gain" comes from: the baseline sits inside the face
+#
+# The face MSD says how far a candidate's skin surface is from the original's, not in which
+# direction. The signed offset ([`reid.surface_offset`](../book/methods.md)) does: the mean
+# distance of the candidate's surface from the original's, negative where it lies inside the
+# true skin. Per method, the median over the test subjects at coupling 0:
 
-# %%
+# %% tags=["hide-input"]
+if have_offsets:
+    fig = reid_plots.plot_offsets(offsets, coupling=0.0, note=note)
+    save_figure(fig, run.figures / "controls_offsets.png")
+    display(fig)
+    keys = report.offset_key_values(offsets, coupling=0.0)
+else:
+    keys = {}
+    display(Markdown("*The signed offsets were not measured for this book (`make controls` writes them).*"))
+for cand in ("average", "refaced_mean", "swapped", "oracle"):
+    for test_set in ("internal", "external"):
+        key = f"offset_{cand}_{test_set}"
+        glue(key, keys.get(key, "not run"), display=False)
+
+# %% [markdown]
+# Median over the methods other than skull-stripping, at coupling 0: the matched baseline's
+# face lies {glue:text}`offset_average_internal` mm (internal) and
+# {glue:text}`offset_average_external` mm (external) from the true skin; the refaced face
+# (mean of samples) {glue:text}`offset_refaced_mean_internal` and
+# {glue:text}`offset_refaced_mean_external` mm; the swap check
+# {glue:text}`offset_swapped_internal` and {glue:text}`offset_swapped_external` mm; the
+# oracle {glue:text}`offset_oracle_internal` and {glue:text}`offset_oracle_external` mm.
+# The baseline is the voxel-wise mean of the training heads, intensity-matched to each
+# subject. One likely reason it sits inside the skin: averaging faces that differ by
+# millimetres blurs the skin, and the blurred, darker intensity profile crosses the
+# surface threshold further in (the offset is larger on the external site, whose contrast and
+# slice thickness differ from the training site's). A cascade that learned nothing about the person can still learn to put the skin
+# back where skin usually is, and the swap check, which adds another subject's learned
+# correction, moves it just as far. That is a property of the average-face baseline, not of
+# re-identification: against the average face, a generative model "wins" with no information
+# about whose face it is. An exploratory check (not part of the book's pipeline) of a
+# voxel-wise *median* head instead of the mean, on this coupling-0 cohort, reduced the
+# baseline's inward offset by about a third but did not remove it. Whether a refaced face
+# carries the person is therefore read from the swap check below, never from the average
+# face alone.
+
+# %% tags=["hide-input"]
 if have:
     fig = reid_plots.plot_dose_response(controls, estimator="refaced_mean", baseline="swapped", note=note)
     save_figure(fig, run.figures / "controls_person_specific.png")
     display(fig)
-    display(person)
+    display(report.reader_table(person, csv=controls_csv, columns=TEST_COLUMNS, formats={"rbc": 2},
+                                caption="Negative control (coupling 0): refaced vs the swap check."))
 
 # %% [markdown]
 # The person-specific part of the gain (refaced minus swap check) against the coupling:
@@ -108,7 +158,7 @@ if have:
 #
 # ## Swap check and oracle at every coupling
 
-# %%
+# %% tags=["hide-input"]
 if have:
     fig = reid_plots.plot_dose_response(controls, estimator="swapped", baseline="average", note=note)
     save_figure(fig, run.figures / "controls_swap.png")
@@ -116,7 +166,7 @@ if have:
     fig = reid_plots.plot_dose_response(controls, estimator="oracle", baseline="average", note=note)
     save_figure(fig, run.figures / "controls_oracle.png")
     display(fig)
-    display(report.controls_overview(controls))
+    display(report.reader_table(report.controls_overview(controls), csv=[p for p in (controls_csv, offsets_csv) if p.exists()]))
 
 # %% [markdown]
 # The table lists, per coupling and test set, in how many methods each candidate was

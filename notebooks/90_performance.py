@@ -35,7 +35,7 @@ train_steps, train_warmup = 3, 1  # timed and untimed training steps per stage a
 paper_cpu_batch = 1  # batch of the paper-size steps timed on a CPU (scaled linearly to the profile's)
 paper_sampling_items, paper_sampling_steps = 1, 1
 
-# %%
+# %% tags=["hide-input"]
 import json
 import time
 
@@ -69,7 +69,7 @@ bench_dir = config.project_root() / "bench"
 # PyTorch {glue:text}`torch_version` on {glue:text}`device`. The profile is
 # {glue:text}`profile` on {glue:text}`dataset_name`.
 
-# %%
+# %% tags=["hide-input"]
 machine = bench.machine_info(device)
 info = machine.set_index("item")["value"]
 for key in ("cpu_model", "cpu_cores", "ram_gib", "device"):
@@ -77,7 +77,7 @@ for key in ("cpu_model", "cpu_cores", "ram_gib", "device"):
 glue("torch_version", info["torch"], display=False)
 glue("profile", run.profile, display=False)
 glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
-machine
+report.reader_table(machine, csv_name="bench_machine.csv")
 
 # %% [markdown]
 # ## Time and memory of the book
@@ -89,7 +89,7 @@ machine
 # for `quick` on 2 CPU cores: at most {glue:text}`budget_min` minutes and
 # {glue:text}`budget_gib` GiB.
 
-# %%
+# %% tags=["hide-input"]
 timings_path = run.tables / "chapter_timings.csv"
 costs = bq.chapter_costs(pd.read_csv(timings_path)) if timings_path.exists() else None
 total = costs.iloc[-1] if costs is not None else None
@@ -97,18 +97,19 @@ glue("budget_min", bq.BOOK_BUDGET_S // 60, display=False)
 glue("budget_gib", bq.BOOK_MEMORY_MIB // 1024, display=False)
 glue("book_minutes", f"{total['seconds'] / 60:.1f}" if total is not None else "n/a", display=False)
 glue("book_peak_gib", f"{total['peak_rss_mib'] / 1024:.2f}" if total is not None else "n/a", display=False)
-costs
+if costs is not None:
+    display(report.reader_table(costs, csv=timings_path, formats={"seconds": 1, "peak_rss_mib": 0}))
 
 # %% [markdown]
 # The chapters took {glue:text}`book_minutes` minutes in all in their last execution, with a
 # peak of {glue:text}`book_peak_gib` GiB. The cached stages, as measured when they were built
 # (the defacing stage's own record and `tables/timings.csv`):
 
-# %%
+# %% tags=["hide-input"]
 timing_csv = run.tables / "timings.csv"
 stages_table = bq.stage_costs(stage_stats(study.deface_folder),
                               pd.read_csv(timing_csv) if timing_csv.exists() else None)
-save_table(stages_table, run.tables / "bench_stage_costs.csv")
+stages_csv = save_table(stages_table, run.tables / "bench_stage_costs.csv")
 dominant = stages_table.sort_values("seconds", ascending=False).iloc[0]
 glue("dominant_stage", f"{dominant['stage']} ({dominant['seconds']:.0f} s)", display=False)
 # a cold build pays the chapters plus every cached stage (an upper bound: with the shipped
@@ -117,7 +118,7 @@ cold_s = (float(total["seconds"]) if total is not None else 0.0) + float(stages_
 within = total is not None and cold_s <= bq.BOOK_BUDGET_S and float(total["peak_rss_mib"]) <= bq.BOOK_MEMORY_MIB
 glue("cold_minutes", f"{cold_s / 60:.1f}", display=False)
 glue("book_target", "met" if within else ("missed" if total is not None else "not measured"), display=False)
-stages_table
+report.reader_table(stages_table, csv=stages_csv)
 
 # %% [markdown]
 # The most expensive cached stage is {glue:text}`dominant_stage`. Chapters and stages together
@@ -127,7 +128,7 @@ stages_table
 # process: that warm rebuild took {glue:text}`warm_seconds` s (target under
 # {glue:text}`warm_target` s) and executed {glue:text}`warm_executed` chapters.
 
-# %%
+# %% tags=["hide-input"]
 rebuild_path = run.tables / "rebuild_timings.csv"
 rebuild = pd.read_csv(rebuild_path) if rebuild_path.exists() else None
 warm = rebuild.iloc[-1] if rebuild is not None else None
@@ -135,7 +136,8 @@ glue("warm_seconds", f"{warm['seconds']:.1f}" if warm is not None else "n/a (not
      display=False)
 glue("warm_target", bq.WARM_REBUILD_S, display=False)
 glue("warm_executed", int(warm["chapters_executed"]) if warm is not None else "n/a", display=False)
-rebuild
+if rebuild is not None:
+    display(report.reader_table(rebuild, csv=rebuild_path))
 
 # %% [markdown]
 # ## Sampler cost against face quality
@@ -147,7 +149,7 @@ rebuild
 # in the re-identification chapter. Network evaluations count both stages per refaced face
 # (each stage's steps, plus the one-step estimate of stage 2).
 
-# %%
+# %% tags=["hide-input"]
 method = sampler_method or run.params["refacing"]["example_methods"][0]
 internal = [s for s, t in study.test_subjects.items() if t == "test_internal"][:max_subjects]
 data = refacing.build_examples(study.deface_folder, internal, [method], study.template, settings["voxel_mm"],
@@ -158,14 +160,14 @@ msd_fn = lambda volumes: bq.subject_space_msd(faces, volumes, data, template=stu
                                                deface_folder=study.deface_folder)
 sampler_table = bq.sampler_benchmark(models, study.config, data, samplers, msd=msd_fn, seed=int(run.params["seed"]),
                                      batch_size=settings.get("sample_batch", 8), device=device)
-save_table(sampler_table, run.tables / "bench_samplers.csv")
+sampler_csv = save_table(sampler_table, run.tables / "bench_samplers.csv")
 # the matched baseline: the cascade's own path with a zero residual (the prior as its output)
 average_msd = pd.DataFrame({"msd_mm": msd_fn(data["prior"])})
 summary = bq.sampler_summary(sampler_table)
-save_table(summary, run.tables / "bench_samplers_summary.csv")
-summary
+summary_csv = save_table(summary, run.tables / "bench_samplers_summary.csv")
+report.reader_table(summary, csv=[summary_csv, sampler_csv])
 
-# %%
+# %% tags=["hide-input"]
 ref = summary[summary["kind"] == "ddpm"].iloc[0]
 fast = summary[(summary["kind"] == "ddim") & (summary["steps"] <= 50)]
 best = fast.loc[(fast["msd_ratio"] - 1).abs().idxmin()] if len(fast) else None
@@ -191,7 +193,7 @@ glue("sampler_verdict",
 # target (DDIM at 50 steps or fewer within 5% of DDPM's median MSD, with at least 20x fewer
 # denoising steps) is {glue:text}`sampler_verdict`.
 
-# %%
+# %% tags=["hide-input"]
 def plot_sampler_tradeoff(summary, average_msd):
     """Median MSD (IQR bars) and wall time against network evaluations."""
     fig, (ax_msd, ax_time) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -226,15 +228,15 @@ display(Image(filename=str(path)))
 # network's input voxels times the batch. On CUDA both fp32 and bf16 autocast are timed; on a
 # CPU autocast is off, so fp32 only.
 
-# %%
+# %% tags=["hide-input"]
 _, _, grid = refacing.common_grid(study.template, settings["voxel_mm"])
 throughput = bench.training_throughput(study.config, grid, steps=train_steps, warmup=train_warmup, device=device)
-save_table(throughput, run.tables / "bench_training.csv")
+throughput_csv = save_table(throughput, run.tables / "bench_training.csv")
 glue("train_warmup", train_warmup, display=False)
 for r in throughput.itertuples():
     glue(f"voxels_per_s_stage{r.stage}_{r.precision}", f"{r.voxels_per_s:,.0f}", display=False)
 glue("train_device", str(device), display=False)
-throughput
+report.reader_table(throughput, csv=throughput_csv)
 
 # %% [markdown]
 # Stage 1 trains at {glue:text}`voxels_per_s_stage1_fp32` voxels/s and stage 2 at
@@ -250,11 +252,11 @@ throughput
 # the same head masks, their voxel edges cut to the same face region, the mean of the two
 # directed mean distances.
 
-# %%
+# %% tags=["hide-input"]
 surface_table = bq.surface_benchmark(study.deface_folder, refaced, study.template, internal, study.methods)
-save_table(surface_table, run.tables / "bench_surface.csv")
+surface_csv = save_table(surface_table, run.tables / "bench_surface.csv")
 agreement = bq.surface_agreement(surface_table)
-save_table(agreement, run.tables / "bench_surface_agreement.csv")
+agreement_csv = save_table(agreement, run.tables / "bench_surface_agreement.csv")
 agree = agreement.iloc[0]
 glue("n_faces", len(surface_table), display=False)
 glue("face_ms", f"{1000 * agree['seconds_median']:.0f}", display=False)
@@ -263,7 +265,7 @@ glue("monai_r", f"{agree['pearson_r']:.3f}", display=False)
 glue("monai_rho", f"{agree['spearman_rho']:.3f}", display=False)
 glue("monai_diff", f"{agree['median_abs_diff_mm']:.3f}", display=False)
 glue("monai_rel", f"{100 * agree['median_rel_diff']:.1f}", display=False)
-agreement
+report.reader_table(agreement, csv=[agreement_csv, surface_csv])
 
 # %% [markdown]
 # Over {glue:text}`n_faces` faces, one face MSD takes a median {glue:text}`face_ms` ms
@@ -281,11 +283,11 @@ agreement
 # with PyTorch's sync debug mode, elsewhere the Python calls that would synchronise on a GPU
 # (`.item()`, `.cpu()`, `bool()` of a tensor ...).
 
-# %%
+# %% tags=["hide-input"]
 audit = bench.sampling_sync_audit(study.config, grid, device=device)
 glue("audit_syncs", int(audit["syncs"].sum()), display=False)
 glue("audit_device", str(device), display=False)
-audit
+report.reader_table(audit, csv_name="bench_sync_audit.csv")
 
 # %% [markdown]
 # {glue:text}`audit_syncs` synchronisations inside the sampling loops on
@@ -302,7 +304,7 @@ audit
 # and by {glue:text}`paper_n_test` test subjects x {glue:text}`paper_n_methods` methods x
 # {glue:text}`paper_n_samples` samples for refacing.
 
-# %%
+# %% tags=["hide-input"]
 paper = config.load_profile("paper")
 stored_sizes = json.loads((bench_dir / "stage_sizes.json").read_text())
 paper_cfg, paper_grid = bench.sized_config(paper, stored_sizes["paper"])
@@ -319,7 +321,7 @@ glue("paper_n_test", paper["phantom"]["n_test_internal"] + paper["phantom"]["n_t
 glue("paper_n_methods", len(paper["deface"]["methods"]), display=False)
 glue("paper_n_samples", paper["cascade"]["n_samples"], display=False)
 
-# %%
+# %% tags=["hide-input"]
 on_cpu = device.type != "cuda"  # a CPU step takes a minute: one step, no warm-up (its overhead is small)
 paper_train = bench.training_throughput(paper_cfg, paper_grid, steps=1, warmup=0 if on_cpu else 1, device=device,
                                         batch_size=paper_cpu_batch if on_cpu else None)
@@ -327,13 +329,13 @@ paper_sampling = bench.sampling_throughput(paper_cfg, paper_grid, n_items=paper_
                                            steps=paper_sampling_steps, device=device)
 label = f"this machine ({info.get('gpu', 'CPU ' + info['cpu_model'])})"
 projection = bench.paper_projection(paper_train, paper_sampling, paper, source=label)
-save_table(pd.concat([paper_train.assign(source=label)]), run.tables / "bench_paper_training.csv")
-save_table(projection, run.tables / "bench_paper_projection.csv")
+paper_train_csv = save_table(pd.concat([paper_train.assign(source=label)]), run.tables / "bench_paper_training.csv")
+projection_csv = save_table(projection, run.tables / "bench_paper_projection.csv")
 hours = projection.set_index("quantity")["hours"]
 glue("local_train_hours", f"{hours['train (both stages)']:,.0f}", display=False)
 glue("local_reface_hours", f"{hours['reface (all test subjects x methods)']:,.0f}", display=False)
 glue("local_label", label, display=False)
-projection
+report.reader_table(projection, csv=[projection_csv, paper_train_csv], formats={"hours": 1})
 
 # %% [markdown]
 # Measured on {glue:text}`local_label`: training the paper profile would take
@@ -346,14 +348,15 @@ projection
 # memory and the synchronisation audit) and writes `bench/results/<card>-<date>.json`; every
 # such file is shown here, labelled with its card.
 
-# %%
+# %% tags=["hide-input"]
 results = bench.load_results(bench_dir / "results", profile="paper") if (bench_dir / "results").is_dir() else {}
 glue("gpu_status", f"{results['machine']['card'].nunique()} card(s): {', '.join(results['machine']['card'].unique())}"
      if "machine" in results else "none stored yet: no GPU has run bench/gpu_bench.py for this repository",
      display=False)
 for name in ("training", "training_compiled", "sampling", "sampling_compiled", "sync_audit"):
     if name in results:
-        display(Markdown(f"**{name.replace('_', ', ')}**"), results[name])
+        display(Markdown(f"**{name.replace('_', ', ')}**"),
+                report.reader_table(results[name], csv_name=f"gpu_{name}.csv"))
 gpu_facts = []
 if "training" in results:
     tr = results["training"]
@@ -380,14 +383,14 @@ glue("gpu_facts", "; ".join(gpu_facts) if gpu_facts else "none", display=False)
 # %% [markdown]
 # Stored GPU results: {glue:text}`gpu_status`. From them: {glue:text}`gpu_facts`.
 
-# %%
+# %% tags=["hide-input"]
 gpu_projection = pd.concat(
     [bench.paper_projection(results["training"][results["training"]["card"] == card],
                             results["sampling"][results["sampling"]["card"] == card], paper, source=card)
      for card in results["machine"]["card"].unique()], ignore_index=True) if "training" in results else None
 if gpu_projection is not None:
-    save_table(gpu_projection, run.tables / "bench_paper_projection_gpu.csv")
-    display(gpu_projection)
+    gpu_csv = save_table(gpu_projection, run.tables / "bench_paper_projection_gpu.csv")
+    display(report.reader_table(gpu_projection, csv=gpu_csv, formats={"hours": 1}))
 glue("gpu_projection", "; ".join(
     f"on one {r.source}: {r.hours:,.1f} h to {r.quantity.split(' (')[0]}"
     for r in gpu_projection.itertuples() if r.quantity in ("train (both stages)", "reface (all test subjects x methods)"))

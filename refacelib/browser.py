@@ -40,7 +40,10 @@ def find_chromium() -> str | None:
 
     Examples
     --------
-    >>> find_chromium() is None or os.path.isfile(find_chromium())
+    >>> import sys
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"REFACE_CHROMIUM": sys.executable}):
+    ...     find_chromium() == sys.executable
     True
     """
     env = os.environ.get("REFACE_CHROMIUM")

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .schema import profile_problems
+
 __all__ = [
     "ConfigError",
     "Run",
@@ -30,6 +32,7 @@ __all__ = [
     "provenance",
     "parse_flag",
     "check_parameters",
+    "validate_params",
 ]
 
 PHANTOM = "phantom"
@@ -76,10 +79,14 @@ def list_profiles() -> list[str]:
 def load_profile(profile: str) -> dict[str, Any]:
     """Read ``params/<profile>.yaml`` into a nested dict.
 
+    The parameters are checked against :data:`refacelib.schema.PROFILE_SCHEMA`
+    (:func:`validate_params`).
+
     Raises
     ------
     ConfigError
-        If the profile does not exist or is not a mapping.
+        If the profile does not exist, or a key is unknown, missing, of the
+        wrong type or out of range (every problem named by its dotted key).
     """
     if not isinstance(profile, str) or not profile:
         raise ConfigError(f"PROFILE must be a non-empty string, got {profile!r}")
@@ -98,6 +105,25 @@ def load_profile(profile: str) -> dict[str, Any]:
         params = yaml.safe_load(fh)
     if not isinstance(params, dict):
         raise ConfigError(f"params/{profile}.yaml must hold a mapping of parameters")
+    return validate_params(params, source=f"params/{profile}.yaml")
+
+
+def validate_params(params: Any, *, source: str = "parameters") -> dict[str, Any]:
+    """``params`` unchanged when the profile schema accepts it, else a :class:`ConfigError`.
+
+    The error lists every problem, each led by the key's dotted path, after ``source``.
+
+    Examples
+    --------
+    >>> try:
+    ...     validate_params({"seed": "7"}, source="x.yaml")
+    ... except ConfigError as err:
+    ...     print(str(err).splitlines()[:2])
+    ['x.yaml: 8 invalid parameter(s):', "  seed: must be an integer >= 0, got '7'"]
+    """
+    problems = profile_problems(params)
+    if problems:
+        raise ConfigError(f"{source}: {len(problems)} invalid parameter(s):\n  " + "\n  ".join(problems))
     return params
 
 
@@ -261,7 +287,8 @@ def _check_dataset(dataset: Any) -> str:
 def apply_overrides(params: dict, overrides: dict | None) -> dict:
     """A copy of ``params`` with dotted keys replaced (``{"phantom.face_coupling": 0.0}``).
 
-    Every section must already exist in the profile (its keys are checked where they are read).
+    Every section must already exist in the profile; :func:`open_run` checks the result
+    against the profile schema.
 
     Examples
     --------
@@ -272,6 +299,8 @@ def apply_overrides(params: dict, overrides: dict | None) -> dict:
 
     out = copy.deepcopy(params)
     for dotted, value in (overrides or {}).items():
+        if not isinstance(dotted, str) or not all(dotted.split(".")):
+            raise ConfigError(f"override {dotted!r}: must be a dotted key such as 'phantom.face_coupling'")
         node, parts = out, dotted.split(".")
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
@@ -298,11 +327,14 @@ def open_run(profile: str = "quick", dataset: str = PHANTOM, *, create: bool = T
         Create the folder and write the resolved parameters.
     overrides : dict, optional
         Dotted parameter keys replaced in the profile (:func:`apply_overrides`);
-        used by the controls, which rerun a profile under other settings.
+        used by the controls, which rerun a profile under other settings. The
+        result is checked against the profile schema (:func:`validate_params`).
     suffix : str
         Appended to the run folder's name (``runs/<profile>-<dataset>-<suffix>``).
     """
     params = apply_overrides(load_profile(profile), overrides)
+    if overrides:
+        validate_params(params, source=f"params/{profile}.yaml with overrides {overrides!r}")
     dataset = _check_dataset(dataset)
     name = f"{profile}-{dataset_label(dataset)}" + (f"-{_LABEL_RE.sub('_', suffix)}" if suffix else "")
     folder = _confined(runs_root() / name, runs_root())

@@ -30,7 +30,8 @@ from . import evaluation, refacing, reid
 from .config import Run, open_run
 from .io import save_table
 
-__all__ = ["COUPLINGS", "ESTIMATORS", "control_run", "face_tests", "run_control", "controls_table", "main"]
+__all__ = ["COUPLINGS", "ESTIMATORS", "control_run", "face_tests", "run_control", "controls_table", "offsets_table",
+           "upsert_coupling", "main"]
 
 #: Couplings of the dose response (the profile's own value is its main run).
 COUPLINGS = (0.0, 0.5, 0.8, 1.0)
@@ -86,6 +87,33 @@ def controls_table(results: dict[float, pd.DataFrame]) -> pd.DataFrame:
     return out[["coupling"] + [c for c in out.columns if c != "coupling"]]
 
 
+def offsets_table(msd: pd.DataFrame) -> pd.DataFrame:
+    """Median signed surface offset (mm, ``offset_mm`` of the face table) and median MSD per test set,
+    method and candidate: in which direction each candidate's face misses the true skin.
+
+    Examples
+    --------
+    >>> msd = pd.DataFrame({"subject": ["a", "b"], "test_set": "t", "method": "m", "candidate": "average",
+    ...                     "msd_mm": [1.0, 2.0], "offset_mm": [-1.0, -0.5]})
+    >>> offsets_table(msd)[["offset_mm", "msd_mm", "n"]].values.tolist()
+    [[-0.75, 1.5, 2.0]]
+    """
+    keys = ["test_set", "method", "candidate"]
+    out = msd.groupby(keys)[["offset_mm", "msd_mm"]].median()
+    return out.assign(n=msd.groupby(keys)["msd_mm"].count().astype(float)).reset_index()
+
+
+def upsert_coupling(path, coupling: float, table: pd.DataFrame) -> pd.DataFrame:
+    """Replace the rows of ``coupling`` in the CSV at ``path`` (kept rows of other couplings), save, return it."""
+    table = controls_table({coupling: table})
+    if path.exists():  # couplings run earlier and not now are kept; each is written when done
+        old = pd.read_csv(path)
+        table = pd.concat([old[old["coupling"] != coupling], table], ignore_index=True)
+        table = table.sort_values("coupling", kind="stable").reset_index(drop=True)
+    save_table(table, path)
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m refacelib.controls --profile quick``: run the controls, write ``tables/controls.csv``."""
     from .pipeline import run_lock
@@ -105,13 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         print(f"control: face_coupling {c:g} in runs/{run.label} ...", flush=True)
         with run_lock(run):
-            _, tests = run_control(run)
-        table = controls_table({c: tests})
-        if path.exists():  # couplings run earlier and not now are kept; each is written when done
-            old = pd.read_csv(path)
-            table = pd.concat([old[old["coupling"] != c], table], ignore_index=True)
-            table = table.sort_values("coupling", kind="stable").reset_index(drop=True)
-        save_table(table, path)
+            msd, tests = run_control(run)
+        upsert_coupling(path, c, tests)
+        if "offset_mm" in msd:
+            upsert_coupling(main_run.tables / "controls_offsets.csv", c, offsets_table(msd))
         print(f"control: face_coupling {c:g} done in {time.perf_counter() - start:.0f} s", flush=True)
     print(f"wrote runs/{main_run.label}/tables/controls.csv; `make book PROFILE={args.profile}` shows it")
     return 0

@@ -6,10 +6,18 @@ with ``participants.tsv`` and validates both without reading any voxels.
 :func:`resample_to_spacing` brings it to an isotropic grid. Every problem with
 the input is reported as a :class:`DatasetError` that names the file (relative
 to the dataset root where known) or the participant ids, and the problem.
+
+Limits, each a keyword with a module-level default: ages outside
+:data:`AGE_RANGE` (1 to 120 years), images of more than :data:`MAX_VOXELS`
+voxels (512**3, checked from the header before any voxel is read) and affines
+whose voxel axes depart more than :data:`MAX_SHEAR_DEG` degrees from
+perpendicular (an error, not a warning). :func:`load_bids` checks every image
+header (voxel type, size, dimensions, voxel size, affine) before any work starts.
 """
 from __future__ import annotations
 
 import os
+import stat
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +31,9 @@ from nibabel.processing import resample_to_output
 __all__ = [
     "MUSCLE_COLUMNS",
     "REQUIRED_COLUMNS",
+    "AGE_RANGE",
+    "MAX_VOXELS",
+    "MAX_SHEAR_DEG",
     "DatasetError",
     "Subject",
     "BIDSDataset",
@@ -34,6 +45,12 @@ __all__ = [
 
 MUSCLE_COLUMNS = ("muscle_hu_abdomen", "muscle_hu_thigh", "muscle_hu_shin")
 REQUIRED_COLUMNS = ("participant_id", "age", "sex")
+#: Plausible ages in years, inclusive (``load_bids(age_range=...)``); others are typos or other units.
+AGE_RANGE = (1.0, 120.0)
+#: Largest image read, in voxels (``max_voxels=``): 512**3, about 0.5 GB as float32.
+MAX_VOXELS = 512 ** 3
+#: Largest angle (degrees) between a pair of voxel axes and a right angle (``max_shear_deg=``).
+MAX_SHEAR_DEG = 5.0
 _SPLITS = ("train", "val", "test_internal", "test_external", "test")
 _DEFAULT_SITE = "site-1"
 _SEX_CODES = {"m": "M", "male": "M", "f": "F", "female": "F"}
@@ -115,18 +132,25 @@ def _ids_text(ids: Sequence[str]) -> str:
 
 
 def _t1w_in(anat: Path, pid: str) -> list[Path]:
-    """Sorted T1w image files of ``pid`` in one ``anat`` folder."""
+    """Sorted T1w image files of ``pid`` in one ``anat`` folder (links too, even broken ones)."""
     if not anat.is_dir():
         return []
     return sorted(
         p for p in anat.glob(f"{pid}_*T1w.nii*")
-        if p.name.endswith(("_T1w.nii", "_T1w.nii.gz")) and p.is_file()
+        if p.name.endswith(("_T1w.nii", "_T1w.nii.gz")) and (p.is_file() or p.is_symlink())
     )
 
 
 def _find_t1w(root: Path) -> dict[str, Path]:
-    """Map participant id to its T1w image; the first session wins."""
+    """Map participant id to its one T1w image.
+
+    Policy: the images in ``sub-*/anat`` are used, else those of the first
+    session (in sort order) that has any. That folder must hold exactly one
+    T1w image: several (an ``acq-`` or ``run-`` variant, ``.nii`` beside
+    ``.nii.gz``) are a :class:`DatasetError` listing them, never a silent pick.
+    """
     found: dict[str, Path] = {}
+    several = []
     for sub_dir in sorted(p for p in root.glob("sub-*") if p.is_dir()):
         pid = sub_dir.name
         candidates = _t1w_in(sub_dir / "anat", pid)
@@ -134,8 +158,13 @@ def _find_t1w(root: Path) -> dict[str, Path]:
             if candidates:
                 break
             candidates = _t1w_in(ses / "anat", pid)
-        if candidates:
+        if len(candidates) > 1:
+            several.append(f"{pid}: {_ids_text(_rel(p, root) for p in candidates)}")
+        elif candidates:
             found[pid] = candidates[0]
+    if several:
+        raise DatasetError("several T1w images for one subject (keep exactly one per subject; of several "
+                           "sessions the first is used): " + "; ".join(several))
     return found
 
 
@@ -145,9 +174,14 @@ def _read_participants(root: Path) -> pd.DataFrame:
     if not path.is_file():
         raise DatasetError(f"participants.tsv: file not found in dataset {root}")
     try:
+        header = pd.read_csv(path, sep="\t", header=None, nrows=1, dtype=str, keep_default_na=False)
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_values=_NA_VALUES)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DatasetError(f"participants.tsv: cannot be parsed as a TSV table ({exc})") from exc
+    dup_columns = _duplicates(header.iloc[0])
+    if dup_columns:
+        raise DatasetError(f"participants.tsv: duplicate column(s) {_ids_text(dup_columns)} "
+                           "(each column must appear once)")
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -162,13 +196,48 @@ def _read_participants(root: Path) -> pd.DataFrame:
     return df.sort_values("participant_id", kind="stable").reset_index(drop=True)
 
 
-def _parse_age(df: pd.DataFrame) -> pd.Series:
-    """Ages as floats; missing, non-numeric or negative ages are an error."""
+def _duplicates(names: Sequence) -> list[str]:
+    """Sorted names (stripped, empty ones ignored) that occur more than once.
+
+    Examples
+    --------
+    >>> _duplicates(["participant_id", "age", "sex", "age ", "", ""])
+    ['age']
+    """
+    names = [str(n).strip() for n in names]
+    return sorted({n for n in names if n and names.count(n) > 1})
+
+
+def _age_bounds(age_range: Sequence[float]) -> tuple[float, float]:
+    """``age_range`` as ``(low, high)``: two finite numbers, ``low <= high``.
+
+    Examples
+    --------
+    >>> _age_bounds((1, 120))
+    (1.0, 120.0)
+    """
+    try:
+        low, high = (float(a) for a in age_range)
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"age_range must be two numbers (low, high), got {age_range!r}") from exc
+    if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+        raise DatasetError(f"age_range must be two finite numbers with low <= high, got {age_range!r}")
+    return low, high
+
+
+def _parse_age(df: pd.DataFrame, *, age_range: Sequence[float] = AGE_RANGE) -> pd.Series:
+    """Ages as floats; a missing, non-numeric or out-of-``age_range`` (inclusive) age is an error."""
+    low, high = _age_bounds(age_range)
     age = pd.to_numeric(df["age"], errors="coerce").astype(float)
-    bad = age.isna() | ~np.isfinite(age) | (age < 0)
+    bad = age.isna() | ~np.isfinite(age)
     if bad.any():
-        raise DatasetError("participants.tsv: missing, non-numeric or negative age for "
+        raise DatasetError("participants.tsv: missing or non-numeric age for "
                            f"{_ids_text(df.loc[bad, 'participant_id'])}")
+    out = (age < low) | (age > high)
+    if out.any():
+        found = _ids_text(f"{pid} ({a:g})" for pid, a in zip(df.loc[out, "participant_id"], age[out]))
+        raise DatasetError(f"participants.tsv: implausible age(s) for {found}; expected {low:g} to "
+                           f"{high:g} years (age_range)")
     return age
 
 
@@ -241,13 +310,19 @@ def _match_images(df: pd.DataFrame, images: dict[str, Path], root: Path) -> None
         raise DatasetError(f"T1w image(s) without a participants.tsv row: {_ids_text(no_row)} "
                            f"({files})")
     for pid in sorted(ids):
-        if images[pid].stat().st_size == 0:
-            raise DatasetError(f"{_rel(images[pid], root)}: image file is empty (0 bytes)")
+        _check_file(images[pid], _rel(images[pid], root))
 
 
 def load_bids(root: os.PathLike | str, *, seed: int = 0,
-              split_fractions: Sequence[float] = (0.8, 0.1, 0.1)) -> BIDSDataset:
-    """Index and validate a BIDS-style T1w dataset (no voxels are read).
+              split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+              age_range: Sequence[float] = AGE_RANGE, max_voxels: int = MAX_VOXELS,
+              max_shear_deg: float = MAX_SHEAR_DEG) -> BIDSDataset:
+    """Index and validate a BIDS-style T1w dataset (headers only, no voxels are read).
+
+    Each subject needs exactly one T1w image, in ``sub-*/anat`` or else in its
+    first session (sorted); several images in that folder (an ``acq-``
+    variant, ``.nii`` beside ``.nii.gz``) are an error that lists them. Every
+    image header is checked as in :func:`load_image`.
 
     Parameters
     ----------
@@ -256,6 +331,10 @@ def load_bids(root: os.PathLike | str, *, seed: int = 0,
     seed, split_fractions
         Used to assign train/val/test when ``participants.tsv`` has no
         ``split`` column.
+    age_range : (float, float)
+        Plausible ages in years, inclusive; any other age is an error.
+    max_voxels, max_shear_deg
+        Limits on every image, as in :func:`load_image`.
 
     Returns
     -------
@@ -271,7 +350,7 @@ def load_bids(root: os.PathLike | str, *, seed: int = 0,
         raise DatasetError(f"{root}: no T1w images found (expected "
                            "sub-*/anat/sub-*_T1w.nii[.gz] or sub-*/ses-*/anat/...)")
     df = _read_participants(root)
-    df["age"] = _parse_age(df)
+    df["age"] = _parse_age(df, age_range=age_range)
     df["sex"] = _parse_sex(df)
     for column in MUSCLE_COLUMNS:
         if column in df.columns:
@@ -280,28 +359,100 @@ def load_bids(root: os.PathLike | str, *, seed: int = 0,
     df["site"] = site.map(lambda v: str(v).strip() if pd.notna(v) else _DEFAULT_SITE)
     df["split"] = _parse_split(df, seed=seed, fractions=split_fractions)
     _match_images(df, images, root)
+    for pid in df["participant_id"]:
+        name = _rel(images[pid], root)
+        img, raw_zooms = _open_header(images[pid], name)
+        _check_header(img, raw_zooms, name, max_voxels=max_voxels, max_shear_deg=max_shear_deg)
     subjects = [Subject(row["participant_id"], images[row["participant_id"]], row)
                 for row in df.to_dict("records")]
     return BIDSDataset(root=root, participants=df, subjects=subjects)
 
 
-def _read_nifti(path: Path) -> tuple[nib.spatialimages.SpatialImage, np.ndarray, tuple]:
-    """Load an image, its data and its unfixed header zooms; errors name the file."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: image file not found")
-    if path.stat().st_size == 0:
-        raise DatasetError(f"{path}: image file is empty (0 bytes)")
+def _check_file(path: Path, name: str) -> None:
+    """``path`` is (a link to) a non-empty regular file; a broken or looping link names itself."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        what = "symbolic link cannot be followed" if path.is_symlink() else "image file not found"
+        raise DatasetError(f"{name}: {what} ({exc.strerror})") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise DatasetError(f"{name}: not a regular file")
+    if st.st_size == 0:
+        raise DatasetError(f"{name}: image file is empty (0 bytes)")
+
+
+def _open_header(path: Path, name: str) -> tuple[nib.spatialimages.SpatialImage, tuple]:
+    """The image (no voxels read) and its header zooms as stored; errors name the file."""
+    _check_file(path, name)
     try:
         img = nib.load(str(path))
-        data = np.asarray(img.dataobj)
         with nib.openers.ImageOpener(str(path)) as fobj:
             raw_header = type(img.header).from_fileobj(fobj, check=False)
     except _READ_ERRORS as exc:
-        raise DatasetError(f"{path}: unreadable, truncated or corrupt image "
+        raise DatasetError(f"{name}: unreadable, truncated or corrupt image "
                            f"({type(exc).__name__}: {exc})") from exc
-    if 0 in img.shape:
-        raise DatasetError(f"{path}: empty image (shape {tuple(img.shape)})")
-    return img, data, raw_header.get_zooms()
+    return img, raw_header.get_zooms()
+
+
+def _read_voxels(img: nib.spatialimages.SpatialImage, name: str) -> np.ndarray:
+    """The voxel array of an image whose header was checked; errors name the file."""
+    try:
+        return np.asarray(img.dataobj)
+    except _READ_ERRORS as exc:
+        raise DatasetError(f"{name}: unreadable, truncated or corrupt image "
+                           f"({type(exc).__name__}: {exc})") from exc
+    except MemoryError as exc:
+        raise DatasetError(f"{name}: not enough memory to read shape {tuple(img.shape)}") from exc
+
+
+def _check_dtype(dtype, name: str) -> None:
+    """Voxels must be real numbers: RGB, complex and other structured types are refused.
+
+    Examples
+    --------
+    >>> _check_dtype(np.dtype(np.int16), "a.nii")
+    >>> _check_dtype(np.dtype(np.complex64), "a.nii")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    refacelib.data.DatasetError: a.nii: unsupported voxel type complex (complex64); expected real-valued...
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf":
+        kind = {"c": "complex", "V": "RGB or structured"}.get(dtype.kind, dtype.kind)
+        raise DatasetError(f"{name}: unsupported voxel type {kind} ({dtype}); expected real-valued "
+                           "(integer or float) intensities")
+
+
+def _check_shape(shape: Sequence[int], name: str, *, max_voxels: int) -> None:
+    """Non-empty, 3-D once trailing size-1 dimensions go, at most ``max_voxels`` voxels.
+
+    Examples
+    --------
+    >>> _check_shape((2000, 2000, 2000), "big.nii", max_voxels=MAX_VOXELS)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    refacelib.data.DatasetError: big.nii: image too large to load: header shape 2000x2000x2000 ...
+    """
+    shape = tuple(int(s) for s in shape)
+    if 0 in shape:
+        raise DatasetError(f"{name}: empty image (shape {shape})")
+    core = shape
+    while len(core) > 3 and core[-1] == 1:
+        core = core[:-1]
+    if len(core) != 3:
+        raise DatasetError(f"{name}: expected a 3-D image, got {len(core)}-D shape {core}")
+    n = int(np.prod(shape, dtype=np.int64))
+    if n > max_voxels:
+        raise DatasetError(f"{name}: image too large to load: header shape {'x'.join(map(str, shape))} "
+                           f"({n:,} voxels) exceeds max_voxels={max_voxels:,}")
+
+
+def _check_header(img: nib.spatialimages.SpatialImage, raw_zooms: Sequence[float], name: str, *,
+                  max_voxels: int, max_shear_deg: float) -> None:
+    """Voxel type, shape, size and geometry, from the header alone."""
+    _check_dtype(img.get_data_dtype(), name)
+    _check_shape(img.shape, name, max_voxels=max_voxels)
+    _check_geometry(img, raw_zooms, name, max_shear_deg=max_shear_deg)
 
 
 def _as_3d(data: np.ndarray, path: Path) -> np.ndarray:
@@ -332,12 +483,29 @@ def _check_zooms(zooms: Sequence[float], path: Path) -> None:
                            "(must be finite and positive)")
 
 
+def _shear_deg(affine: np.ndarray) -> float:
+    """Largest departure (degrees) of a pair of voxel axes from a right angle.
+
+    Examples
+    --------
+    >>> sheared = np.eye(4); sheared[0, 1] = np.tan(np.radians(10))
+    >>> _shear_deg(np.diag([1.0, 2.0, 3.0, 1.0])), round(_shear_deg(sheared), 6)
+    (0.0, 10.0)
+    """
+    m = np.asarray(affine, dtype=float)[:3, :3]
+    u = m / np.linalg.norm(m, axis=0)
+    cos = np.abs(u.T @ u)[np.triu_indices(3, 1)]
+    return float(np.degrees(np.arcsin(np.clip(cos.max(), 0.0, 1.0))))
+
+
 def _check_geometry(img: nib.spatialimages.SpatialImage, raw_zooms: Sequence[float],
-                    path: Path) -> None:
-    """Header zooms (as stored and as loaded) positive; affine's 3x3 invertible.
+                    path: Path | str, *, max_shear_deg: float = MAX_SHEAR_DEG) -> None:
+    """Header zooms (as stored and as loaded) positive; affine's 3x3 invertible, barely sheared.
 
     nibabel silently replaces zero or negative pixdim on load, so the zooms
-    stored in the file are checked as well.
+    stored in the file are checked as well. Voxel axes more than
+    ``max_shear_deg`` degrees from perpendicular are an error: the pipeline
+    takes voxel sizes and orientation from an orthogonal grid.
     """
     _check_zooms(raw_zooms, path)
     _check_zooms(img.header.get_zooms(), path)
@@ -345,6 +513,11 @@ def _check_geometry(img: nib.spatialimages.SpatialImage, raw_zooms: Sequence[flo
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise DatasetError(f"{path}: invalid affine (non-finite or singular voxel-to-world "
                            "matrix, i.e. a zero voxel size)")
+    shear = _shear_deg(affine)
+    if shear > max_shear_deg:
+        raise DatasetError(f"{path}: strongly sheared affine: voxel axes {shear:.1f} degrees from "
+                           f"perpendicular (more than max_shear_deg={max_shear_deg:g}); reslice the "
+                           "image to an orthogonal grid first")
 
 
 def _fresh_image(data: np.ndarray, affine: np.ndarray, dtype=np.float32) -> nib.Nifti1Image:
@@ -355,21 +528,26 @@ def _fresh_image(data: np.ndarray, affine: np.ndarray, dtype=np.float32) -> nib.
     return out
 
 
-def load_image(path: os.PathLike | str, *, dtype=np.float32) -> nib.Nifti1Image:
+def load_image(path: os.PathLike | str, *, dtype=np.float32, max_voxels: int = MAX_VOXELS,
+               max_shear_deg: float = MAX_SHEAR_DEG) -> nib.Nifti1Image:
     """Load, validate and reorient one image to RAS+ (closest canonical).
 
-    A 4-D image whose extra dimensions have size 1 is squeezed to 3-D.
-    Unreadable files, non-3-D or empty images, NaN/Inf voxels and invalid
-    voxel sizes raise :class:`DatasetError` naming the file.
+    A 4-D image whose extra dimensions have size 1 is squeezed to 3-D. The
+    header is checked before any voxel is read: a voxel type that is not
+    real-valued (RGB, complex), more than ``max_voxels`` voxels, a non-3-D or
+    empty shape, invalid voxel sizes, a singular affine or one sheared by more
+    than ``max_shear_deg`` degrees. Then unreadable data, NaN/Inf and all-zero
+    images. Each raises :class:`DatasetError` naming the file; a broken or
+    looping symbolic link is named as such.
     """
     path = Path(path)
-    img, data, raw_zooms = _read_nifti(path)
-    data = _as_3d(data, path)
     if not np.issubdtype(np.dtype(dtype), np.floating):
         raise DatasetError(f"dtype must be a floating type, got {np.dtype(dtype)}")
+    img, raw_zooms = _open_header(path, str(path))
+    _check_header(img, raw_zooms, str(path), max_voxels=max_voxels, max_shear_deg=max_shear_deg)
+    data = _as_3d(_read_voxels(img, str(path)), path)
     data = data.astype(dtype)
     _check_values(data, path)
-    _check_geometry(img, raw_zooms, path)
     canon = nib.as_closest_canonical(_fresh_image(data, img.affine, dtype))
     return _fresh_image(np.asarray(canon.dataobj), canon.affine, dtype)
 
@@ -398,11 +576,14 @@ def resample_to_spacing(img: nib.spatialimages.SpatialImage, voxel_mm: float, *,
 
 
 def load_subject_array(subject_or_path: Subject | os.PathLike | str, voxel_mm: float, *,
-                       order: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                       order: int = 1, max_voxels: int = MAX_VOXELS,
+                       max_shear_deg: float = MAX_SHEAR_DEG) -> tuple[np.ndarray, np.ndarray]:
     """Load an image (RAS+) resampled to ``voxel_mm``: ``(data, affine)``.
 
-    ``data`` is a float32 array and ``affine`` its voxel-to-world matrix.
+    ``data`` is a float32 array and ``affine`` its voxel-to-world matrix; the
+    limits are those of :func:`load_image`.
     """
     path = subject_or_path.t1w if isinstance(subject_or_path, Subject) else subject_or_path
-    img = resample_to_spacing(load_image(path), voxel_mm, order=order)
+    img = resample_to_spacing(load_image(path, max_voxels=max_voxels, max_shear_deg=max_shear_deg),
+                              voxel_mm, order=order)
     return np.asarray(img.dataobj, dtype=np.float32), img.affine.copy()

@@ -80,7 +80,8 @@ def _subject_faces(deface_folder: Path, refaced_folder: Path, template: Template
             if keep_surfaces:
                 surfaces[(sid, f"{method}:{name}")] = mesh.verts
             rows.append({"subject": sid, "test_set": test_set, "method": method, "candidate": name,
-                         "msd_mm": reid.surface_msd(mesh, orig_mesh)})
+                         "msd_mm": reid.surface_msd(mesh, orig_mesh),
+                         "offset_mm": reid.surface_offset(mesh, orig_mesh, original, affine, threshold=threshold)})
     return rows, surfaces, floor
 
 
@@ -99,7 +100,9 @@ def face_msd_table(deface_folder: Path, refaced_folder: Path, template: Template
 
     Returns
     -------
-    msd : DataFrame with columns subject, test_set, method, candidate, msd_mm
+    msd : DataFrame with columns subject, test_set, method, candidate, msd_mm, offset_mm (the mean
+        signed distance of the candidate's surface from the original's, :func:`refacelib.reid.surface_offset`:
+        negative when it sits inside the true skin)
     surfaces : dict (sid, name) -> face vertices (mm), name ``original`` or ``<method>:<candidate>``
     floor : DataFrame with columns subject, test_set, msd_mm: the test-retest floor, the MSD
         between the original and a second scan of the same head (phantom only; empty otherwise)

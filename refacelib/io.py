@@ -91,8 +91,11 @@ class UnsafeFileError(pickle.UnpicklingError):
 def load_checkpoint(path: os.PathLike, *, map_location="cpu") -> dict:
     """Load a torch checkpoint with ``weights_only=True``: tensors, numbers, strings, containers.
 
-    A checkpoint that carries any other pickled object (which could run code
-    while loading) raises :class:`UnsafeFileError` naming the file and the object.
+    Every checkpoint the project reads (training resume, :func:`refacelib.train.load_stage`,
+    shipping and installing shipped checkpoints) goes through here, whatever
+    torch's own default of ``weights_only``. A checkpoint that carries any
+    other pickled object (which could run code while loading) raises
+    :class:`UnsafeFileError` naming the file and the object.
 
     Examples
     --------
@@ -107,8 +110,8 @@ def load_checkpoint(path: os.PathLike, *, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
         raise UnsafeFileError(
-            f"{Path(path).name}: refused to load: the checkpoint holds a Python object other than tensors, "
+            f"{path}: refused to load: the checkpoint holds a Python object other than tensors, "
             f"numbers, strings and containers, which could run code when loaded"
             + (f" ({found.group(1)})" if found else "") + "; use only checkpoints this project wrote") from None

@@ -74,7 +74,7 @@ def _muscle_bars(ax, corr: pd.DataFrame | None, labels: dict) -> None:
     ax.tick_params(labelsize=7)
 
 
-def plot_overview(views: dict, *, steps: list[str], face_slice: np.ndarray | None,
+def plot_overview(views: dict, *, steps: list[str], face_slice: np.ndarray | None, eye_bar: np.ndarray | None = None,
                   face_region: np.ndarray | None, corr: pd.DataFrame | None,
                   labels: dict | None = None, titles: dict | None = None, note: str | None = None):
     """The study at a glance (the paper's first figure, from this run).
@@ -86,6 +86,9 @@ def plot_overview(views: dict, *, steps: list[str], face_slice: np.ndarray | Non
         original, defaced, refaced, in this order.
     steps : list of str
         The two arrow labels: the defacing step and the refacing model.
+    eye_bar : 2-D bool array or None
+        Pixels of ``face_slice`` painted opaque black (a real subject's eye bar,
+        :func:`refacelib.privacy.sagittal_eye_bar`).
     face_slice, face_region : 2-D arrays or None
         A mid-sagittal slice of the original (display orientation) and the facial
         voxels on it; None withholds the slice.
@@ -114,6 +117,9 @@ def plot_overview(views: dict, *, steps: list[str], face_slice: np.ndarray | Non
     if face_slice is not None and face_region is not None:
         red = matplotlib.colors.ListedColormap(["red"])
         ax.imshow(np.ma.masked_where(~face_region, face_region), cmap=red, alpha=0.45, vmin=0, vmax=1)
+    if face_slice is not None and eye_bar is not None and np.any(eye_bar):
+        black = matplotlib.colors.ListedColormap(["black"])
+        ax.imshow(np.ma.masked_where(~np.asarray(eye_bar, bool), eye_bar), cmap=black, vmin=0, vmax=1)
     _arrow(fig.add_subplot(bottom[0, 1]), "PCA + ridge,\nout of fold;\nSpearman rho,\nresampled")
     _muscle_bars(fig.add_subplot(bottom[0, 3]), corr, labels or {})
     fig.text(0.01, 0.97, "Re-identification risk", fontsize=11, weight="bold")

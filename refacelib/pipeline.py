@@ -10,7 +10,15 @@
   changed.
 * A failing chapter stops the build with its own name; its failed copy goes to
   ``failed/`` and the last good HTML stays in place.
-* The HTML is built in a staging folder and swapped in only on success.
+* The HTML is built in a staging folder and swapped in only on success, in one
+  atomic step: ``html`` is a link to the current build ``.html-<n>``, replaced by
+  renaming a new link over it, so a build killed at any point leaves the old
+  book or the new one in ``html/``, never none.
+* Every cell of a chapter has a time limit (``REFACE_CELL_TIMEOUT`` seconds,
+  default :data:`CELL_TIMEOUT`; ``0`` for none): a hung kernel fails the chapter.
+* One command at a time per run folder (:func:`run_lock`): ``book``, ``html``,
+  ``bench``, ``checkpoint`` (``make checkpoint``) and ``lab`` (``make lab``, for
+  as long as JupyterLab runs) refuse to start while another of them holds the run.
 * ``python -m refacelib.pipeline bench`` (``make bench``) builds the book, times
   a warm rebuild, executes ``notebooks/90_performance.py`` and rebuilds the HTML
   with it as the Performance appendix; until then the appendix page says that
@@ -33,11 +41,34 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, Run, check_parameters, open_run, parse_flag, project_root, stable_hash
-from .io import atomic_path, atomic_write_text
+from .io import UnsafeFileError, atomic_path, atomic_write_text
 
-__all__ = ["chapter_names", "build_book", "run_bench", "scrub_notebook", "main"]
+__all__ = ["chapter_names", "build_book", "run_bench", "run_lock", "run_lab", "scrub_notebook", "main"]
 
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+#: Default time limit of one cell in seconds (``REFACE_CELL_TIMEOUT`` overrides it, 0 = none): long
+#: enough for the longest cell seen (training the quick cascade on 2 CPUs, about 30 min), short
+#: enough that a hung kernel does not hold a build for ever. A paper run on a slow GPU may need more.
+CELL_TIMEOUT = 4 * 3600
+
+
+def cell_timeout() -> int | None:
+    """Time limit of one chapter cell in seconds (None: no limit), from ``REFACE_CELL_TIMEOUT``.
+
+    Examples
+    --------
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"REFACE_CELL_TIMEOUT": "60"}):
+    ...     cell_timeout()
+    60
+    """
+    value = os.environ.get("REFACE_CELL_TIMEOUT", "").strip() or str(CELL_TIMEOUT)
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise ConfigError(f"REFACE_CELL_TIMEOUT must be a whole number of seconds, got {value!r}") from None
+    return seconds if seconds > 0 else None
 
 #: The benchmark notebook, shown as ``appendix/<name>`` once ``make bench`` executed it.
 APPENDIX = "90_performance"
@@ -53,7 +84,7 @@ book with this appendix filled in.
 
 #: Run-folder files a chapter reads that no cached stage of the book produces (``make controls``
 #: writes ``tables/controls.csv``): their content enters the chapter's cache key.
-CHAPTER_INPUTS = {"09_controls": ("tables/controls.csv",)}
+CHAPTER_INPUTS = {"09_controls": ("tables/controls.csv", "tables/controls_offsets.csv")}
 
 
 def _inputs_digest(run: Run, name: str) -> str:
@@ -154,13 +185,14 @@ def _execute(run: Run, name: str, out_path: Path, *, publish_faces: bool = False
     nb.metadata["kernelspec"] = KERNEL
     failed = run.path("failed", f"{name}.ipynb")
     work = run.path("notebooks", f".{name}.input.ipynb")
+    timeout = cell_timeout()
     nbformat.write(nb, work)
     start = time.perf_counter()
     try:
         pm.execute_notebook(
             str(work), str(failed), parameters={"profile": run.profile, "dataset": run.dataset, "publish_faces": publish_faces},
             kernel_name="python3", cwd=str(src.parent), progress_bar=sys.stderr.isatty(),
-            log_output=False, request_save_on_cell_execute=False,
+            log_output=False, request_save_on_cell_execute=False, execution_timeout=timeout,
         )
     except Exception as err:  # papermill wraps the cell's error; a dead kernel may leave no notebook
         if failed.exists():
@@ -186,20 +218,55 @@ def _execute(run: Run, name: str, out_path: Path, *, publish_faces: bool = False
     return {"chapter": name, "seconds": round(seconds, 2), "peak_rss_mib": round(peak_kib / 1024, 1)}
 
 
-@contextlib.contextmanager
-def run_lock(run: Run):
-    """Refuse a second build of the same run while one is going on."""
-    lock = open(run.path(".lock"), "w")
+def _take_lock(run: Run, holder: str):
+    """The run's lock file, locked (``flock``, released when every copy of it is closed).
+
+    The holder's name and process id are written into it for the message of a refusal.
+    """
+    lock = open(run.path(".lock"), "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        lock.seek(0)
+        who, _, pid = lock.read().partition("\n")
         lock.close()
-        raise ConfigError(f"another build of runs/{run.label} is running; wait for it or stop it") from None
+        raise ConfigError(f"another {who or 'build'} of runs/{run.label} is running"
+                          + (f" (process {pid.strip()})" if pid.strip() else "") + "; wait for it or stop it") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{holder}\n{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+@contextlib.contextmanager
+def run_lock(run: Run, *, holder: str = "build"):
+    """Refuse a second build (or ``make lab``, ``make checkpoint``) of the same run while one is going on."""
+    lock = _take_lock(run, holder)
     try:
         yield
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+def run_lab(profile: str = "quick", dataset: str = "phantom") -> None:
+    """Replace this process by JupyterLab in ``notebooks/``, holding the run's lock while it runs.
+
+    The lock's file descriptor is inherited by JupyterLab (``exec``, same process),
+    so ``make book`` of the same run refuses to start until JupyterLab exits, and
+    ``make lab`` refuses while a build holds the run: a chapter run by hand and
+    a build never write the same run folder at the same time.
+    """
+    check_parameters(profile, dataset, False)
+    run = open_run(profile, dataset)
+    jupyter = Path(sys.executable).parent / "jupyter"
+    if not jupyter.is_file():
+        raise ConfigError(f"JupyterLab is not installed next to {sys.executable}; `make lab` installs it")
+    lock = _take_lock(run, "JupyterLab session (make lab)")
+    os.set_inheritable(lock.fileno(), True)
+    env = dict(os.environ, REFACE_PROFILE=profile, REFACE_DATASET=dataset)
+    os.execve(jupyter, [str(jupyter), "lab", f"--notebook-dir={project_root() / 'notebooks'}"], env)
 
 
 def execute_chapters(run: Run, names: list[str], *, force: bool = False, publish_faces: bool = False,
@@ -249,14 +316,27 @@ def _stage(run: Run, names: list[str]) -> Path:
 
 
 def _swap_html(run: Run, built: Path) -> Path:
-    final, old = run.folder / "html", run.folder / ".html.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    built.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
+    """Make ``built`` the run's ``html/`` in one atomic step, then remove the builds it replaced.
+
+    ``html`` is a relative link to the versioned folder ``.html-<n>`` of the run;
+    a new link is renamed over it (``os.replace``), so whenever this is killed,
+    ``html/`` is the old book or the new one. An ``html/`` folder of the earlier
+    layout (a plain folder) becomes a versioned folder first.
+    """
+    final, version = run.folder / "html", run.folder / f".html-{time.time_ns()}"
+    os.rename(built, version)
+    link = run.folder / f".html.link-{os.getpid()}"
+    link.unlink(missing_ok=True)
+    os.symlink(version.name, link, target_is_directory=True)
+    if final.is_dir() and not final.is_symlink():  # once, on a run folder of the earlier layout
+        os.rename(final, run.folder / f".html-{time.time_ns()}")
+    os.replace(link, final)
+    for old in run.folder.glob(".html[-.]*"):  # earlier builds, and what killed swaps left behind
+        if old.name != version.name:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
     return final
 
 
@@ -389,6 +469,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--profile", default="quick")
     bench.add_argument("--dataset", default="phantom")
     bench.add_argument("--publish-faces", default="0", help="1 to show real subjects' faces in the HTML")
+    ckpt = sub.add_parser("checkpoint", help="train the cascade (cached) and export it to checkpoints/")
+    lab = sub.add_parser("lab", help="JupyterLab in notebooks/, holding the run while it runs")
+    for command in (ckpt, lab):
+        command.add_argument("--profile", default="quick")
+        command.add_argument("--dataset", default="phantom")
     where = sub.add_parser("run-folder", help="print the run folder of a profile and dataset")
     where.add_argument("--profile", default="quick")
     where.add_argument("--dataset", default="phantom")
@@ -404,9 +489,17 @@ def main(argv: list[str] | None = None) -> int:
             with run_lock(run):
                 index = build_html(run) / "index.html"
             print(f"book: {run.relpath(index)}")
+        elif args.command == "checkpoint":
+            from . import refacing
+
+            run = open_run(args.profile, args.dataset)
+            with run_lock(run, holder="checkpoint export (make checkpoint)"):
+                return refacing.main(["ship", "--profile", args.profile, "--dataset", args.dataset])
+        elif args.command == "lab":
+            run_lab(args.profile, args.dataset)
         else:
             print(open_run(args.profile, args.dataset, create=False).folder)
-    except (ConfigError, ChapterFailed) as err:
+    except (ConfigError, ChapterFailed, UnsafeFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -16,14 +16,41 @@ import hmac
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, NamedTuple
 
 from .data import BIDSDataset, DatasetError
 
-__all__ = ["PSEUDONYM_PREFIX", "dataset_key", "pseudonym", "pseudonym_map", "pseudonymize_dataset", "eye_bars"]
+__all__ = ["PSEUDONYM_PREFIX", "dataset_key", "pseudonym", "pseudonym_map", "pseudonymize_dataset", "eye_bars",
+           "FacePolicy", "face_policy", "sagittal_eye_bar"]
 
 PSEUDONYM_PREFIX = "sub-p"
 _MIN_LENGTH, _MAX_LENGTH = 8, 32
+_HEAD_LENGTH_MM = 190.0  # adult glabella-opisthocranion, for slices of unknown pixel size
+
+
+class FacePolicy(NamedTuple):
+    """What a chapter may publish of a subject's face: ``show`` it, and with an ``eye_bar``."""
+
+    show: bool
+    eye_bar: bool
+
+
+def face_policy(is_phantom: bool, publish_faces: Any = False) -> FacePolicy:
+    """Whether faces are shown, and whether they carry an eye bar.
+
+    The phantom's faces are synthetic: always shown, never barred. A real
+    subject's face (rendering or slice through the face) is withheld unless
+    ``publish_faces`` is true, and then always carries an eye bar.
+
+    Examples
+    --------
+    >>> face_policy(True), face_policy(False), face_policy(False, "1")
+    (FacePolicy(show=True, eye_bar=False), FacePolicy(show=False, eye_bar=True), FacePolicy(show=True, eye_bar=True))
+    """
+    from .config import parse_flag
+
+    real = not bool(is_phantom)
+    return FacePolicy(show=not real or parse_flag(publish_faces, name="publish_faces"), eye_bar=real)
 
 
 def dataset_key(root: os.PathLike | str, *, seed: int) -> bytes:
@@ -139,3 +166,62 @@ def eye_bars(image, *, min_side_px: int = 5, min_solidity: float = 0.9) -> list[
     black = ndimage.binary_opening(black, structure=np.ones((min_side_px, min_side_px), bool))
     labels, _ = ndimage.label(black)
     return [tuple(int(v) for v in r.bbox) for r in regionprops(labels) if r.solidity >= min_solidity]
+
+
+def sagittal_eye_bar(head, *, pixel_mm: float | None = None, thickness_mm: float = 30.0,
+                     inward_mm: float = 40.0, outward_mm: float = 15.0,
+                     eye_above_nose_mm: float = 35.0):
+    """Where an eye bar covers the face profile of a sagittal slice.
+
+    The slice is in display orientation (row 0 superior, anterior to the
+    right, as :func:`refacelib.overview.mid_sagittal`). The heuristic of
+    :func:`refacelib.render.estimate_eyes` in 2-D: the nose tip is the most
+    anterior head pixel 100-200 mm below the vertex, the eyes are
+    ``eye_above_nose_mm`` above its middle; the bar is ``thickness_mm`` tall and runs
+    from ``inward_mm`` behind the most anterior skin at that level to
+    ``outward_mm`` in front of it, so the profile (brow, nasal bridge) is hidden.
+
+    Parameters
+    ----------
+    head : bool array (H, W), the head mask of the slice of an intact head
+        (for a defaced version, reuse the bar of its original).
+    pixel_mm : pixel size; default: the head's anteroposterior extent taken
+        as 190 mm.
+
+    Returns
+    -------
+    bool array (H, W); all False when the slice holds no head.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> head = np.zeros((100, 80), bool); head[5:95, 10:60] = True; head[70:80, 60:66] = True  # nose
+    >>> bar = sagittal_eye_bar(head, pixel_mm=2.0)
+    >>> rows, cols = np.nonzero(bar)
+    >>> int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+    (50, 65, 39, 66)
+    """
+    import numpy as np
+
+    head = np.asarray(head, bool)
+    bar = np.zeros(head.shape, bool)
+    rows = np.nonzero(head.any(axis=1))[0]
+    if rows.size == 0:
+        return bar
+    if pixel_mm is None:
+        cols = np.nonzero(head.any(axis=0))[0]
+        pixel_mm = _HEAD_LENGTH_MM / (cols[-1] - cols[0] + 1)
+    px = float(pixel_mm)
+    front = np.where(head.any(axis=1), head.shape[1] - 1 - np.argmax(head[:, ::-1], axis=1), -1)
+    band = np.arange(rows[0] + int(100 / px), min(rows[0] + int(200 / px), head.shape[0]))
+    band = band[front[band] >= 0]
+    band = band if band.size else rows
+    tip = band[front[band] == front[band].max()]  # a flat nose tip: its middle row
+    eye = tip[len(tip) // 2] - eye_above_nose_mm / px
+    r0 = max(int(round(eye - 0.5 * thickness_mm / px)), 0)
+    r1 = min(int(round(eye + 0.5 * thickness_mm / px)) + 1, head.shape[0])
+    skin = front[r0:r1].max() if r1 > r0 else -1
+    skin = skin if skin >= 0 else front[band].max()
+    c0, c1 = max(int(skin - inward_mm / px), 0), min(int(skin + outward_mm / px) + 1, head.shape[1])
+    bar[r0:r1, c0:c1] = True
+    return bar

@@ -559,6 +559,10 @@ def install_shipped(folder: Path, *, root: Path | None = None) -> bool:
         return False
     import shutil
 
+    from .io import load_checkpoint
+
+    for s in (1, 2):  # a checkpoint that would run code when loaded is refused here, naming the file
+        load_checkpoint(src / f"stage{s}.pt")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     info = json.loads((src / "training.json").read_text())
@@ -594,12 +598,14 @@ def ship(folder: Path, *, root: Path | None = None, device: str = "cpu", command
 
     import torch
 
+    from .io import load_checkpoint
+
     folder = Path(folder)
     dst = Path(root or shipped_root()) / folder.name
     dst.mkdir(parents=True, exist_ok=True)
     stages = {}
     for s in (1, 2):
-        ckpt = torch.load(folder / f"stage{s}.pt", map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(folder / f"stage{s}.pt")
         slim = {"step": ckpt["step"], "model": ckpt["ema"], "ema": ckpt["ema"], "config": ckpt["config"],
                 "version": ckpt["version"]}
         tmp = dst / f".stage{s}.pt.tmp"

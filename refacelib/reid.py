@@ -41,7 +41,7 @@ from refacelib.surface import (Mesh, MeshIndex, as_mesh, compact_mesh, face_msd,
 __all__ = [
     "smoothed_threshold",
     "CANDIDATES", "MSD_COLUMNS", "REID_COLUMNS", "face_mesh", "face_surface", "surface_msd", "candidate_msd",
-    "msd_table", "hodges_lehmann", "wilcoxon_tests", "summary_table", "align_rigid", "msd_matrix",
+    "surface_offset", "msd_table", "hodges_lehmann", "wilcoxon_tests", "summary_table", "align_rigid", "msd_matrix",
     "identification_ranks", "cmc", "identification_rates", "reid_table",
     "vertex_distance_volume",
 ]
@@ -206,6 +206,46 @@ def face_surface(image: np.ndarray, affine: np.ndarray, region: np.ndarray, *,
     del smooth_sigma
     return face_mesh(image, affine, region, threshold=threshold, mask_sigma=mask_sigma,
                      margin_vox=margin_vox).verts
+
+
+def surface_offset(candidate, original, original_image: np.ndarray, affine: np.ndarray, *,
+                   threshold: float, mask_sigma: float = 1.0) -> float:
+    """Mean signed distance (mm) of a candidate face surface from the original's: + outside, - inside.
+
+    Each candidate vertex's exact distance to the original mesh
+    (:func:`refacelib.surface.point_mesh_distance`) is negative where the
+    vertex lies inside the original head (the original image, smoothed by
+    ``mask_sigma`` voxels as :func:`face_mesh` smooths it, is above
+    ``threshold`` there) and positive outside. The MSD says how far a
+    candidate is; this says in which direction: a face that sits inside the
+    true skin everywhere (thinner, or a darker intensity profile at the
+    skin) has a negative offset. NaN when either surface is empty.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> g = np.indices((30, 30, 30)).astype(float) - 14.5
+    >>> ball = lambda r: np.clip(r - np.sqrt((g ** 2).sum(0)) + 0.5, 0, 1) * 100
+    >>> region = np.ones((30, 30, 30), bool)
+    >>> orig = face_mesh(ball(9), np.eye(4), region, threshold=50)
+    >>> small = face_mesh(ball(8), np.eye(4), region, threshold=50)
+    >>> round(surface_offset(small, orig, ball(9), np.eye(4), threshold=50), 1)
+    -1.0
+    """
+    from scipy import ndimage
+
+    verts = _vertices(candidate)
+    if len(verts) == 0 or len(_vertices(original)) == 0:
+        return float("nan")
+    target = original if isinstance(original, MeshIndex) else as_mesh(original)
+    dist = point_mesh_distance(verts, target)
+    vol = np.asarray(original_image, dtype=np.float64)
+    if mask_sigma > 0:
+        vol = ndimage.gaussian_filter(vol, mask_sigma)
+    inv = np.linalg.inv(np.asarray(affine, dtype=np.float64))
+    vox = inv[:3, :3] @ verts.T + inv[:3, 3:4]
+    inside = ndimage.map_coordinates(vol, vox, order=1, mode="nearest") > threshold
+    return float(np.mean(np.where(inside, -dist, dist)))
 
 
 def _is_mesh(x) -> bool:

@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 __all__ = ["plot_msd_distributions", "plot_bland_altman", "plot_cmc", "plot_paired_differences",
-           "plot_dose_response", "CANDIDATE_LABELS"]
+           "plot_dose_response", "plot_offsets", "CANDIDATE_LABELS"]
 
 CANDIDATE_LABELS = {
     "refaced": "refaced (one sample)",
@@ -235,6 +235,37 @@ def plot_dose_response(controls: pd.DataFrame, *, estimator: str = "refaced_mean
     base = {"average": "matched baseline", "swapped": "swap check"}.get(baseline, baseline)
     axes[0][0].set_ylabel(f"{CANDIDATE_LABELS.get(estimator, estimator)}\nminus {base} (mm)")
     fig.suptitle("face_coupling: how much of the face the rest of the head predicts (phantom)", fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    _stamp(fig, note)
+    return fig
+
+
+def plot_offsets(offsets: pd.DataFrame, *, coupling: float = 0.0,
+                 candidates: Sequence[str] = ("average", "refaced_mean", "swapped", "oracle"),
+                 note: str | None = None):
+    """Median signed surface offset (mm; negative: inside the true skin) per method and candidate at one coupling.
+
+    ``offsets`` is ``tables/controls_offsets.csv`` (:func:`refacelib.controls.offsets_table` per
+    coupling). One panel per test set, one bar per candidate.
+    """
+    sub = offsets[np.isclose(offsets["coupling"], coupling) & offsets["candidate"].isin(candidates)]
+    sets = sorted(sub["test_set"].unique())
+    fig, axes = plt.subplots(1, max(len(sets), 1), figsize=(5.2 * max(len(sets), 1), 3.6), sharey=True,
+                             squeeze=False, layout="constrained")
+    present = [c for c in candidates if c in set(sub["candidate"])]
+    colors = dict(zip(present, sns.color_palette("colorblind", len(present))))
+    width = 0.8 / max(len(present), 1)
+    for ax, test_set in zip(axes[0], sets):
+        part = sub[sub["test_set"] == test_set]
+        methods = list(dict.fromkeys(part["method"]))
+        for k, cand in enumerate(present):
+            rows = part[part["candidate"] == cand].set_index("method").reindex(methods)
+            x = np.arange(len(methods)) + (k - (len(present) - 1) / 2) * width
+            ax.bar(x, rows["offset_mm"], width=width, color=colors[cand], label=CANDIDATE_LABELS.get(cand, cand))
+        ax.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right", fontsize=8)
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_title(f"{test_set}, face_coupling {coupling:g}")
+    axes[0][0].set_ylabel("median signed offset (mm)\n< 0: inside the true skin")
     axes[0][0].legend(fontsize=7)
     _stamp(fig, note)
     return fig

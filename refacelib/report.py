@@ -12,6 +12,11 @@ The footer (:func:`provenance_markdown`) states refacelib's version, the git
 commit, the profile, the dataset label, the parameter hash, the device and the
 chapter's wall time.
 
+Every table a chapter shows goes through :func:`reader_table`: no index, human
+column names, p-values as ``< 0.001`` (:func:`fmt_pvalue`), an estimate and its
+interval in one cell, a sideways-scrolling container, long tables summarised
+with the full table folded, and a CSV download link (:func:`csv_link`).
+
 Examples
 --------
 >>> fmt_p(0.000012)
@@ -22,15 +27,18 @@ Examples
 from __future__ import annotations
 
 import math
+import numbers
 import subprocess
 import time
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 from . import paper
 
 __all__ = [
+    "offset_key_values",
     "PAPER_METHODS",
     "MUSCLES",
     "NA",
@@ -38,6 +46,14 @@ __all__ = [
     "fmt_p",
     "fmt_rate",
     "fmt_ci",
+    "fmt_pvalue",
+    "fmt_number",
+    "MAX_ROWS",
+    "format_table",
+    "key_value_table",
+    "csv_link",
+    "ReaderTable",
+    "reader_table",
     "headline_test_set",
     "read_table",
     "face_key_values",
@@ -495,6 +511,27 @@ def negative_control_summary(controls: pd.DataFrame, *, coupling: float = 0.0, a
     return out.reset_index(drop=True)
 
 
+def offset_key_values(offsets: pd.DataFrame, *, coupling: float = 0.0,
+                      candidates: Iterable[str] = ("average", "refaced_mean", "swapped", "oracle"),
+                      exclude: Iterable[str] = ("skullstrip",)) -> dict[str, str]:
+    """Glue values ``offset_<candidate>_<test set>``: the median over methods (without ``exclude``) of
+    the median signed surface offset (mm) at ``coupling``, from ``tables/controls_offsets.csv``.
+
+    Examples
+    --------
+    >>> o = pd.DataFrame({"coupling": 0.0, "test_set": "test_external", "method": ["a", "b", "skullstrip"],
+    ...                   "candidate": "average", "offset_mm": [-0.8, -1.0, -8.0]})
+    >>> offset_key_values(o)
+    {'offset_average_external': '-0.90'}
+    """
+    sel = offsets[np.isclose(offsets["coupling"], coupling) & ~offsets["method"].isin(list(exclude))]
+    out = {}
+    for cand in candidates:
+        for test_set, part in sel[sel["candidate"] == cand].groupby("test_set"):
+            out[f"offset_{cand}_{test_set.removeprefix('test_')}"] = f"{part['offset_mm'].median():.2f}"
+    return out
+
+
 def controls_overview(controls: pd.DataFrame, *, alpha: float = 0.05) -> pd.DataFrame:
     """Per coupling, test set and candidate: methods significantly closer than the matched baseline.
 
@@ -618,3 +655,311 @@ def chapter_footer(run, *, started: float):
     from IPython.display import Markdown
 
     return Markdown(provenance_markdown(provenance_fields(run, started=started)))
+
+
+# ------------------------------------------------------------------ tables for readers
+#: Tables longer than this are summarised on the page, the full table folded below it.
+MAX_ROWS = 15
+#: CSV files larger than this are not embedded as a download link (named instead).
+MAX_EMBED_BYTES = 2_000_000
+_UNITS = (("_mm", "mm"), ("_mib", "MiB"), ("_gib", "GiB"), ("_seconds", "s"), ("seconds", "s"),
+          ("_s", "s"), ("_%", "%"), ("_hu", "HU"))
+
+
+def fmt_pvalue(value, *, floor: float = 1e-3, scientific: bool = False) -> str:
+    """A p-value for a reader: ``< 0.001`` (or scientific notation), never ``0.0000``.
+
+    Parameters
+    ----------
+    floor : float
+        Below it a p-value reads ``< floor`` (``scientific=False``) or ``1.2e-05``.
+    scientific : bool
+        Keep the order of magnitude of tiny p-values (for tests compared with a threshold
+        below ``floor``, such as the paper's 1e-4).
+
+    Examples
+    --------
+    >>> fmt_pvalue(3e-12), fmt_pvalue(3e-12, scientific=True), fmt_pvalue(0.0412), fmt_pvalue(0.5)
+    ('< 0.001', '3.0e-12', '0.041', '0.5')
+    """
+    if _missing(value):
+        return NA
+    p = float(value)
+    if p >= floor:
+        return f"{p:.2g}"
+    if not scientific:
+        return f"< {floor:g}"
+    return f"{p:.1e}" if p > 0 else "< 1e-300"
+
+
+def fmt_number(value, *, digits: int = 3) -> str:
+    """A measured number to ``digits`` significant digits, without scientific notation above 0.001.
+
+    Examples
+    --------
+    >>> fmt_number(1234.5), fmt_number(12.345), fmt_number(0.01234), fmt_number(0.0)
+    ('1,234', '12.3', '0.0123', '0')
+    """
+    if _missing(value):
+        return NA
+    x = float(value)
+    if x == 0:
+        return "0"
+    if abs(x) < 1e-3:
+        return f"{x:.{digits - 1}e}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    return f"{x:,.{decimals}f}"
+
+
+def _human(name) -> str:
+    """A column label from a column name: ``hl_diff_mm`` -> ``hl diff (mm)``."""
+    if isinstance(name, tuple):
+        return _human(name[0]) + " [95% CI]"
+    name = str(name)
+    for suffix, unit in _UNITS if "_per_" not in name else ():  # voxels_per_s: a rate, not seconds
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return f"{name[:-len(suffix)].replace('_', ' ').strip()} ({unit})"
+    return name.replace("_", " ")
+
+
+def _is_p(name) -> bool:
+    return isinstance(name, str) and (name in ("p", "pvalue", "p_value") or name.startswith("p_")
+                                      or name.endswith("_p"))
+
+
+def _formatter(key, values: pd.Series, fmt):
+    """value -> str for one column (``fmt`` as in :func:`reader_table`, None: from the name)."""
+    if callable(fmt):
+        return lambda v: NA if _missing(v) and not isinstance(v, str) else str(fmt(v))
+    if fmt is None:
+        name = key[0] if isinstance(key, tuple) else key
+        if _is_p(name):
+            fmt = "p"
+        elif str(name).endswith("_mm"):
+            fmt = 2
+        elif values.dtype == bool:
+            fmt = "bool"
+        else:
+            finite = pd.to_numeric(values, errors="coerce").dropna() if values.dtype != object else pd.Series([])
+            finite = finite[finite.abs() < float("inf")]
+            if not len(finite):
+                fmt = "number"  # text, or numbers of several kinds (a key-value table): one by one
+            elif (finite % 1 == 0).all():
+                fmt = "int"
+            else:  # one precision per column: three significant digits of its largest value
+                top = float(finite.abs().max())
+                fmt = min(4, max(0, 2 - math.floor(math.log10(top)))) if top > 0 else 2
+    if fmt in ("p", "p-sci"):
+        return lambda v: fmt_pvalue(v, scientific=fmt == "p-sci")
+    if fmt == "int":
+        return lambda v: NA if _missing(v) else f"{int(round(float(v))):,}"
+    if fmt == "bool":
+        return lambda v: NA if v is None or (isinstance(v, float) and math.isnan(v)) else ("yes" if v else "no")
+
+    def number(v):
+        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            return NA
+        if isinstance(v, (bool, np.bool_)):
+            return "yes" if v else "no"
+        if isinstance(v, numbers.Integral):
+            return f"{int(v):,}"
+        if isinstance(v, numbers.Real):
+            return fmt_number(v) if fmt == "number" else fmt_mm(v, decimals=int(fmt))
+        return str(v)  # text, or anything else a table may hold
+    return number
+
+
+def key_value_table(values: dict, *, key: str = "key", value: str = "value") -> pd.DataFrame:
+    """A two-column table of a (nested) dict: nested keys joined by dots, lists as text.
+
+    Examples
+    --------
+    >>> key_value_table({"a": 1, "b": {"c": [1, 2]}}).values.tolist()
+    [['a', 1], ['b.c', '[1, 2]']]
+    """
+    rows = []
+
+    def walk(prefix, item):
+        if isinstance(item, dict):
+            for k, v in item.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            rows.append((prefix, str(item) if isinstance(item, (list, tuple)) else item))
+    walk("", values)
+    return pd.DataFrame(rows, columns=[key, value])
+
+
+def format_table(df: pd.DataFrame, *, columns: dict | None = None, formats: dict | None = None) -> pd.DataFrame:
+    """The cells of ``df`` as the strings a reader sees, under human column names (index dropped).
+
+    Parameters
+    ----------
+    columns, formats
+        As in :func:`reader_table`.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"hl_diff_mm": [-0.213], "ci_low_mm": [-0.3], "ci_high_mm": [-0.12], "p_holm": [1e-9]})
+    >>> cols = {("hl_diff_mm", "ci_low_mm", "ci_high_mm"): "difference (mm)", "p_holm": "p"}
+    >>> format_table(t, columns=cols).values.tolist()
+    [['-0.21 [-0.30, -0.12]', '< 0.001']]
+    """
+    formats = formats or {}
+    columns = columns if columns is not None else {c: _human(c) for c in df.columns}
+    out = {}
+    for key, label in columns.items():
+        if isinstance(key, tuple):  # (estimate, low, high) or (low, high): one interval cell
+            decimals = formats.get(key, 2)
+            frame = df[list(key)]
+            out[label] = [fmt_ci(*row, decimals=decimals) if len(key) == 3 else
+                          (NA if _missing(row[0]) else f"[{row[0]:.{decimals}f}, {row[1]:.{decimals}f}]")
+                          for row in frame.itertuples(index=False)]
+        else:
+            fmt = _formatter(key, df[key], formats.get(key))
+            out[label] = [fmt(v) for v in df[key]]
+    return pd.DataFrame(out, columns=list(columns.values()), index=range(len(df)))
+
+
+def _pivot(cells: pd.DataFrame, *, index, columns: str, values) -> pd.DataFrame:
+    """Pivot formatted cells; several values become ``<column value>: <value label>`` columns."""
+    index = [index] if isinstance(index, str) else list(index)
+    values = [values] if isinstance(values, str) else list(values)
+    wide = cells.pivot(index=index, columns=columns, values=values)
+    order = list(dict.fromkeys(cells[columns]))
+    wide = wide[[(v, c) for c in order for v in values]]
+    rows = list(dict.fromkeys(cells[index].itertuples(index=False, name=None)))  # first-seen order, not sorted
+    wide = wide.reindex([r[0] for r in rows] if len(index) == 1 else pd.MultiIndex.from_tuples(rows, names=index))
+    wide.columns = [str(c) if len(values) == 1 else f"{c}: {v}" for v, c in wide.columns]
+    return wide.reset_index().fillna("")
+
+
+_TABLE_STYLE = "<style>table.reader-table th, table.reader-table td { padding: 0.25em 0.75em; }</style>"
+
+
+def _html_table(cells: pd.DataFrame) -> str:
+    """One scrolling table: wide tables scroll sideways instead of being cut off; cells do not wrap."""
+    table = cells.to_html(index=False, border=0, escape=True, classes="reader-table", na_rep=NA, justify="left")
+    table = table.replace("<table ", '<table style="white-space: nowrap; margin: 0;" ', 1)
+    return f'<div class="reader-table-scroll" style="overflow-x: auto; max-width: 100%;">\n{table}\n</div>'
+
+
+def csv_link(table, *, name: str | None = None) -> str:
+    """An HTML link that downloads a table as CSV from the page itself (a ``data:`` URI).
+
+    ``table`` is a CSV file (e.g. what :func:`refacelib.io.save_table` wrote) or a DataFrame.
+    The content is percent-encoded, not base64, so path scrubbing and privacy checks still
+    read it. A file above :data:`MAX_EMBED_BYTES` is named instead of embedded.
+
+    Examples
+    --------
+    >>> csv_link(pd.DataFrame({"a": [1]}), name="x.csv").split('"')[:4]
+    ['<a download=', 'x.csv', ' href=', 'data:text/csv;charset=utf-8,a%0A1%0A']
+    """
+    import html
+    from pathlib import Path
+    from urllib.parse import quote
+
+    if isinstance(table, pd.DataFrame):
+        text, name = table.to_csv(index=False), name or "table.csv"
+    else:
+        path = Path(table)
+        text, name = path.read_text(), name or path.name
+    n_rows = max(0, text.count("\n") - 1)
+    if len(text.encode()) > MAX_EMBED_BYTES:
+        return (f"<span>Full table: <code>tables/{html.escape(name)}</code> in the run folder "
+                f"({len(text.encode()) / 1e6:.1f} MB, too large to embed here).</span>")
+    href = "data:text/csv;charset=utf-8," + quote(text, safe="/:,")
+    return (f'<a download="{html.escape(name)}" href="{href}">Download <code>{html.escape(name)}</code></a> '
+            f"(CSV, {n_rows} rows)")
+
+
+class ReaderTable:
+    """What :func:`reader_table` returns: shown as HTML in a notebook and in the book.
+
+    Attributes: ``page`` (the cells shown on the page), ``full`` (every row, formatted),
+    ``folded`` (whether the full table sits in a ``<details>`` block) and ``html``.
+    """
+
+    def __init__(self, page: pd.DataFrame, full: pd.DataFrame, html: str, folded: bool):
+        self.page, self.full, self.html, self.folded = page, full, html, folded
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def __repr__(self) -> str:
+        return self.page.to_string(index=False)
+
+
+def reader_table(df: pd.DataFrame, *, columns: dict | None = None, formats: dict | None = None,
+                 max_rows: int = MAX_ROWS, summary: pd.DataFrame | None = None, pivot: dict | None = None,
+                 csv=None, csv_name: str | None = None, caption: str | None = None) -> ReaderTable:
+    """A table as a reader of the book should see it; every table the book shows goes through here.
+
+    No index column; human column names with units; numbers to a sensible precision;
+    p-values as ``< 0.001`` (:func:`fmt_pvalue`); an estimate and its interval in one
+    cell (``-0.21 [-0.30, -0.12]``). The table scrolls sideways inside its container
+    instead of being cut off. A table longer than ``max_rows`` is summarised on the page
+    (``summary`` rows, pivoted by ``pivot``; else its first rows) and shown in full in a
+    folded ``<details>`` block. A link downloads the table as CSV (:func:`csv_link`).
+
+    Parameters
+    ----------
+    df : DataFrame
+        The tidy table.
+    columns : dict, optional
+        Column -> label, in the order shown; a tuple ``(estimate, low, high)`` (or
+        ``(low, high)``) of columns makes one interval cell. Columns not named are not
+        shown (the CSV keeps them). Default: every column, its name made readable.
+    formats : dict, optional
+        Column (or interval tuple) -> decimals (int), ``"p"`` (``< 0.001``), ``"p-sci"``
+        (scientific below 0.001), ``"int"``, ``"bool"`` or a callable. Default from the name
+        and type: ``p``, ``p_*``, ``*_p`` are p-values, ``*_mm`` two decimals, integers as
+        integers, other numbers with one precision per column (three significant digits of
+        its largest value); intervals two decimals.
+    max_rows : int
+        Longest table shown in full on the page.
+    summary : DataFrame, optional
+        Rows of ``df`` (same columns) to summarise a long table with, e.g. one comparison.
+    pivot : dict, optional
+        ``index``, ``columns``, ``values`` (labels, after ``columns`` renamed them) to
+        pivot the summary with, e.g. method x test set.
+    csv : path or list of paths, optional
+        The CSV file the table was saved as (and others it summarises, e.g. the
+        per-subject table); each gets a download link (default: ``df`` as CSV).
+    csv_name : str, optional
+        File name of the download when ``csv`` is not given.
+    caption : str, optional
+        A line under the table.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"method": ["pydeface"], "p_holm": [1e-9]})
+    >>> r = reader_table(t, columns={"method": "Method", "p_holm": "p (Holm)"})
+    >>> r.page.values.tolist(), "overflow-x: auto" in r.html, r.folded
+    ([['pydeface', '< 0.001']], True, False)
+    """
+    import html as html_lib
+
+    full = format_table(df, columns=columns, formats=formats)
+    folded = len(df) > max_rows
+    note = ""
+    if folded:
+        summary = None if summary is not None and len(summary) == 0 else summary
+        page = format_table(df if summary is None else summary, columns=columns, formats=formats)
+        if pivot is not None:
+            page = _pivot(page, **pivot)
+        if len(page) > max_rows:
+            page, note = page.head(max_rows), f"The first {max_rows} of {len(df)} rows."
+    else:
+        page = full
+    parts = ['<div class="reader-table">', _TABLE_STYLE, _html_table(page)]
+    caption = " ".join(text for text in (caption, note) if text)
+    if caption:
+        parts.append(f'<p class="reader-table-caption">{html_lib.escape(caption)}</p>')
+    if folded:
+        parts.append(f"<details><summary>Show the full table ({len(df)} rows)</summary>\n"
+                     f"{_html_table(full)}\n</details>")
+    sources = [df] if csv is None else list(csv) if isinstance(csv, (list, tuple)) else [csv]
+    links = " · ".join(csv_link(source, name=csv_name) for source in sources)
+    parts += [f'<p class="reader-table-download">{links}</p>', "</div>"]
+    return ReaderTable(page, full, "\n".join(parts), folded)

@@ -43,6 +43,7 @@ from .cascade import (
     stage2_inputs,
 )
 from .device import autocast_context, resolve_device
+from .io import atomic_path, load_checkpoint
 
 __all__ = ["train_stage", "load_stage", "prepare_stage_data", "CHECKPOINT_VERSION", "main"]
 
@@ -143,9 +144,10 @@ class _Ema:
 
 
 def _save_checkpoint(path, *, step, model, ema, optimizer, config: CascadeConfig, stage: int) -> None:
-    """Atomic write (tmp file + os.replace) of a weights_only-loadable dict."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomic write (tmp file + os.replace) of a weights_only-loadable dict.
+
+    A save killed half-way leaves the previous checkpoint in place and no partial file.
+    """
     payload = {
         "step": int(step),
         "model": model.state_dict(),
@@ -154,9 +156,8 @@ def _save_checkpoint(path, *, step, model, ema, optimizer, config: CascadeConfig
         "config": {**config.to_dict(), "stage": int(stage)},
         "version": CHECKPOINT_VERSION,
     }
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def _check_compatible(saved: dict, config: CascadeConfig, stage: int) -> None:
@@ -180,7 +181,7 @@ def _build(stage: int, config: CascadeConfig, device):
 
 
 def _resume(path, *, stage, config, model, ema, optimizer, device) -> int:
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = load_checkpoint(path, map_location=device)
     _check_compatible(ckpt["config"], config, stage)
     model.load_state_dict(ckpt["model"])
     ema.module.load_state_dict(ckpt["ema"])
@@ -313,7 +314,7 @@ def load_stage(checkpoint_path, *, device="auto", weights: str = "ema"):
     stage : int
     """
     device = resolve_device(device)
-    ckpt = torch.load(checkpoint_path, map_location=device, weights_only=True)
+    ckpt = load_checkpoint(checkpoint_path, map_location=device)
     saved = dict(ckpt["config"])
     stage = saved.pop("stage")
     config = CascadeConfig.from_dict(saved)

@@ -57,8 +57,44 @@ def plot_demographics(participants: pd.DataFrame, *, muscle_columns=(), note: st
     return fig
 
 
-def plot_montage(slices: list[np.ndarray], labels: list[str], *, ncols: int = 6, note: str | None = None):
-    """Grid of 2-D slices (already oriented for display) with a label each."""
+def _wants_eye_bar(eye_bar: bool | None, note: str | None) -> bool:
+    """Slices of real faces carry an eye bar: by default every figure not stamped as the phantom."""
+    return note != SIMULATION_NOTE if eye_bar is None else bool(eye_bar)
+
+
+def _cover_eyes(ax, bar: np.ndarray, *, pixel_mm: float) -> None:
+    """Paint ``bar`` opaque pure black over an image axis, in a white frame.
+
+    The frame (at least 3 mm) keeps the bar apart from black air or removed
+    voxels, so that :func:`refacelib.privacy.eye_bars` finds it as one solid bar.
+    """
+    from scipy import ndimage
+
+    bar = np.asarray(bar, bool).copy()
+    width = max(1, int(round(3.0 / pixel_mm)))
+    bar[:width], bar[-width:], bar[:, :width], bar[:, -width:] = False, False, False, False
+    if not bar.any():
+        return
+    frame = ndimage.binary_dilation(bar, iterations=width) & ~bar
+    rgba = np.zeros(bar.shape + (4,))
+    rgba[frame] = (1.0, 1.0, 1.0, 1.0)
+    rgba[bar] = (0.0, 0.0, 0.0, 1.0)
+    ax.imshow(rgba, interpolation="nearest")
+
+
+def plot_montage(slices: list[np.ndarray], labels: list[str], *, ncols: int = 6, note: str | None = None,
+                 eye_bar: bool | None = None, pixel_mm: float | None = None):
+    """Grid of 2-D sagittal slices (display orientation, values in [0, 1]) with a label each.
+
+    ``eye_bar`` covers each face profile with a bar at eye level
+    (:func:`refacelib.privacy.sagittal_eye_bar`; ``pixel_mm`` default: from
+    the head's length); the default ``None`` bars every montage not stamped
+    with :data:`SIMULATION_NOTE`, so slices of real faces are never shown bare.
+    """
+    from .privacy import sagittal_eye_bar
+    from .surface import head_mask
+
+    bars = _wants_eye_bar(eye_bar, note)
     nrows = int(np.ceil(len(slices) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.0 * ncols, 2.3 * nrows), squeeze=False)
     for ax in axes.ravel():
@@ -66,15 +102,20 @@ def plot_montage(slices: list[np.ndarray], labels: list[str], *, ncols: int = 6,
     for ax, sl, label in zip(axes.ravel(), slices, labels):
         ax.imshow(sl, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(label, fontsize=8)
+        if bars:
+            head = head_mask(np.asarray(sl, float)[None], fill_axes=(0,))[0]
+            bar = sagittal_eye_bar(head, pixel_mm=pixel_mm)
+            _cover_eyes(ax, bar, pixel_mm=pixel_mm or 190.0 / max(int(head.any(axis=0).sum()), 1))
     fig.tight_layout()
     _stamp(fig, note)
     return fig
 
 
-def _mid_x(image: np.ndarray) -> int:
+def _mid_x(image: np.ndarray, head: np.ndarray | None = None) -> int:
     from .surface import head_mask
 
-    return int(round(np.argwhere(head_mask(image))[:, 0].mean()))
+    head = head_mask(image) if head is None else head
+    return int(round(np.argwhere(head)[:, 0].mean()))
 
 
 def _display(sl: np.ndarray) -> np.ndarray:
@@ -117,15 +158,31 @@ def plot_deface_qc(qc: pd.DataFrame, *, note: str | None = None):
     return fig
 
 
-def plot_mid_sagittal_row(images: dict, *, note: str | None = None):
-    """Mid-sagittal slices of one subject's versions (name -> (array, affine)), same window."""
-    first = next(iter(images.values()))[0]
-    x, vmax = _mid_x(first), np.percentile(first[first > 0], 99)
+def plot_mid_sagittal_row(images: dict, *, note: str | None = None, eye_bar: bool | None = None):
+    """Mid-sagittal slices of one subject's versions (name -> (array, affine)), same window.
+
+    ``eye_bar`` covers the face profile of every panel with the bar found on
+    the FIRST image (put the intact original first;
+    :func:`refacelib.privacy.sagittal_eye_bar`). The default ``None`` bars
+    every row not stamped with :data:`SIMULATION_NOTE`: a real subject's
+    profile is never shown bare.
+    """
+    from .privacy import sagittal_eye_bar
+    from .surface import head_mask
+
+    first, affine = next(iter(images.values()))
+    head = head_mask(first)
+    x, vmax = _mid_x(first, head), np.percentile(first[first > 0], 99)
+    bar, pixel_mm = None, float(np.sqrt(np.prod(np.linalg.norm(np.asarray(affine)[:3, 1:3], axis=0))))
+    if _wants_eye_bar(eye_bar, note):
+        bar = sagittal_eye_bar(_display(head[x]), pixel_mm=pixel_mm)
     fig, axes = plt.subplots(1, len(images), figsize=(2.2 * len(images), 2.6), squeeze=False)
     for ax, (name, (img, _)) in zip(axes[0], images.items()):
         ax.imshow(_display(img[x]), cmap="gray", vmin=0, vmax=vmax)
         ax.set_title(name.replace("_", " "), fontsize=9)
         ax.axis("off")
+        if bar is not None:
+            _cover_eyes(ax, bar, pixel_mm=pixel_mm)
     fig.tight_layout()
     _stamp(fig, note)
     return fig

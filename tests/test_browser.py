@@ -71,3 +71,24 @@ def test_page_links_and_internal_paths():
     assert images == ["a.png"] and links == ["b.html"]
     assert browser._internal("../_images/a.png", "http://h:1/book/x.html", "http://h:1/") == "_images/a.png"
     assert browser._internal("mailto:a@b", "http://h:1/x.html", "http://h:1/") is None
+
+
+def _executable(path):
+    path.write_text("#!/bin/sh\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_find_chromium_prefers_the_variable_then_the_usual_names(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.delenv("REFACE_CHROMIUM", raising=False)
+    assert browser.find_chromium() is None
+    on_path = _executable(bin_dir / "chromium-browser")
+    assert browser.find_chromium() == on_path
+    chosen = _executable(tmp_path / "my-chrome")
+    monkeypatch.setenv("REFACE_CHROMIUM", chosen)
+    assert browser.find_chromium() == chosen
+    monkeypatch.setenv("REFACE_CHROMIUM", str(tmp_path / "missing"))  # not executable: the usual names
+    assert browser.find_chromium() == on_path

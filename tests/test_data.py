@@ -139,6 +139,33 @@ def test_bad_ages(tmp_path):
         load_bids(root)
 
 
+@pytest.mark.parametrize("age", [0, 250, -3, 0.5, 120.5])
+def test_implausible_age_is_refused(tmp_path, age):
+    root = _dataset(tmp_path / "ds", tsv_rows=[
+        ("sub-01", 20, "M"), ("sub-02", age, "F"), ("sub-03", 23, "F")])
+    with pytest.raises(DatasetError, match=rf"implausible age\(s\) for sub-02 \({age:g}\); "
+                                           r"expected 1 to 120 years \(age_range\)"):
+        load_bids(root)
+
+
+def test_age_range_bounds_are_inclusive_and_configurable(tmp_path):
+    root = _dataset(tmp_path / "ds", tsv_rows=[
+        ("sub-01", 1, "M"), ("sub-02", 120, "F"), ("sub-03", "0.5", "F")])
+    with pytest.raises(DatasetError, match=r"implausible age\(s\) for sub-03 \(0.5\);"):
+        load_bids(root)
+    ages = load_bids(root, age_range=(0, 120)).participants["age"]
+    assert list(ages) == [1.0, 120.0, 0.5]
+    with pytest.raises(DatasetError, match="age_range must be two finite numbers"):
+        load_bids(root, age_range=(120, 1))
+
+
+def test_duplicate_column_is_refused(tmp_path):
+    root = _dataset(tmp_path / "ds", n=2, header=("participant_id", "age", "sex", "age"),
+                    tsv_rows=[("sub-01", 20, "M", 70), ("sub-02", 21, "F", 71)])
+    with pytest.raises(DatasetError, match=r"participants.tsv: duplicate column\(s\) age "):
+        load_bids(root)
+
+
 def test_bad_sex_codes(tmp_path):
     root = _dataset(tmp_path / "ds", tsv_rows=[
         ("sub-01", 20, "0"), ("sub-02", 21, "1"), ("sub-03", 23, "F")])
@@ -185,6 +212,106 @@ def test_empty_image_file(tmp_path):
 def test_bad_split_fractions(tmp_path):
     with pytest.raises(DatasetError, match="split_fractions"):
         load_bids(_dataset(tmp_path / "ds"), split_fractions=(0.5, 0.5, 0.5))
+
+
+@pytest.mark.parametrize("names", [("sub-02_T1w.nii.gz", "sub-02_acq-fast_T1w.nii.gz"),
+                                   ("sub-02_T1w.nii", "sub-02_T1w.nii.gz")], ids=["acq", "nii-and-gz"])
+def test_several_t1w_for_one_subject_are_listed(tmp_path, names):
+    root = _dataset(tmp_path / "ds", n=2)
+    for name in names:
+        _save(root / "sub-02" / "anat" / name)
+    listed = ", ".join(f"sub-02/anat/{n}" for n in sorted(names))
+    with pytest.raises(DatasetError, match=rf"several T1w images for one subject .*: sub-02: {listed}$"):
+        load_bids(root)
+
+
+@pytest.mark.parametrize("target, reason", [("sub-02_T1w.nii.gz", "Too many levels of symbolic links"),
+                                            ("gone.nii.gz", "No such file or directory")],
+                         ids=["loop", "dangling"])
+def test_unfollowable_symlink_is_named(tmp_path, target, reason):
+    root = _dataset(tmp_path / "ds", n=2)
+    link = root / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
+    link.unlink()
+    link.symlink_to(target)
+    message = rf"sub-02/anat/sub-02_T1w\.nii\.gz: symbolic link cannot be followed \({reason}\)"
+    with pytest.raises(DatasetError, match="^" + message):
+        load_bids(root)
+    with pytest.raises(DatasetError, match=message):
+        load_image(link)
+
+
+def _rgb(shape=SHAPE):
+    arr = np.zeros(shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    arr["R"] = 100
+    return arr
+
+
+@pytest.mark.parametrize("arr, kind", [
+    (_rgb(), r"RGB or structured \(\[\('R', 'u1'\)"),
+    (np.full(SHAPE, 1 + 2j, np.complex64), r"complex \(complex64\)")], ids=["rgb24", "complex64"])
+def test_non_real_voxel_types_are_refused(tmp_path, arr, kind):
+    path = _save(tmp_path / "odd.nii.gz", arr)
+    assert nib.load(str(path)).get_data_dtype() == arr.dtype
+    with pytest.raises(DatasetError, match=rf"odd\.nii\.gz: unsupported voxel type {kind}"):
+        load_image(path)
+    root = _dataset(tmp_path / "ds", n=2)
+    _save(root / "sub-02" / "anat" / "sub-02_T1w.nii.gz", arr)
+    with pytest.raises(DatasetError, match=rf"^sub-02/anat/sub-02_T1w\.nii\.gz: unsupported voxel type {kind}"):
+        load_bids(root)  # found while indexing, before any work starts
+
+
+def _huge_header(path, shape=(2000, 2000, 2000)):
+    """A small .nii file whose header claims a float32 volume of ``shape``."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(np.float32)
+    hdr.set_data_shape(shape)
+    hdr.set_qform(np.eye(4), code=1)
+    hdr["vox_offset"] = 352
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(hdr.binaryblock + b"\0" * (4 + 4096))
+    return path
+
+
+def test_huge_header_is_refused_before_reading(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_read_voxels", lambda *a, **k: pytest.fail("voxels read before the size check"))
+    path = _huge_header(tmp_path / "big.nii")
+    with pytest.raises(DatasetError, match=r"big\.nii: image too large to load: header shape 2000x2000x2000 "
+                                           r"\(8,000,000,000 voxels\) exceeds max_voxels=134,217,728"):
+        load_image(path)
+    root = _dataset(tmp_path / "ds", n=2)
+    (root / "sub-02" / "anat" / "sub-02_T1w.nii.gz").unlink()
+    _huge_header(root / "sub-02" / "anat" / "sub-02_T1w.nii")
+    with pytest.raises(DatasetError, match=r"^sub-02/anat/sub-02_T1w\.nii: image too large"):
+        load_bids(root)
+
+
+def test_max_voxels_is_configurable(tmp_path):
+    path = _save(tmp_path / "t.nii.gz")  # 12 x 14 x 10 = 1680 voxels
+    assert load_image(path, max_voxels=1680).shape == SHAPE
+    with pytest.raises(DatasetError, match=r"t\.nii\.gz: image too large to load: header shape 12x14x10"):
+        load_image(path, max_voxels=1679)
+    with pytest.raises(DatasetError, match="image too large"):
+        load_subject_array(path, 2.0, max_voxels=1000)
+
+
+def _sheared(degrees):
+    affine = np.diag([1.0, 1.2, 2.0, 1.0])
+    affine[0, 1] = 1.2 * np.tan(np.radians(degrees))  # the j axis leans towards i
+    return affine
+
+
+def test_strongly_sheared_affine_is_refused(tmp_path):
+    path = _save(tmp_path / "shear.nii.gz", affine=_sheared(20.0))
+    with pytest.raises(DatasetError, match=r"shear\.nii\.gz: strongly sheared affine: voxel axes 20\.0 degrees "
+                                           r"from perpendicular \(more than max_shear_deg=5\)"):
+        load_image(path)
+    assert load_image(path, max_shear_deg=25).shape == SHAPE
+    assert load_image(_save(tmp_path / "slight.nii.gz", affine=_sheared(2.0))).shape == SHAPE
+    root = _dataset(tmp_path / "ds", n=2)
+    _save(root / "sub-02" / "anat" / "sub-02_T1w.nii.gz", affine=_sheared(20.0))
+    with pytest.raises(DatasetError, match=r"^sub-02/anat/sub-02_T1w\.nii\.gz: strongly sheared"):
+        load_bids(root)
+    assert len(load_bids(root, max_shear_deg=25).subjects) == 2
 
 
 # ---------------------------------------------------------------- load_image: bad
@@ -307,6 +434,7 @@ def test_doctests():
 
 def test_public_api():
     assert set(data.__all__) == {
-        "MUSCLE_COLUMNS", "REQUIRED_COLUMNS", "DatasetError", "Subject", "BIDSDataset",
+        "MUSCLE_COLUMNS", "REQUIRED_COLUMNS", "AGE_RANGE", "MAX_VOXELS", "MAX_SHEAR_DEG",
+        "DatasetError", "Subject", "BIDSDataset",
         "load_bids", "load_image", "resample_to_spacing", "load_subject_array"}
     assert issubclass(DatasetError, ValueError)

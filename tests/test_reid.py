@@ -188,6 +188,20 @@ def test_shifted_sphere_matches_the_analytic_distance(pv_grid, pv_base):
         assert ab == pytest.approx(ba, rel=1e-12)  # symmetric
 
 
+def test_surface_offset_has_the_sign_and_size_of_a_growth(pv_grid, pv_base):
+    """Known answer: a sphere shrunk by 0.3 mm sits 0.3 mm inside, one grown by 0.3 mm outside."""
+    shape, affine, region = pv_grid
+    image, base = pv_base
+    for grow in (-0.3, 0.3):
+        mesh = reid.face_mesh(_pv_sphere(shape, affine, PV_R + grow, PV_C), affine, region, threshold=50.0)
+        offset = reid.surface_offset(mesh, base, image, affine, threshold=50.0)
+        assert abs(offset - grow) < 0.05, (grow, offset)
+    # a shift moves half the surface out and half in: the mean offset is about zero, the MSD is not
+    moved = reid.face_mesh(_pv_sphere(shape, affine, PV_R, PV_C + [0.5, 0, 0]), affine, region, threshold=50.0)
+    assert abs(reid.surface_offset(moved, base, image, affine, threshold=50.0)) < 0.05
+    assert reid.surface_msd(moved, base) > 0.2
+
+
 def test_identical_images_measure_zero(pv_grid, pv_base):
     shape, affine, region = pv_grid
     image, base = pv_base

@@ -1,7 +1,10 @@
 """Untrusted files, crafted parameters, locks, atomic writes and runs killed mid-way."""
+import fcntl
+import hashlib
 import json
 import os
-import pickle
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -32,27 +35,94 @@ def _env():
 
 # --------------------------------------------------------------------------- untrusted checkpoints
 class _Payload:
-    """Unpickling this object opens (creates) a file: a stand-in for arbitrary code."""
+    """Unpickling this object runs a shell command that creates a file: a stand-in for arbitrary code."""
 
     def __init__(self, target):
         self.target = str(target)
 
     def __reduce__(self):
-        return (open, (self.target, "w"))
+        return (os.system, (f"touch {shlex.quote(self.target)}",))
 
 
-def test_checkpoint_carrying_code_is_refused(tmp_path):
-    marker, ckpt = tmp_path / "pwned.txt", tmp_path / "evil.pt"
-    torch.save({"step": 1, "model": {}, "config": {"stage": 1}, "hook": _Payload(marker)}, ckpt)
-    with pytest.raises(io.UnsafeFileError, match=r"evil.pt: refused to load: .*could run code.*\(io.open\)"):
-        io.load_checkpoint(ckpt)
-    with pytest.raises(pickle.UnpicklingError):  # the training module's loads refuse it too
-        train.load_stage(ckpt, device="cpu")
-    with pytest.raises(pickle.UnpicklingError):
-        train.train_stage(1, _data(), _config(2), device="cpu", checkpoint_path=ckpt, progress=False)
+def _evil_checkpoint(path, marker):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"step": 1, "model": {}, "ema": {}, "optimizer": {}, "config": {"stage": 1}, "version": "x",
+                "hook": _Payload(marker)}, path)
+    return path
+
+
+def _shipped_folder(folder, *, evil_stage, marker):
+    """A shipped-checkpoint folder (both stages, histories, training.json) with one checkpoint carrying code."""
+    folder.mkdir(parents=True)
+    for s in (1, 2):
+        if s == evil_stage:
+            _evil_checkpoint(folder / f"stage{s}.pt", marker)
+        else:
+            torch.save({"step": 2, "model": {}, "ema": {}, "config": {"stage": s}, "version": "x"},
+                       folder / f"stage{s}.pt")
+        (folder / f"stage{s}_history.csv").write_text("step,loss,val_loss,seconds,stage\n2,0.1,,1.0,1\n")
+    (folder / "training.json").write_text(json.dumps({"stages": {"1": {"steps": 2}, "2": {"steps": 2}}}))
+    return folder / f"stage{evil_stage}.pt"
+
+
+def _load_stage(tmp_path, marker):
+    ckpt = _evil_checkpoint(tmp_path / "stage1.pt", marker)
+    return ckpt, lambda: train.load_stage(ckpt, device="cpu")
+
+
+def _resume(tmp_path, marker):
+    ckpt = _evil_checkpoint(tmp_path / "stage1.pt", marker)
+    return ckpt, lambda: train.train_stage(1, _data(), _config(2), device="cpu", checkpoint_path=ckpt, progress=False)
+
+
+def _ship(tmp_path, marker):
+    from refacelib import refacing
+
+    ckpt = _shipped_folder(tmp_path / "artifacts" / "cascade-x", evil_stage=1, marker=marker)
+    return ckpt, lambda: refacing.ship(ckpt.parent, root=tmp_path / "shipped")
+
+
+def _install_shipped(tmp_path, marker):
+    from refacelib import refacing
+
+    ckpt = _shipped_folder(tmp_path / "shipped" / "cascade-x", evil_stage=2, marker=marker)
+    target = tmp_path / "run" / "cascade-x"
+
+    def install():
+        try:
+            refacing.install_shipped(target, root=tmp_path / "shipped")
+        finally:  # refused before anything is copied: no stage of it is installed
+            assert not target.exists() or list(target.iterdir()) == []
+    return ckpt, install
+
+
+@pytest.fixture(params=[True, False], ids=["torch-default", "torch-2.4-default"])
+def torch_load_default(request, monkeypatch):
+    """``torch.load`` as now (weights_only defaults to True) and as in torch 2.4 (False), which pyproject allows."""
+    if not request.param:
+        real = torch.load
+        monkeypatch.setattr(torch, "load", lambda *a, weights_only=False, **k: real(*a, weights_only=weights_only, **k))
+
+
+@pytest.mark.parametrize("entry", [_load_stage, _resume, _ship, _install_shipped],
+                         ids=["load_stage", "resume", "ship", "install_shipped"])
+def test_checkpoint_carrying_code_is_refused_naming_the_file(tmp_path, torch_load_default, entry):
+    marker = tmp_path / "pwned.txt"
+    ckpt, load = entry(tmp_path, marker)
+    with pytest.raises(io.UnsafeFileError) as refused:
+        load()
     assert not marker.exists()
-    # the payload is live: an unsafe load would have run it
-    torch.load(ckpt, weights_only=False)
+    assert re.fullmatch(re.escape(str(ckpt)) + r": refused to load: .*could run code.*\(posix\.system\).*",
+                        str(refused.value)), str(refused.value)
+
+
+def test_the_payload_of_the_refused_checkpoint_is_live(tmp_path):
+    marker, ckpt = tmp_path / "pwned.txt", tmp_path / "evil.pt"
+    _evil_checkpoint(ckpt, marker)
+    with pytest.raises(io.UnsafeFileError, match=re.escape(str(ckpt))):
+        io.load_checkpoint(ckpt)
+    assert not marker.exists()
+    torch.load(ckpt, weights_only=False)  # an unsafe load runs it: the tests above can fail
     assert marker.exists()
 
 
@@ -74,12 +144,18 @@ def test_run_folder_linked_outside_the_run_root_is_refused(runs, tmp_path):
     assert list(outside.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["..", "../..", ".", "b/..", "we ird;name ../"])
-def test_dataset_folder_name_cannot_steer_the_run_folder(runs, tmp_path, name):
-    (tmp_path / "a" / "b").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "a" / "we ird;name ..").mkdir(exist_ok=True)
+@pytest.mark.parametrize("name, stem", [
+    ("..", None), ("../..", None), (".", None), ("b/..", None),  # resolved first: the folder's own name
+    ("we ird;name ../", "we_ird_name"), ("$(touch x)", "touch_x"), (".hidden", "hidden"), ("...", "dataset"),
+])
+def test_dataset_folder_name_cannot_steer_the_run_folder(runs, tmp_path, name, stem):
+    for folder in ("b", "we ird;name ..", "$(touch x)", ".hidden", "..."):
+        (tmp_path / "a" / folder).mkdir(parents=True, exist_ok=True)
+    dataset = (tmp_path / "a" / name).resolve()
     run = config.open_run("tiny", str(tmp_path / "a" / name))
-    assert run.folder.parent == runs and run.folder.name.startswith("tiny-")
+    digest = hashlib.sha1(str(dataset).encode()).hexdigest()[:6]
+    assert run.folder.parent == runs and re.fullmatch(r"tiny-[A-Za-z0-9][A-Za-z0-9_.-]*-[0-9a-f]{6}", run.folder.name)
+    assert run.folder.name == f"tiny-{stem or dataset.name}-{digest}"
 
 
 @pytest.mark.parametrize("parts", [("..", "x.csv"), ("tables", "..", "..", "x.csv"), ("/tmp/x.csv",)])
@@ -129,6 +205,61 @@ def test_second_build_of_the_same_run_is_refused(runs, monkeypatch):
             pipeline.build_book("tiny", "phantom", log=lambda *_: None)
 
 
+def test_checkpoint_export_holds_the_run_lock(runs, monkeypatch, capsys):
+    from refacelib import refacing
+
+    monkeypatch.setattr(pipeline, "execute_chapters", lambda *a, **k: pytest.fail("a chapter was executed"))
+    exported = []
+
+    def ship(argv):  # refacing.main: trains (cached) and exports; a build of the same run must wait meanwhile
+        with pytest.raises(config.ConfigError, match=r"another checkpoint export \(make checkpoint\) of "
+                                                     r"runs/tiny-phantom is running \(process \d+\)"):
+            pipeline.build_book("tiny", "phantom", log=lambda *_: None)
+        exported.append(argv)
+        return 0
+
+    monkeypatch.setattr(refacing, "main", ship)
+    assert pipeline.main(["checkpoint", "--profile", "tiny"]) == 0
+    assert exported == [["ship", "--profile", "tiny", "--dataset", "phantom"]]
+    with pipeline.run_lock(config.open_run("tiny", "phantom")):
+        assert pipeline.main(["checkpoint", "--profile", "tiny"]) == 2
+    assert "another build of runs/tiny-phantom is running" in capsys.readouterr().err and len(exported) == 1
+
+
+class _Exec(Exception):
+    """Stands for os.execve: the test stops where JupyterLab would replace the process."""
+
+
+def test_lab_holds_the_run_while_jupyterlab_runs(runs, monkeypatch, tmp_path, capsys):
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "jupyter").write_text("#!/bin/sh\n")
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    monkeypatch.setattr(pipeline, "execute_chapters", lambda *a, **k: pytest.fail("a chapter was executed"))
+    run, started = config.open_run("tiny", "phantom"), []
+
+    def execve(path, args, env):
+        lock_fds = [int(fd) for fd in os.listdir("/proc/self/fd")
+                    if os.path.realpath(f"/proc/self/fd/{fd}") == str((run.folder / ".lock").resolve())]
+        assert lock_fds and all(os.get_inheritable(fd) for fd in lock_fds)  # JupyterLab keeps the lock
+        with pytest.raises(config.ConfigError, match=r"another JupyterLab session \(make lab\) of runs/tiny-phantom"):
+            pipeline.build_book("tiny", "phantom", log=lambda *_: None)
+        started.append((str(path), args, env))
+        for fd in lock_fds:  # what JupyterLab exiting does
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        raise _Exec
+
+    monkeypatch.setattr(os, "execve", execve)
+    with pytest.raises(_Exec):
+        pipeline.main(["lab", "--profile", "tiny"])
+    (path, args, env), = started
+    assert path == str(bin_dir / "jupyter") and args[1:] == ["lab", f"--notebook-dir={ROOT / 'notebooks'}"]
+    assert env["REFACE_PROFILE"] == "tiny" and env["REFACE_DATASET"] == "phantom"
+    with pipeline.run_lock(run):  # released when JupyterLab exits; and a build holding it refuses make lab
+        assert pipeline.main(["lab", "--profile", "tiny"]) == 2
+    assert "another build of runs/tiny-phantom is running" in capsys.readouterr().err and len(started) == 1
+
+
 # --------------------------------------------------------------------------- atomic writes
 def test_failed_write_keeps_the_previous_artifact(tmp_path):
     path = io.atomic_write_text(tmp_path / "table.csv", "good\n")
@@ -152,7 +283,139 @@ def test_saved_figure_is_complete_and_closed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png"]
 
 
+class _Killed(BaseException):
+    """A kill at one file-system step (not an error anything would catch)."""
+
+
+def _kill_at_step(monkeypatch, n):
+    """Make the n-th renaming, linking or deleting call (0-based) die; return the steps done so far."""
+    done = []
+    for name in ("rename", "replace", "symlink", "unlink", "rmdir"):
+        def step(*args, _real=getattr(os, name), _name=name, **kwargs):
+            if len(done) == n:
+                raise _Killed(_name)
+            done.append(_name)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(os, name, step)
+    return done
+
+
+def _built_html(folder, text):
+    (folder / "chapters").mkdir(parents=True)
+    for page in ("index.html", "chapters/01.html"):
+        (folder / page).write_text(text)
+    return folder
+
+
+def _book_shown(run):
+    html = run.folder / "html"
+    pages = {(html / page).read_text() for page in ("index.html", "chapters/01.html")}
+    assert len(pages) == 1, "html/ mixes two builds"
+    return pages.pop()
+
+
+def test_html_swap_killed_at_any_step_leaves_a_complete_book(runs, monkeypatch):
+    run = config.open_run("tiny", "phantom")
+    pipeline._swap_html(run, _built_html(run.folder / ".build" / "first", "old"))
+    for n in range(100):
+        built = _built_html(run.folder / ".build" / str(n), f"new {n}")
+        with monkeypatch.context() as m:
+            done = _kill_at_step(m, n)
+            try:
+                pipeline._swap_html(run, built)
+                break
+            except _Killed:
+                pass
+        assert _book_shown(run) in ("old", *(f"new {k}" for k in range(n + 1))), (n, done)
+    assert n >= 3, done  # the swap has steps a kill can fall between, and each was tried
+    assert _book_shown(run) == f"new {n}"
+    # the builds replaced, and what the killed swaps left behind, are gone
+    html = run.folder / "html"
+    assert html.is_symlink() and [p.name for p in run.folder.glob(".html*")] == [os.readlink(html)]
+
+
+def test_html_folder_of_the_earlier_layout_is_replaced_and_removed(runs):
+    run = config.open_run("tiny", "phantom")
+    _built_html(run.folder / "html", "plain folder")
+    pipeline._swap_html(run, _built_html(run.folder / ".build" / "1", "new"))
+    assert _book_shown(run) == "new" and (run.folder / "html").is_symlink()
+    assert [p.name for p in run.folder.glob(".html*")] == [os.readlink(run.folder / "html")]
+
+
+def test_built_html_is_read_through_the_link(runs, monkeypatch):
+    """Everything that reads html/ (key file, page search, the browser check's server) sees the current build."""
+    import urllib.request
+
+    from refacelib import browser
+
+    run = config.open_run("tiny", "phantom")
+    out, builds = run.folder / ".build" / "_build" / "html", []
+
+    def jupyter_book(cmd, **kwargs):
+        _built_html(out, f"build {len(builds)}")
+        builds.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(pipeline.subprocess, "run", jupyter_book)
+    for k in range(2):
+        html = pipeline.build_html(run, [], log=lambda *_: None)
+        io.atomic_write_text(html / ".key", f"key {k}")
+    assert html == run.folder / "html" and (html / ".key").read_text() == "key 1"
+    assert sorted(p.relative_to(html).as_posix() for p in html.rglob("*.html")) == ["chapters/01.html", "index.html"]
+    with browser.serve(html) as (base, _):
+        assert urllib.request.urlopen(base + "chapters/01.html").read() == b"build 1"
+    assert not (run.folder / ".build").exists() and len(list(run.folder.glob(".html*"))) == 1
+
+
+def test_every_test_runs_under_a_time_limit(request):
+    """pytest-timeout is active with a generous default (the tiny-book tests set a longer one of their own)."""
+    assert request.config.pluginmanager.hasplugin("timeout")
+    assert 300 <= float(request.config.getini("timeout")) <= 3600
+
+
+def test_chapter_cells_run_under_a_time_limit(mini_project, monkeypatch):
+    import papermill
+
+    seen = []
+
+    def execute_notebook(source, target, **kwargs):
+        seen.append(kwargs["execution_timeout"])
+        shutil.copyfile(source, target)
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    run = config.open_run("tiny", "phantom")
+    out = run.folder / "notebooks" / "01_only.ipynb"
+    monkeypatch.delenv("REFACE_CELL_TIMEOUT", raising=False)
+    pipeline._execute(run, "01_only", out)
+    for value in ("90", "0"):
+        monkeypatch.setenv("REFACE_CELL_TIMEOUT", value)
+        pipeline._execute(run, "01_only", out)
+    assert seen == [pipeline.CELL_TIMEOUT, 90, None] and 600 <= pipeline.CELL_TIMEOUT
+    monkeypatch.setenv("REFACE_CELL_TIMEOUT", "an hour")
+    with pytest.raises(config.ConfigError, match="REFACE_CELL_TIMEOUT must be a whole number of seconds"):
+        pipeline._execute(run, "01_only", out)
+    assert len(seen) == 3
+
+
 # --------------------------------------------------------------------------- killed training
+def test_checkpoint_save_killed_mid_way_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    ckpt = tmp_path / "stage1.pt"
+    train.train_stage(1, _data(), _config(2), device="cpu", checkpoint_path=ckpt, progress=False)
+    before = ckpt.read_bytes()
+
+    def killed_save(obj, f, *args, **kwargs):  # writes part of the file, then the process dies
+        Path(f).write_bytes(before[: len(before) // 2])
+        raise _Killed("torch.save")
+
+    monkeypatch.setattr(torch, "save", killed_save)
+    with pytest.raises(_Killed):
+        train.train_stage(1, _data(), _config(4), device="cpu", checkpoint_path=ckpt, checkpoint_every=1,
+                          progress=False)
+    monkeypatch.undo()
+    assert ckpt.read_bytes() == before and io.load_checkpoint(ckpt)["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage1.pt"]  # no partial file left
+
+
 def _data(size=16):
     g = np.mgrid[:size, :size, :size].astype(np.float32)
     ball = (((g - 7.5) ** 2).sum(0) < 36).astype(np.float32) * 0.8

@@ -1,6 +1,4 @@
-"""Tests for refacelib.render: geometry of the views, speed, eye bar."""
-import time
-
+"""Tests for refacelib.render: geometry of the views, eye bar (timings belong in the benchmark)."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -93,15 +91,12 @@ def test_shade_range_and_background():
     assert np.all(s[np.isnan(depth)] == 1.0)
 
 
-def test_render_views_five_axes_fast():
+def test_render_views_five_axes():
     mask = _head()
     aff = _affine(1.0, (10.0, -5.0, 3.0))
-    t0 = time.perf_counter()
     fig = render.render_views(mask, aff, pixel_mm=1.0)
-    elapsed = time.perf_counter() - t0
     try:
         assert len(fig.axes) == 5
-        assert elapsed < 10.0, elapsed
         for ax in fig.axes:
             img = ax.images[0].get_array()
             assert img.ndim == 3 and np.nanmin(img) >= 0 and np.nanmax(img) <= 1

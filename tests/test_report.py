@@ -210,9 +210,230 @@ def test_every_glue_key_the_landing_page_quotes_is_produced(face_tables):
         assert key in made[doc], f"book/intro.md quotes {doc}::{key}, which no report function makes"
 
 
-@pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "book").glob("*.md")))
+def _glue_text_without_format_spec(text: str) -> list[str]:
+    """Cross-document ``{glue:text}`` references that lack a format spec.
+
+    myst-nb splits ``{glue:text}`` at its last colon: ``path::key`` alone reads as key ``path:``.
+    """
+    refs = re.findall(r"\{glue:text\}`([^`]*::[^`]*)`", text)
+    return [ref for ref in refs if not re.fullmatch(r"[^:]+::\w+:[^:]+", ref)]
+
+
+GLUE_TEXT_PAGES = sorted(p.name for p in (ROOT / "book").glob("*.md")
+                         if re.search(r"\{glue:text\}`[^`]*::", p.read_text()))
+
+
+def test_the_format_spec_check_finds_a_bare_key():
+    good = "{glue:text}`../chapters/06_reid.ipynb::key_floor:s`"
+    bare = "{glue:text}`../chapters/06_reid.ipynb::key_floor`"
+    assert _glue_text_without_format_spec(f"a {good} b {bare}.") == ["../chapters/06_reid.ipynb::key_floor"]
+    assert {"intro.md", "methods.md"} <= set(GLUE_TEXT_PAGES)  # the pages the check below reads
+
+
+@pytest.mark.parametrize("page", GLUE_TEXT_PAGES)
 def test_cross_document_glue_text_has_a_format_spec(page):
-    """myst-nb splits ``{glue:text}`` at its last colon: ``path::key`` alone reads as key ``path:``."""
     text = (ROOT / "book" / page).read_text()
-    for ref in re.findall(r"\{glue:text\}`([^`]*::[^`]*)`", text):
-        assert re.fullmatch(r"[^:]+::\w+:[^:]+", ref), f"{page}: write {ref!r} as 'path::key:s'"
+    assert _glue_text_without_format_spec(text) == [], f"{page}: write these as 'path::key:s'"
+
+
+# ------------------------------------------------------------------ tables for readers
+@pytest.fixture()
+def tests_table():
+    """A face-tests table (tables/face_tests.csv's columns): 5 methods x 2 test sets x 2 comparisons."""
+    rows = []
+    for k, (comparison, method, test_set) in enumerate(
+            (c, m, t) for c in ("swapped", "refaced_mean") for m in ("fsl_deface", "mri_deface", "pydeface",
+                                                                     "quickshear", "skullstrip")
+            for t in ("test_internal", "test_external")):
+        rows.append({"method": method, "test_set": test_set, "estimator": comparison, "baseline": "average",
+                     "n": 12, "hl_diff_mm": -0.2134 + 0.01 * k, "ci_low_mm": -0.3012, "ci_high_mm": -0.1249,
+                     "rbc": -0.61, "p_holm": 10.0 ** -(k + 5)})
+    return pd.DataFrame(rows)
+
+
+FACE_COLUMNS = {"method": "Method", "test_set": "Test set", "estimator": "Candidate", "n": "n",
+                ("hl_diff_mm", "ci_low_mm", "ci_high_mm"): "Paired difference (mm) [95% CI]",
+                "rbc": "Rank-biserial r", "p_holm": "p (Holm)"}
+
+
+def test_reader_table_never_prints_zero_for_tiny_p_values(tests_table):
+    shown = report.reader_table(tests_table.head(4), columns=FACE_COLUMNS)
+    assert "0.0000" not in shown.html and not shown.page["p (Holm)"].str.contains("e-").any()
+    assert shown.page["p (Holm)"].tolist() == ["< 0.001"] * 4
+    assert report.fmt_pvalue(0.0) == "< 0.001" and report.fmt_pvalue(0.0412) == "0.041"
+    sci = report.reader_table(pd.DataFrame({"wilcoxon_p": [3.2e-30, 0.2]}), formats={"wilcoxon_p": "p-sci"})
+    assert sci.page.iloc[:, 0].tolist() == ["3.2e-30", "0.2"]
+
+
+def test_reader_table_puts_an_estimate_and_its_interval_in_one_cell(tests_table):
+    shown = report.reader_table(tests_table.head(2), columns=FACE_COLUMNS)
+    assert list(shown.page.columns) == list(FACE_COLUMNS.values())
+    assert shown.page["Paired difference (mm) [95% CI]"].iloc[0] == "-0.21 [-0.30, -0.12]"
+    table = shown.html.split('class="reader-table-download"')[0]  # the CSV link keeps every column
+    assert "<td>-0.21 [-0.30, -0.12]</td>" in table and "ci_low" not in table and "-0.30<" not in table
+
+
+def test_reader_table_drops_the_index(tests_table):
+    indexed = tests_table.head(3).set_index(pd.Index(["row-a", "row-b", "row-c"], name="rowname"))
+    shown = report.reader_table(indexed, columns=FACE_COLUMNS)
+    body = shown.html.split("<tbody>", 1)[1]
+    assert "<th" not in body and "row-a" not in shown.html and "rowname" not in shown.html
+    assert list(shown.page.columns)[0] == "Method"
+
+
+def test_reader_table_scrolls_a_wide_table_in_its_container():
+    wide = pd.DataFrame({f"a_rather_long_column_name_{i}": [0.5 * i] for i in range(30)})
+    shown = report.reader_table(wide)
+    assert shown.html.count("<table") == 1
+    assert re.search(r'<div[^>]*style="[^"]*overflow-x:\s*auto[^"]*"[^>]*>\s*<table', shown.html)
+    assert "a rather long column name 29" in shown.html  # no column dropped
+
+
+def test_reader_table_folds_a_long_table_and_summarises_it(tests_table):
+    assert len(tests_table) > report.MAX_ROWS
+    short = report.reader_table(tests_table.head(report.MAX_ROWS), columns=FACE_COLUMNS)
+    assert "<details" not in short.html and not short.folded
+    pivot = {"index": ["Candidate", "Method"], "columns": "Test set",
+             "values": ["Paired difference (mm) [95% CI]", "p (Holm)"]}
+    long = report.reader_table(tests_table, columns=FACE_COLUMNS, pivot=pivot)
+    assert long.folded and len(long.page) == 10 <= report.MAX_ROWS
+    assert long.page.columns[:3].tolist() == ["Candidate", "Method", "test_internal: Paired difference (mm) [95% CI]"]
+    assert long.page["Candidate"].tolist()[:5] == ["swapped"] * 5  # the table's order, not sorted
+    folded = re.search(r"<details>(.*?)</details>", long.html, re.S)
+    assert folded, "the full table is not in a <details> block"
+    assert folded.group(1).count("<tr") == len(tests_table) + 1  # every row, plus the header
+    plain = report.reader_table(tests_table, columns=FACE_COLUMNS)  # no summary given: its first rows
+    assert len(plain.page) == report.MAX_ROWS and plain.full.shape[0] == len(tests_table)
+
+
+def test_csv_link_serves_the_saved_table(tmp_path, tests_table):
+    from urllib.parse import unquote
+
+    path = tmp_path / "face_tests.csv"
+    tests_table.to_csv(path, index=False)
+    shown = report.reader_table(tests_table, columns=FACE_COLUMNS, csv=path)
+    link = re.search(r'<a download="([^"]+)" href="data:text/csv;charset=utf-8,([^"]*)"', shown.html)
+    assert link and link.group(1) == "face_tests.csv"
+    assert unquote(link.group(2)) == path.read_text()
+    assert f"({len(tests_table)} rows)" in shown.html
+
+
+# ------------------------------------------------------------------ chapters show reader tables
+def _chapters():
+    return sorted(p for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.py") if p.stem != "09_controls")
+
+
+def _code_cells(path: Path):
+    import jupytext
+
+    return [c for c in jupytext.read(path).cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("path", _chapters(), ids=lambda p: p.stem)
+def test_chapter_code_is_folded_but_its_parameters_cell_is_not(path):
+    cells = _code_cells(path)
+    params = [c for c in cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and not {"hide-input", "remove-input"} & set(params[0].metadata["tags"])
+    for cell in cells:
+        if cell is not params[0]:
+            tags = set(cell.metadata.get("tags", []))
+            assert tags & {"hide-input", "remove-input"}, f"{path.name}: code cell not folded:\n{cell.source[:200]}"
+
+
+def _shown_values(source: str):
+    """The expressions a cell displays: its last bare expression and the arguments of display()."""
+    import ast
+
+    tree = ast.parse(source)
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        yield tree.body[-1].value
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "display":
+            yield from node.args
+
+
+@pytest.mark.parametrize("path", _chapters(), ids=lambda p: p.stem)
+def test_chapter_shows_no_raw_dataframe(path):
+    """What a chapter displays is a figure, Markdown, an image or a reader table, never a raw DataFrame."""
+    import ast
+
+    allowed = {"reader_table", "Markdown", "Image", "chapter_footer", "display", "glue"}
+    for cell in _code_cells(path):
+        for value in _shown_values(cell.source):
+            if isinstance(value, ast.Name):
+                assert value.id == "fig", f"{path.name}: shows {value.id!r} as it is; use report.reader_table"
+                continue
+            func = value.func if isinstance(value, ast.Call) else None
+            name = getattr(func, "attr", getattr(func, "id", None))
+            assert name in allowed, f"{path.name}: shows {ast.unparse(value)!r}; use report.reader_table"
+
+
+@pytest.mark.parametrize("path", _chapters(), ids=lambda p: p.stem)
+def test_chapter_links_the_tables_it_shows_as_csv(path):
+    text = path.read_text()
+    if "save_table(" in text:
+        assert "csv=" in text, f"{path.name} saves tables but links none as a CSV download"
+
+
+# ------------------------------------------------------------------ licence and citation
+def test_license_is_bsd_3_clause():
+    text = (ROOT / "LICENSE").read_text()
+    assert "BSD 3-Clause" in text and "2026" in text and "The refacelib contributors" in text
+    assert text.count("\n3. ") == 1 and "Neither the name of the copyright holder" in text
+    import tomllib
+
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]["text"] == "BSD-3-Clause"
+
+
+def test_citation_cff_parses_and_cites_the_original_paper():
+    import yaml
+
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software" and cff["license"] == "BSD-3-Clause"
+    assert cff["title"] and cff["message"] and cff["authors"]
+    # the reproduction is what this file cites; the original paper is its reference (a
+    # preferred-citation would replace the reproduction's own entry in "Cite this repository")
+    assert "preferred-citation" not in cff
+    paper = next(ref for ref in cff["references"] if ref.get("journal"))
+    bib = (ROOT / "book" / "references.bib").read_text()
+    title = re.search(r"@article\{gao2025pitfalls,.*?title\s*=\s*\{(.*?)\},\n", bib, re.S).group(1)
+    assert paper["title"] == title.replace("{", "").replace("}", "")
+    assert paper["type"] == "article" and paper["year"] == 2025
+    assert paper["journal"] == "Computers in Biology and Medicine" and str(paper["volume"]) == "197"
+    assert [a["family-names"] for a in paper["authors"]][:2] == ["Gao", "Xu"] and len(paper["authors"]) == 14
+
+
+def test_offsets_table_and_key_values_summarise_the_signed_offsets():
+    from refacelib import controls
+
+    msd = pd.DataFrame({"subject": ["a", "b", "a", "b"], "test_set": "test_external", "method": "pydeface",
+                        "candidate": ["average", "average", "refaced_mean", "refaced_mean"],
+                        "msd_mm": [1.0, 2.0, 0.5, 0.7], "offset_mm": [-1.0, -0.6, -0.1, 0.1]})
+    table = controls.offsets_table(msd)
+    assert table.set_index("candidate").loc["average", "offset_mm"] == pytest.approx(-0.8)
+    with_coupling = controls.controls_table({0.0: table})
+    keys = report.offset_key_values(with_coupling)
+    assert keys == {"offset_average_external": "-0.80", "offset_refaced_mean_external": "0.00"}
+    assert report.offset_key_values(with_coupling, coupling=0.5) == {}
+
+
+def test_upsert_coupling_replaces_only_its_own_rows(tmp_path):
+    from refacelib import controls
+
+    path = tmp_path / "c.csv"
+    controls.upsert_coupling(path, 0.0, pd.DataFrame({"x": [1]}))
+    controls.upsert_coupling(path, 1.0, pd.DataFrame({"x": [2]}))
+    table = controls.upsert_coupling(path, 0.0, pd.DataFrame({"x": [3, 4]}))
+    assert table["coupling"].tolist() == [0.0, 0.0, 1.0] and table["x"].tolist() == [3, 4, 2]
+    assert pd.read_csv(path).equals(table)
+
+
+def test_plot_offsets_draws_one_bar_per_method_and_candidate():
+    from refacelib import reid_plots
+
+    rows = [{"coupling": 0.0, "test_set": t, "method": m, "candidate": c, "offset_mm": -0.5, "msd_mm": 1.0}
+            for t in ("test_internal", "test_external") for m in ("a", "b", "c") for c in ("average", "oracle")]
+    fig = reid_plots.plot_offsets(pd.DataFrame(rows), coupling=0.0)
+    bars = [p for ax in fig.axes for p in ax.patches]
+    assert len(fig.axes) == 2 and len(bars) == 2 * 3 * 2
+    assert all(b.get_height() == pytest.approx(-0.5) for b in bars)
