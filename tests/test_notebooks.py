@@ -77,7 +77,8 @@ def test_tiny_book_builds_with_real_figures_and_tables(tiny_book, project):
     assert list(diff.columns) == ["muscle", "image", "diff_mean", "ci_low", "ci_high", "wilcoxon_p"]
     assert (run / "figures" / "muscle_correlations.png").exists()
     msd = pd.read_csv(run / "tables" / "face_msd.csv")
-    assert list(msd.columns) == ["subject", "test_set", "method", "candidate", "msd_mm"]
+    assert list(msd.columns) == ["subject", "test_set", "method", "candidate", "msd_mm", "offset_mm"]
+    assert msd.loc[msd["candidate"] == "oracle", "offset_mm"].abs().median() < 0.5  # the oracle sits on the skin
     candidates = {"refaced", "refaced_mean", "average", "template_average", "defaced", "swapped", "oracle"}
     assert set(msd["candidate"]) == candidates
     assert len(msd) == 5 * len(candidates) * (summary.set_index("split")["n"].filter(like="test").sum())
