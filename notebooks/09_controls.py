@@ -54,7 +54,7 @@ offsets = report.read_table(run.tables, "controls_offsets") if run.is_phantom el
 have = controls is not None and len(controls) > 0
 have_offsets = offsets is not None and len(offsets) > 0 and bool((offsets["coupling"] == 0).any())
 controls_csv, offsets_csv = run.tables / "controls.csv", run.tables / "controls_offsets.csv"
-TEST_COLUMNS = {"coupling": "Coupling", "method": "Method", "test_set": "Test set", "estimator": "Estimator",
+TEST_COLUMNS = {"method": "Method", "test_set": "Test set", "estimator": "Estimator",
                 "n": "Subjects", ("hl_diff_mm", "ci_low_mm", "ci_high_mm"): "Paired difference (mm) [95% CI]",
                 "p_holm": "Holm p", "rbc": "Rank-biserial", "closer_significant": "Closer, significant"}
 glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
@@ -130,18 +130,16 @@ for cand in ("average", "refaced_mean", "swapped", "oracle"):
 # {glue:text}`offset_swapped_internal` and {glue:text}`offset_swapped_external` mm; the
 # oracle {glue:text}`offset_oracle_internal` and {glue:text}`offset_oracle_external` mm.
 # The baseline is the voxel-wise mean of the training heads, intensity-matched to each
-# subject. One likely reason it sits inside the skin: averaging faces that differ by
-# millimetres blurs the skin, and the blurred, darker intensity profile crosses the
-# surface threshold further in (the offset is larger on the external site, whose contrast and
-# slice thickness differ from the training site's). A cascade that learned nothing about the person can still learn to put the skin
-# back where skin usually is, and the swap check, which adds another subject's learned
-# correction, moves it just as far. That is a property of the average-face baseline, not of
-# re-identification: against the average face, a generative model "wins" with no information
-# about whose face it is. An exploratory check (not part of the book's pipeline) of a
-# voxel-wise *median* head instead of the mean, on this coupling-0 cohort, reduced the
-# baseline's inward offset by about a third but did not remove it. Whether a refaced face
-# carries the person is therefore read from the swap check below, never from the average
-# face alone.
+# subject. One likely reason a baseline sits inside the skin: averaging faces that differ by
+# millimetres blurs the skin, and a blurred, darker intensity profile crosses the surface
+# threshold further in. A cascade that learned nothing about the person can still learn to
+# move every face's skin outward, and the swap check, which adds *another* subject's learned
+# correction, then moves it by about as much as the subject's own: where the refaced face's
+# and the swap check's offsets agree, the correction does not depend on the person. Such a
+# gain is a property of the average-face baseline, not of re-identification: against the
+# average face, a generative model can "win" with no information about whose face it is.
+# Whether a refaced face carries the person is therefore read from the swap check below,
+# never from the average face alone.
 
 # %% tags=["hide-input"]
 if have:

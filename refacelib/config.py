@@ -206,13 +206,14 @@ class Run:
 
     def relpath(self, path: os.PathLike) -> str:
         """Path shown in published output: relative to the project, never absolute."""
-        path = Path(path).resolve()
-        for base, name in ((self.folder, f"runs/{self.label}"), (project_root(), ".")):
-            try:
-                return str(Path(name) / path.relative_to(base))
-            except ValueError:
-                continue
-        return path.name
+        # links are kept where they lie inside the run (``html`` links to the current build)
+        for candidate in (Path(os.path.abspath(path)), Path(path).resolve()):
+            for base, name in ((self.folder, f"runs/{self.label}"), (project_root(), ".")):
+                try:
+                    return str(Path(name) / candidate.relative_to(base))
+                except ValueError:
+                    continue
+        return Path(path).name
 
 
 def _mkdir(path: Path) -> Path:

@@ -337,3 +337,29 @@ def test_controls_table_from_the_cached_run(tiny_book):
     assert set(table["coupling"]) == {own}
     assert {"refaced", "refaced_mean", "swapped", "oracle"} <= set(table["estimator"])
     assert {"hl_diff_mm", "ci_low_mm", "ci_high_mm", "p_holm", "rbc"} <= set(table.columns)
+
+
+def test_controls_chapter_renders_the_tables_of_make_controls(tiny_book):
+    """The Controls chapter executes with a controls table present (the book's tiny build has none):
+    the coupling-0.8 tables of the cached run, relabelled as coupling 0 so every section of the chapter runs."""
+    from refacelib import config, controls, pipeline
+
+    run = config.open_run("tiny", "phantom")
+    if not (run.tables / "controls_offsets.csv").exists():
+        assert controls.main(["--profile", "tiny", "--couplings", "0.8"]) == 0
+    saved = {}
+    try:
+        for name in ("controls.csv", "controls_offsets.csv"):
+            path = run.tables / name
+            saved[path] = path.read_bytes()
+            table = pd.read_csv(path)
+            pd.concat([table, table.assign(coupling=0.0)]).to_csv(path, index=False)
+        rows = pipeline.execute_chapters(run, ["09_controls"], force=True, log=lambda *a: None)
+        assert [r["chapter"] for r in rows] == ["09_controls"]
+        for name in ("controls_dose_response.png", "controls_offsets.png", "controls_person_specific.png"):
+            assert (run.figures / name).stat().st_size > 5_000, name
+        text = (run.folder / "notebooks" / "09_controls.ipynb").read_text()
+        assert "Negative control (coupling 0)" in text and "Traceback" not in text
+    finally:
+        for path, data in saved.items():
+            path.write_bytes(data)
