@@ -100,7 +100,7 @@ else:
 # the refaced face was significantly closer than the swap check in
 # {glue:text}`null_person_wins` of {glue:text}`null_person_n` comparisons.
 #
-# ## Where the null "gain" comes from: the baseline sits inside the face
+# ## Where a null "gain" comes from: the signed surface offset
 #
 # The face MSD says how far a candidate's skin surface is from the original's, not in which
 # direction. The signed offset ([`reid.surface_offset`](../book/methods.md)) does: the mean
