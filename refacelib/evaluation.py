@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from . import reid
 from .deface import face_region
 from .parallel import default_jobs
 from .stages import load_defaced, load_registration
+from .surface import index_mesh
 from .template import Template
 
 __all__ = ["subject_region", "candidate_images", "default_jobs", "face_msd_table", "fast_msd_matrix", "template_face",
@@ -69,6 +71,10 @@ def _subject_faces(deface_folder: Path, refaced_folder: Path, template: Template
     # one threshold per subject (from its original), so candidates differ only by their voxels
     threshold = reid.smoothed_threshold(original, 1.0)
     orig_mesh = reid.face_mesh(original, affine, region, threshold=threshold)
+    # prepared once per subject: the original's triangle index (every candidate's MSD and offset) and
+    # its smoothed image (the offset's inside test, as face_mesh smooths it)
+    target = index_mesh(orig_mesh) if len(orig_mesh.verts) else orig_mesh
+    smoothed = ndimage.gaussian_filter(np.asarray(original, np.float64), 1.0)
     rows, surfaces, floor = [], {(sid, "original"): orig_mesh.verts}, []
     retest = _stored(deface_folder, "retest", sid)
     if retest is not None:
@@ -80,8 +86,9 @@ def _subject_faces(deface_folder: Path, refaced_folder: Path, template: Template
             if keep_surfaces:
                 surfaces[(sid, f"{method}:{name}")] = mesh.verts
             rows.append({"subject": sid, "test_set": test_set, "method": method, "candidate": name,
-                         "msd_mm": reid.surface_msd(mesh, orig_mesh),
-                         "offset_mm": reid.surface_offset(mesh, orig_mesh, original, affine, threshold=threshold)})
+                         "msd_mm": reid.surface_msd(mesh, target),
+                         "offset_mm": reid.surface_offset(mesh, target, smoothed, affine, threshold=threshold,
+                                                          mask_sigma=0.0)})
     return rows, surfaces, floor
 
 
