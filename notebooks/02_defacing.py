@@ -38,6 +38,7 @@ from myst_nb import glue
 from refacelib import cohort, config, deface, render, report, stages, viz
 from refacelib.io import save_figure, save_table
 from refacelib.surface import head_mask
+from refacelib.viz import placeholder_figure
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
@@ -46,6 +47,8 @@ show_faces = run.is_phantom or config.parse_flag(publish_faces, name="publish_fa
 ds = cohort.prepare_dataset(run)
 template = stages.study_template(run)
 glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
+
+
 
 # %% [markdown]
 # This chapter ran on {glue:text}`dataset_name`.
@@ -68,8 +71,8 @@ report.reader_table(methods, csv=methods_csv,
 #
 # ## The removal regions on the template
 #
-# Each emulated region is defined on pydeface's average head and shows what each
-# method removes (yellow), on a mid-sagittal and an axial slice through the eyes (skull-stripping:
+# Each emulated region is defined on pydeface's average head; {numref}`fig-deface-regions`
+# shows what each method removes (yellow), on a mid-sagittal and an axial slice through the eyes (skull-stripping:
 # everything outside the template's deepbet brain mask). Quickshear's region is not
 # drawn: the real quickshear computes its shear plane per subject from the brain mask.
 
@@ -77,7 +80,16 @@ report.reader_table(methods, csv=methods_csv,
 regions = {**deface.template_regions(template), "skullstrip": template.head & ~template.brain}
 fig = viz.plot_regions(template.data, regions, template.affine, eye_world=template.landmarks["eye_left"], note=note)
 save_figure(fig, run.figures / "deface_regions.png")
-fig
+glue("fig_deface_regions", fig, display=False)
+
+# %% [markdown]
+# ```{glue:figure} fig_deface_regions
+# :name: fig-deface-regions
+#
+# Removal region of each defacing method (yellow) on the study template (pydeface's average
+# head): a mid-sagittal slice (top) and an axial slice through the eyes (bottom). Emulated
+# methods only; for skull-stripping, everything outside the template's brain mask.
+# ```
 
 # %% [markdown]
 # ## Defacing the cohort
@@ -118,7 +130,16 @@ report.reader_table(summary, csv=[summary_csv, qc_csv], columns={
 # %% tags=["hide-input"]
 fig = viz.plot_deface_qc(qc, note=note)
 save_figure(fig, run.figures / "deface_qc.png")
-fig
+glue("fig_deface_qc", fig, display=False)
+
+# %% [markdown]
+# ```{glue:figure} fig_deface_qc
+# :name: fig-deface-qc
+#
+# Quality control of defacing, per method, on every subject of this run: fraction of the
+# head removed, number of brain voxels removed and Dice overlap of the template
+# registration (points: subjects; boxes: median and quartiles).
+# ```
 
 # %% [markdown]
 # ## One test subject
@@ -136,9 +157,18 @@ glue("example_subject", sid, display=False)
 if show_faces:
     fig = viz.plot_mid_sagittal_row(images, note=note)
     save_figure(fig, run.figures / "deface_example_slices.png")
-    display(fig)
+    glue("fig_deface_example_slices", fig, display=False)
 else:
     display(Markdown("*Withheld: real faces are not published (`publish_faces` is false).*"))
+    glue("fig_deface_example_slices", placeholder_figure("Slices withheld (publish_faces is false)."), display=False)
+
+# %% [markdown]
+# ```{glue:figure} fig_deface_example_slices
+# :name: fig-deface-example-slices
+#
+# Mid-sagittal slices of test subject {glue:text}`example_subject` of this run: the original
+# and the output of each defacing method, on the same intensity window.
+# ```
 
 # %% tags=["hide-input"]
 if show_faces:
@@ -146,12 +176,24 @@ if show_faces:
     fig = render.render_grid(rows, labels={n: n.replace("_", " ") for n in rows}, eye_bar=not run.is_phantom,
                              pixel_mm=run.params["deface"]["render_pixel_mm"])
     save_figure(fig, run.figures / "deface_example_render.png")
-    display(fig)
+    glue("fig_deface_example_render", fig, display=False)
+else:
+    glue("fig_deface_example_render", placeholder_figure("Renderings withheld (publish_faces is false)."),
+         display=False)
 
 # %% [markdown]
-# The example subject is {glue:text}`example_subject`. In the original row the nose,
-# lips, chin and eyes read as a face; in the defaced rows they are gone, to a degree
-# that differs by method.
+# ```{glue:figure} fig_deface_example_render
+# :name: fig-deface-example-render
+#
+# Surface renderings of the head of test subject {glue:text}`example_subject` of this run,
+# five views each: the original (top row) and each defaced version. Renderings of real
+# faces carry an eye bar.
+# ```
+#
+# The example subject is {glue:text}`example_subject`. In the original row of
+# {numref}`fig-deface-example-render` the nose, lips, chin and eyes read as a face; in the
+# defaced rows they are gone, to a degree that differs by method
+# ({numref}`fig-deface-example-slices` shows the same on a slice).
 
 # %% tags=["remove-input"]
 display(report.chapter_footer(run, started=chapter_start))

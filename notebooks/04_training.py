@@ -117,7 +117,19 @@ glue("training_total_seconds", round(float(seconds.sum()), 1), display=False)
 # %% tags=["hide-input"]
 fig = viz.plot_loss_curves(history, note=note)
 save_figure(fig, run.figures / "training_loss.png")
-display(fig)
+glue("fig_training_loss", fig, display=False)
+
+# %% [markdown]
+# ```{glue:figure} fig_training_loss
+# :name: fig-training-loss
+#
+# Training loss (per batch) and validation loss (exponential-moving-average weights, on the
+# validation subjects) against the training step, log scale, for stage 1 (whole head,
+# coarse) and stage 2 (face box, fine) of the checkpoints this run uses. The table below
+# gives each stage's steps, wall time and last validation loss.
+# ```
+
+# %% tags=["hide-input"]
 val_loss = history.dropna(subset=["val_loss"]).groupby("stage")["val_loss"].last().reindex(seconds.index)
 per_stage = pd.DataFrame({"stage": seconds.index, "steps": steps.values, "seconds": seconds.values,
                           "val_loss": val_loss.values})

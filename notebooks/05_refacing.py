@@ -37,6 +37,7 @@ from refacelib import config, refacing, render, report, stages, viz
 from refacelib.device import resolve_device
 from refacelib.io import save_figure, save_table
 from refacelib.surface import head_mask
+from refacelib.viz import placeholder_figure
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
@@ -48,6 +49,8 @@ settings = run.params["cascade"]
 ckpt_folder, _ = refacing.trained_cascade(run, study)
 device = str(resolve_device(settings.get("device", "auto")))
 glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
+
+
 
 # %% [markdown]
 # This chapter ran on {glue:text}`dataset_name`.
@@ -125,27 +128,81 @@ report.reader_table(table.reset_index(), csv=errors_csv, formats=dict.fromkeys(t
 # ## One test subject
 #
 # Mid-sagittal slices and renderings of the original, the defaced image, the refaced image
-# (single sample) and the matched baseline (the cohort-average face), under two methods. For real
+# (single sample) and the matched baseline (the cohort-average face), under two methods
+# ({numref}`fig-refacing-1-slices` to {numref}`fig-refacing-2-render`). For real
 # data, shown only with `publish_faces`, and renderings carry an eye bar.
 
 # %% tags=["hide-input"]
 sid = test_ids[0]
 glue("example_subject", sid, display=False)
-for method in run.params["refacing"]["example_methods"] if show_faces else []:
+example_methods = list(run.params["refacing"]["example_methods"])
+
+
+def example_figures(method):
+    """Slices and renderings of the example subject under one method (saved to the run's figures)."""
     images = {"original": stages.load_defaced(folder, "original", sid),
               "defaced": stages.load_defaced(folder, method, sid),
               "refaced": stages.load_defaced(refaced, f"{method}_sample", sid),
               "average face": stages.load_defaced(refaced, f"{method}_average", sid)}
-    fig = viz.plot_mid_sagittal_row(images, note=note)
-    fig.suptitle(method, y=1.02)
-    save_figure(fig, run.figures / f"refacing_{method}_slices.png")
-    display(fig)
-    fig = render.render_grid({k: (head_mask(v[0]), v[1]) for k, v in images.items()}, eye_bar=not run.is_phantom,
-                             pixel_mm=run.params["deface"]["render_pixel_mm"])
-    save_figure(fig, run.figures / f"refacing_{method}_render.png")
-    display(fig)
+    slices = viz.plot_mid_sagittal_row(images, note=note)
+    slices.suptitle(method, y=1.02)
+    save_figure(slices, run.figures / f"refacing_{method}_slices.png")
+    rendered = render.render_grid({k: (head_mask(v[0]), v[1]) for k, v in images.items()}, eye_bar=not run.is_phantom,
+                                  pixel_mm=run.params["deface"]["render_pixel_mm"])
+    save_figure(rendered, run.figures / f"refacing_{method}_render.png")
+    return slices, rendered
+
+
+# the first two example methods are numbered figures (below); any further one is shown here
+for i in (1, 2):
+    method = example_methods[i - 1] if i <= len(example_methods) else None
+    glue(f"refacing_method_{i}", method or "none", display=False)
+    if show_faces and method:
+        slices, rendered = example_figures(method)
+    else:
+        why = "Withheld (publish_faces is false)." if method else "No such example method in this profile."
+        slices, rendered = placeholder_figure(why), placeholder_figure(why)
+    glue(f"fig_refacing_{i}_slices", slices, display=False)
+    glue(f"fig_refacing_{i}_render", rendered, display=False)
+for method in example_methods[2:] if show_faces else []:
+    for fig in example_figures(method):
+        display(fig)
 if not show_faces:
     display(Markdown("*Withheld: real faces are not published (`publish_faces` is false).*"))
+
+# %% [markdown]
+# ```{glue:figure} fig_refacing_1_slices
+# :name: fig-refacing-1-slices
+#
+# Mid-sagittal slices of test subject {glue:text}`example_subject` of this run under
+# {glue:text}`refacing_method_1`: the original, the defaced image, the refaced image (a single
+# sample of the cascade) and the matched baseline (the cohort-average face), on the same
+# intensity window.
+# ```
+#
+# ```{glue:figure} fig_refacing_1_render
+# :name: fig-refacing-1-render
+#
+# Surface renderings, five views each, of the four heads of {numref}`fig-refacing-1-slices`
+# (test subject {glue:text}`example_subject`, {glue:text}`refacing_method_1`): original,
+# defaced, refaced (single sample) and matched average face.
+# ```
+#
+# ```{glue:figure} fig_refacing_2_slices
+# :name: fig-refacing-2-slices
+#
+# As {numref}`fig-refacing-1-slices`, under {glue:text}`refacing_method_2`: mid-sagittal
+# slices of the original, defaced, refaced (single sample) and matched average face of test
+# subject {glue:text}`example_subject`.
+# ```
+#
+# ```{glue:figure} fig_refacing_2_render
+# :name: fig-refacing-2-render
+#
+# As {numref}`fig-refacing-1-render`, under {glue:text}`refacing_method_2`: surface
+# renderings, five views each, of the original, defaced, refaced (single sample) and matched
+# average face of test subject {glue:text}`example_subject`.
+# ```
 
 # %% tags=["remove-input"]
 display(report.chapter_footer(run, started=chapter_start))

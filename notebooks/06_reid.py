@@ -38,7 +38,7 @@ from myst_nb import glue
 from refacelib import cohort, config, controls, evaluation, paper, refacing, reid, reid_plots, render, report, stages
 from refacelib.io import save_figure, save_table
 from refacelib.surface import head_mask
-from refacelib.viz import SIMULATION_NOTE
+from refacelib.viz import SIMULATION_NOTE, placeholder_figure
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
@@ -51,6 +51,8 @@ ckpt_folder, _ = refacing.trained_cascade(run, study)
 subjects = study.test_subjects
 refaced, _ = refacing.refaced_test_set(run, study, ckpt_folder)
 glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
+
+
 
 # %% [markdown]
 # This chapter ran on {glue:text}`dataset_name`.
@@ -148,22 +150,57 @@ report.reader_table(shown, csv=tests_csv, summary=discussed, formats={"rbc": 2},
 # closer than the swap check in {glue:text}`n_person_closer`: only that last part of the
 # gain carries information about the individual face; the rest is a correction the model
 # applies to everyone (for example, sharpening the blur of an averaged head).
+# {numref}`fig-face-paired-differences` shows every estimator's paired difference, and
+# {numref}`fig-face-msd-distributions` and {numref}`fig-face-bland-altman` the per-subject
+# distances behind the headline comparison.
 
 # %% tags=["hide-input"]
 fig = reid_plots.plot_paired_differences(tests, baseline="average", estimators=estimators, floor_mm=floor_mm,
                                          note=note)
 save_figure(fig, run.figures / "face_paired_differences.png")
-fig
+glue("fig_face_paired_differences", fig, display=False)
+
+# %% [markdown]
+# ```{glue:figure} fig_face_paired_differences
+# :name: fig-face-paired-differences
+#
+# Hodges–Lehmann paired difference of the face MSD (candidate minus the matched
+# cohort-average baseline, mm) with its 95% interval, per defacing method (rows) and test
+# set (panels) of this run, for the single sample, the mean of samples, the swap check and,
+# on the phantom, the oracle. Left of zero the candidate's face is closer to the original;
+# the shaded band is ± the test–retest floor.
+# ```
 
 # %% tags=["hide-input"]
 fig = reid_plots.plot_msd_distributions(msd, candidates=(run.params["reid"]["headline_estimator"], "average"), note=note)
 save_figure(fig, run.figures / "face_msd_distributions.png")
-fig
+glue("fig_face_msd_distributions", fig, display=False)
+
+# %% [markdown]
+# ```{glue:figure} fig_face_msd_distributions
+# :name: fig-face-msd-distributions
+#
+# Face MSD to the original (mm) per defacing method, one panel per test set of this run:
+# the refaced face ({glue:text}`headline_estimator` estimator) and the matched
+# cohort-average baseline as the two halves of a split violin, each with a box and its
+# per-subject points.
+# ```
 
 # %% tags=["hide-input"]
 fig = reid_plots.plot_bland_altman(msd, a=run.params["reid"]["headline_estimator"], b="average", note=note)
 save_figure(fig, run.figures / "face_bland_altman.png")
-fig
+glue("fig_face_bland_altman", fig, display=False)
+
+# %% [markdown]
+# ```{glue:figure} fig_face_bland_altman
+# :name: fig-face-bland-altman
+#
+# Bland–Altman plot of the face MSD of the refaced face ({glue:text}`headline_estimator`
+# estimator) against the matched cohort-average baseline, pooled over methods: one point per
+# subject × method × test set of this run (colour: method); x the mean of the two MSDs, y
+# their difference (negative: the refaced face is closer). Lines: the bias (mean difference)
+# and the 95% limits of agreement (bias ± 1.96 SD).
+# ```
 
 # %% [markdown]
 # ## Ours next to the paper's
@@ -202,14 +239,25 @@ if show_faces:
     fig = render.render_grid({k: (head_mask(v), affine) for k, v in rows.items()}, labels=labels,
                              eye_bar=not run.is_phantom, pixel_mm=run.params["deface"]["render_pixel_mm"])
     save_figure(fig, run.figures / "face_renderings.png")
-    display(fig)
+    glue("fig_face_renderings", fig, display=False)
 else:
     display(Markdown("*Withheld: real faces are not published (`publish_faces` is false).*"))
+    glue("fig_face_renderings", placeholder_figure("Renderings withheld (publish_faces is false)."), display=False)
 
 # %% [markdown]
-# Subject {glue:text}`render_subject` under {glue:text}`render_method`. Below, the distance of
-# each point of the face surface to the original face (mm), for the refaced face and for the
-# average face.
+# ```{glue:figure} fig_face_renderings
+# :name: fig-face-renderings
+#
+# Surface renderings, five views each, of test subject {glue:text}`render_subject` of this
+# run under {glue:text}`render_method`: the original, the defaced image, the refaced face (a
+# single sample) and the matched cohort-average face, each labelled with its face MSD to the
+# original (mm).
+# ```
+#
+# Subject {glue:text}`render_subject` under {glue:text}`render_method`.
+# {numref}`fig-face-distance-refaced` and {numref}`fig-face-distance-average` show the
+# distance of each point of the face surface to the original face (mm), for the refaced face
+# and for the average face.
 
 # %% tags=["hide-input"]
 if show_faces:
@@ -220,7 +268,27 @@ if show_faces:
                                   cmap="magma", eye_bar=not run.is_phantom, title=f"{name}: distance to original (mm)",
                                   pixel_mm=run.params["deface"]["render_pixel_mm"])
         save_figure(fig, run.figures / f"face_distance_{name}.png")
-        display(fig)
+        glue(f"fig_face_distance_{name}", fig, display=False)
+else:
+    for name in ("refaced", "average"):
+        glue(f"fig_face_distance_{name}", placeholder_figure("Withheld (publish_faces is false)."), display=False)
+
+# %% [markdown]
+# ```{glue:figure} fig_face_distance_refaced
+# :name: fig-face-distance-refaced
+#
+# Distance (mm, colour from 0 to 4) of each point of the refaced face's surface (single
+# sample) to the original face, five views; test subject {glue:text}`render_subject` of this
+# run under {glue:text}`render_method`.
+# ```
+#
+# ```{glue:figure} fig_face_distance_average
+# :name: fig-face-distance-average
+#
+# As {numref}`fig-face-distance-refaced`, for the matched cohort-average face: distance (mm,
+# 0 to 4) of each point of its surface to the original face of test subject
+# {glue:text}`render_subject` under {glue:text}`render_method`.
+# ```
 
 # %% [markdown]
 # ## Matching attack
@@ -233,7 +301,7 @@ if show_faces:
 # is not pure chance: it is registered to each subject, so it carries the head's size and
 # shape around the face; chance is one over the number of subjects. A refaced face is a
 # privacy risk beyond that when it ranks the right person higher than the average face does.
-# Saved as `tables/reid.csv`.
+# {numref}`fig-reid-cmc` shows the cumulative match characteristic. Saved as `tables/reid.csv`.
 
 # %% tags=["hide-input"]
 reid_rates, curves = evaluation.matching_attack(surfaces, subjects, methods, reference=evaluation.template_face(template))
@@ -250,7 +318,18 @@ glue("best_method", f"{best['method']} ({best['test_set']})", display=False)
 glue("best_average_top1", f"{same['top1']:.2f}", display=False)
 glue("best_chance", f"{1 / best['n']:.2f}", display=False)
 glue("reid_seconds", round(time.perf_counter() - start, 1), display=False)
-display(fig)
+glue("cmc_test_set", test_set, display=False)
+glue("fig_reid_cmc", fig, display=False)
+
+# %% [markdown]
+# ```{glue:figure} fig_reid_cmc
+# :name: fig-reid-cmc
+#
+# Cumulative match characteristic of the matching attack on this run's
+# {glue:text}`cmc_test_set` test set: the fraction of subjects whose own original face ranks
+# within the top k (by face MSD after rigid ICP alignment), for the refaced face (mean of
+# samples) and the matched average face under each defacing method.
+# ```
 
 # %% tags=["hide-input"]
 report.reader_table(reid_rates, csv=reid_csv, formats={"top1": 2, "top5": 2}, columns={

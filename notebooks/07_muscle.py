@@ -36,6 +36,7 @@ from myst_nb import glue
 
 from refacelib import cohort, config, deface, muscle, paper, report, stages, viz
 from refacelib.io import save_figure, save_table
+from refacelib.viz import placeholder_figure
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
@@ -50,6 +51,8 @@ if not ds.has_muscle:  # the prose below still quotes these keys
         glue(key, "n/a", display=False)
 glue("n_folds", settings["n_splits"], display=False)
 glue("n_resamples", settings["n_boot"], display=False)
+
+
 
 # %% [markdown]
 # This chapter ran on {glue:text}`dataset_name`. CT muscle columns:
@@ -129,10 +132,23 @@ if ds.has_muscle:
                           run.tables / "muscle_diff.csv")
     fig = viz.plot_muscle_correlations(boot, corr, diff, labels=paper.IMAGE_LABELS, note=note)
     save_figure(fig, run.figures / "muscle_correlations.png")
-    display(fig)
+    glue("fig_muscle_correlations", fig, display=False)
+else:
+    glue("fig_muscle_correlations", placeholder_figure("No CT muscle columns in this dataset: nothing to plot."),
+         display=False)
 
 # %% [markdown]
-# Each panel is one muscle; each cloud holds the resampled (rescaled half-sample)
+# ```{glue:figure} fig_muscle_correlations
+# :name: fig-muscle-correlations
+#
+# Spearman's rho between the out-of-fold predicted and the true age- and sex-adjusted CT
+# muscle radiodensity, from the facial voxels of each image type of this run's subjects, one
+# panel per muscle: the {glue:text}`n_resamples` resampled (rescaled half-sample)
+# correlations, their mean and 95% percentile interval (solid: excludes 0), and a star where
+# the paired difference from the original image excludes 0.
+# ```
+#
+# In {numref}`fig-muscle-correlations`, each panel is one muscle; each cloud holds the resampled (rescaled half-sample)
 # correlations of one image type; the point and bar are their mean (centred on the
 # full-sample estimate) and 95% CI (solid: CI excludes 0, significant; hollow:
 # covers 0); a star marks an image whose paired difference from the original excludes 0.

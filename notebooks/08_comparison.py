@@ -50,8 +50,8 @@ glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a 
 #
 # ## The study at a glance
 #
-# One test subject of this run: its original head, the same head defaced, and the head
-# refaced by the cascade (a single sample, what an attacker running the model once sees),
+# {numref}`fig-overview` shows one test subject of this run: its original head, the same
+# head defaced, and the head refaced by the cascade (a single sample, what an attacker running the model once sees),
 # rendered as surfaces. Below, the head-body link: the facial voxels the muscle model reads,
 # and the run's correlations between predicted and true CT muscle radiodensity, from the
 # original image and from each defaced one. For a real dataset the faces are withheld
@@ -91,10 +91,18 @@ save_figure(fig, run.figures / "overview.png")
 glue("overview_figure", fig, display=False)
 glue("overview_subject", sid, display=False)
 glue("overview_method", method, display=False)
-display(fig)
 
 # %% [markdown]
-# Subject {glue:text}`overview_subject`, defaced by {glue:text}`overview_method`.
+# ```{glue:figure} overview_figure
+# :name: fig-overview
+#
+# The study at a glance, drawn from this run. Top: test subject {glue:text}`overview_subject`'s
+# original head, the same head defaced by {glue:text}`overview_method`, and refaced by the
+# diffusion cascade (a single sample), rendered as surfaces, with each face's MSD to the
+# original. Bottom: the facial voxels the muscle model reads, and Spearman's rho between the
+# predicted and the true CT muscle radiodensity from the original and from each defaced
+# image, mean and 95% interval (half-samples that refit the model).
+# ```
 #
 # ## Settings of this run
 #

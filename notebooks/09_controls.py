@@ -20,8 +20,9 @@
 # it at couplings 0, 0.5, 0.8 and 1 and writes `tables/controls.csv`; this chapter shows
 # that table.
 #
-# - **Negative control** (coupling 0): nothing an attacker sees predicts the face, so the
-#   refaced face must not be closer to the original than its matched baseline.
+# - **Negative control** (coupling 0, and no soft tissue on the scalp: the run
+#   `runs/<profile>-phantom-null`): nothing an attacker sees outside the face region predicts
+#   the face, so the refaced face must not be closer to the original than its matched baseline.
 # - **Dose response**: the paired difference (refaced minus matched baseline) should fall
 #   below zero as the coupling grows, if the model learns the predictable part of a face.
 # - **Swap check**: each subject's baseline plus *another* subject's learned correction.
@@ -45,6 +46,7 @@ from myst_nb import glue
 
 from refacelib import config, report, reid_plots, viz
 from refacelib.io import save_figure
+from refacelib.viz import placeholder_figure
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
@@ -64,6 +66,12 @@ elif not have:
     display(Markdown(f"*The controls have not been run for this book: `make controls PROFILE={profile}` runs "
                      "them (one full study per coupling) and rebuilds the book with this chapter filled in.*"))
 
+
+
+
+missing = ("Not drawn: the controls run on the phantom only." if not run.is_phantom else
+           f"Not drawn: the controls have not been run for this book (make controls PROFILE={profile}).")
+
 # %% [markdown]
 # This chapter ran on {glue:text}`dataset_name`.
 #
@@ -77,7 +85,23 @@ elif not have:
 if have:
     fig = reid_plots.plot_dose_response(controls, estimator="refaced_mean", baseline="average", note=note)
     save_figure(fig, run.figures / "controls_dose_response.png")
-    display(fig)
+    glue("fig_controls_dose_response", fig, display=False)
+else:
+    glue("fig_controls_dose_response", placeholder_figure(missing), display=False)
+
+# %% [markdown]
+# ```{glue:figure} fig_controls_dose_response
+# :name: fig-controls-dose-response
+#
+# Dose response of this run's control studies (`tables/controls.csv`, one full study per
+# coupling): the Hodges–Lehmann paired difference of the face MSD, mean of samples minus the
+# matched cohort-average baseline (mm), with its 95% interval, against the phantom's
+# `face_coupling`; one line per defacing method, one panel per test set. Below zero the
+# refaced face is closer to the original.
+# ```
+
+# %% tags=["hide-input"]
+if have:
     null = report.negative_control_summary(controls)
     person = report.negative_control_summary(controls, baseline="swapped")
     glue("null_wins", int(null["closer_significant"].sum()), display=False)
@@ -94,8 +118,9 @@ else:
 # At coupling 0, a refaced face (either estimator) was significantly closer to the
 # original than its matched baseline (Holm p < 0.05, negative difference) in
 # {glue:text}`null_wins` of {glue:text}`null_n` method × test-set × estimator comparisons.
-# No face latent can be learned there, so each such case is a gain that does not depend on
-# the person's face. The next section measures where it comes from. The person-specific
+# Neither a face latent nor the soft tissue can be learned there from what the attacker sees
+# outside the face region, so each such case is a gain that does not depend on the person's
+# face (or, for a method that keeps part of the face region, on what that part shows). The next section measures where it comes from. The person-specific
 # comparison is against the swap check, which carries any such correction too: at coupling 0
 # the refaced face was significantly closer than the swap check in
 # {glue:text}`null_person_wins` of {glue:text}`null_person_n` comparisons.
@@ -111,15 +136,29 @@ else:
 if have_offsets:
     fig = reid_plots.plot_offsets(offsets, coupling=0.0, note=note)
     save_figure(fig, run.figures / "controls_offsets.png")
-    display(fig)
+    glue("fig_controls_offsets", fig, display=False)
     keys = report.offset_key_values(offsets, coupling=0.0)
 else:
     keys = {}
     display(Markdown("*The signed offsets were not measured for this book (`make controls` writes them).*"))
+    glue("fig_controls_offsets", placeholder_figure(missing if not run.is_phantom else
+                                                    "Not drawn: the signed offsets were not measured for this book."),
+         display=False)
 for cand in ("average", "refaced_mean", "swapped", "oracle"):
     for test_set in ("internal", "external"):
         key = f"offset_{cand}_{test_set}"
         glue(key, keys.get(key, "not run"), display=False)
+
+# %% [markdown]
+# ```{glue:figure} fig_controls_offsets
+# :name: fig-controls-offsets
+#
+# Signed surface offset of each candidate face from the original's skin at coupling 0
+# (`tables/controls_offsets.csv` of this run's control studies): median over the test
+# subjects (mm; negative: inside the true skin), per defacing method, for the matched
+# cohort-average baseline, the refaced face (mean of samples), the swap check and the
+# oracle; one panel per test set.
+# ```
 
 # %% [markdown]
 # Median over the methods other than skull-stripping, at coupling 0: the matched baseline's
@@ -145,7 +184,23 @@ for cand in ("average", "refaced_mean", "swapped", "oracle"):
 if have:
     fig = reid_plots.plot_dose_response(controls, estimator="refaced_mean", baseline="swapped", note=note)
     save_figure(fig, run.figures / "controls_person_specific.png")
-    display(fig)
+    glue("fig_controls_person_specific", fig, display=False)
+else:
+    glue("fig_controls_person_specific", placeholder_figure(missing), display=False)
+
+# %% [markdown]
+# ```{glue:figure} fig_controls_person_specific
+# :name: fig-controls-person-specific
+#
+# The person-specific part of the gain in this run's control studies: the Hodges–Lehmann
+# paired difference of the face MSD, mean of samples minus the swap check (mm), with its
+# 95% interval, against `face_coupling`; one line per defacing method, one panel per test
+# set. Below zero the subject's own refaced face is closer to the original than a
+# baseline corrected with another subject's learned correction.
+# ```
+
+# %% tags=["hide-input"]
+if have:
     display(report.reader_table(person, csv=controls_csv, columns=TEST_COLUMNS, formats={"rbc": 2},
                                 caption="Negative control (coupling 0): refaced vs the swap check."))
 
@@ -160,10 +215,35 @@ if have:
 if have:
     fig = reid_plots.plot_dose_response(controls, estimator="swapped", baseline="average", note=note)
     save_figure(fig, run.figures / "controls_swap.png")
-    display(fig)
+    glue("fig_controls_swap", fig, display=False)
     fig = reid_plots.plot_dose_response(controls, estimator="oracle", baseline="average", note=note)
     save_figure(fig, run.figures / "controls_oracle.png")
-    display(fig)
+    glue("fig_controls_oracle", fig, display=False)
+else:
+    glue("fig_controls_swap", placeholder_figure(missing), display=False)
+    glue("fig_controls_oracle", placeholder_figure(missing), display=False)
+
+# %% [markdown]
+# ```{glue:figure} fig_controls_swap
+# :name: fig-controls-swap
+#
+# Swap check at every coupling of this run's control studies: the Hodges–Lehmann paired
+# difference of the face MSD, swap check (a subject's baseline plus another subject's learned
+# correction) minus the matched cohort-average baseline (mm), with its 95% interval, against
+# `face_coupling`; one line per defacing method, one panel per test set.
+# ```
+#
+# ```{glue:figure} fig_controls_oracle
+# :name: fig-controls-oracle
+#
+# Oracle at every coupling of this run's control studies: the Hodges–Lehmann paired
+# difference of the face MSD, oracle (the face the phantom's generator predicts from the rest
+# of the head) minus the matched cohort-average baseline (mm), with its 95% interval, against
+# `face_coupling`; one line per defacing method, one panel per test set.
+# ```
+
+# %% tags=["hide-input"]
+if have:
     display(report.reader_table(report.controls_overview(controls), csv=[p for p in (controls_csv, offsets_csv) if p.exists()]))
 
 # %% [markdown]

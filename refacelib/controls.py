@@ -6,8 +6,9 @@ phantom study of a profile under other values of ``phantom.face_coupling``
 own cached run folder ``runs/<profile>-phantom-coupling-<value>``, and writes (or updates, coupling
 by coupling) ``tables/controls.csv`` in the main run folder:
 
-* **negative control**: at coupling 0 nothing the attacker sees predicts the
-  face, so a refaced face must not beat its matched baseline;
+* **negative control**: at coupling 0, with no soft tissue on the scalp
+  (:func:`control_overrides`), nothing the attacker sees predicts the face, so a
+  refaced face must not beat its matched baseline;
 * **dose response**: the paired difference (refaced - matched baseline) against
   the coupling, which should fall as the face becomes predictable;
 * **swap check** (in every run): the learned residual of another subject of
@@ -30,7 +31,7 @@ from . import evaluation, refacing, reid
 from .config import Run, open_run
 from .io import save_table
 
-__all__ = ["COUPLINGS", "ESTIMATORS", "control_run", "face_tests", "run_control", "controls_table", "offsets_table",
+__all__ = ["COUPLINGS", "ESTIMATORS", "control_overrides", "control_run", "face_tests", "run_control", "controls_table", "offsets_table",
            "upsert_coupling", "main"]
 
 #: Couplings of the dose response (the profile's own value is its main run).
@@ -40,8 +41,29 @@ ESTIMATORS = ("refaced", "refaced_mean", "swapped", "oracle")
 BASELINES = ("average", "template_average")
 
 
+def control_overrides(coupling: float) -> dict:
+    """The phantom parameters a control run changes: the coupling, and at coupling 0 the scalp.
+
+    At coupling 0 the face latents are independent of what defacing leaves, but the
+    soft-tissue factor still thickens the scalp by ``soft_tissue_scalp_fraction`` and
+    so stays visible to an attacker: the negative control sets that fraction to 0 as
+    well, so that nothing an attacker sees predicts the face (book/phantom.md).
+
+    Examples
+    --------
+    >>> control_overrides(0.0)
+    {'phantom.face_coupling': 0.0, 'phantom.soft_tissue_scalp_fraction': 0.0}
+    >>> control_overrides(0.5)
+    {'phantom.face_coupling': 0.5}
+    """
+    out = {"phantom.face_coupling": float(coupling)}
+    if float(coupling) == 0.0:
+        out["phantom.soft_tissue_scalp_fraction"] = 0.0
+    return out
+
+
 def control_run(profile: str, coupling: float) -> Run:
-    """The run of ``profile`` on the phantom with ``phantom.face_coupling = coupling``.
+    """The run of ``profile`` on the phantom with :func:`control_overrides` of ``coupling``.
 
     The profile's own coupling is its main run (``runs/<profile>-phantom``).
     """
@@ -49,8 +71,8 @@ def control_run(profile: str, coupling: float) -> Run:
     own = float((main_run.params.get("phantom") or {}).get("face_coupling", 0.8))
     if abs(float(coupling) - own) < 1e-12:
         return open_run(profile, "phantom")
-    return open_run(profile, "phantom", overrides={"phantom.face_coupling": float(coupling)},
-                    suffix=f"coupling-{float(coupling):g}")
+    suffix = "null" if float(coupling) == 0.0 else f"coupling-{float(coupling):g}"
+    return open_run(profile, "phantom", overrides=control_overrides(coupling), suffix=suffix)
 
 
 def face_tests(msd: pd.DataFrame) -> pd.DataFrame:

@@ -5,9 +5,9 @@ Every subject is pydeface's average head, warped and re-imaged:
 * a smooth **cranial deformation** ``sum_k c_k B_k(x)`` (``c ~ N(0, I_K)``,
   ``B_k`` smoothed random vector fields), tapered to zero on the face, so it
   is what a defaced image still shows;
-* a **face deformation** ``sum_j f_j F_j(x)`` of five components (nose, lips,
-  chin, cheeks, brow; Gaussian bumps at template landmarks, confined to the
-  smooth face weight) with
+* a **face deformation** ``sum_j f_j F_j(x)`` of five broad components (midface,
+  lips, chin, facial width, brow; Gaussian bumps at template landmarks, confined
+  to the smooth face weight) with
   ``f = rho M c + sqrt(1 - rho^2) e``, ``rho = face_coupling``, ``M`` a fixed
   matrix with orthonormal rows and ``e ~ N(0, I_5)``: at ``rho = 0`` the face is
   independent of the rest of the head, at ``rho = 1`` it is determined by it;
@@ -61,6 +61,8 @@ __all__ = [
     "retest_seed",
     "generate_with_references",
     "write_cohort",
+    "face_normal_sd",
+    "REFERENCE_FACE_SD_MM",
     "COHORT_VERSION",
 ]
 
@@ -88,8 +90,11 @@ class PhantomParams:
     cranial_basis: int = 8
     cranial_amplitude_mm: float = 4.0
     cranial_smoothness_mm: float = 30.0
-    face_amplitude_mm: float = 3.0
-    face_bump_mm: float = 9.0
+    # broad modes (like the leading components of 3D face-shape models: facial width first),
+    # sized so that, with the soft tissue, the pointwise SD of the face surface spans 0 to
+    # >= 3 mm as measured in adults by Schutte et al. 2023 (see book/phantom.md)
+    face_amplitude_mm: float = 4.0
+    face_bump_mm: float = 18.0
     soft_tissue_mm: float = 1.5
     soft_tissue_scalp_fraction: float = 0.3
     rotation_deg: float = 3.0
@@ -177,15 +182,53 @@ def _face_fields(template: Template, sigma_mm: float) -> np.ndarray:
     return np.stack([nose, lips, chin, cheeks, brow])
 
 
+#: The face weight rises from 0 to 1 between these distances (mm) from the rest of the head.
+FACE_WEIGHT_RAMP_MM = (2.0, 12.0)
+
+
+def _face_weight(template: Template) -> np.ndarray:
+    """Smooth weight in [0, 1]: 0 on the head outside pydeface's face region, 1 deep inside it.
+
+    A smoothstep of the distance (mm) from the nearest head voxel outside the face
+    region over :data:`FACE_WEIGHT_RAMP_MM`, so a face deformation moves no voxel of
+    the rest of the head: what a defaced image keeps carries nothing of the face latents.
+    In the air in front of the face the weight is 1, so the skin can move outward.
+    """
+    rest = template.head & ~template.face
+    if not rest.any():
+        return np.ones(template.shape, np.float32)
+    d = ndimage.distance_transform_edt(~rest) * template.voxel_mm
+    lo, hi = FACE_WEIGHT_RAMP_MM
+    t = np.clip((d - lo) / (hi - lo), 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+
+
+#: Point-wise SD (mm) of adult face surfaces around their average face, as reported by
+#: Schutte et al. 2023 (3D photographs, Dutch adults): from 0 to 3 mm and more.
+REFERENCE_FACE_SD_MM = (0.0, 3.0)
+
+
+def face_normal_sd(basis: "PhantomBasis", params: PhantomParams) -> np.ndarray:
+    """Point-wise SD (mm) of the skin's displacement along its normal, on the face's skin voxels.
+
+    The face components and the soft-tissue factor are independent with unit
+    variance, so the SD at a voxel is ``sqrt(sum_j (a_f F_j . n)^2 + (a_s t)^2)``
+    with ``t`` the soft-tissue weight. The skin is the template's face region
+    within one voxel of the head's surface. Returns one value per skin voxel.
+    """
+    tpl = basis.template
+    skin = tpl.face & ~ndimage.binary_erosion(tpl.head)
+    normal = basis.normal[:, skin]
+    comps = np.einsum("jcv,cv->jv", basis.face[:, :, skin], normal) * params.face_amplitude_mm
+    tissue = basis.face_weight[skin] + params.soft_tissue_scalp_fraction * (1.0 - basis.face_weight[skin])
+    return np.sqrt((comps ** 2).sum(0) + (params.soft_tissue_mm * tissue) ** 2)
+
+
 def build_basis(template: Template, params: PhantomParams) -> PhantomBasis:
     """Precompute the cohort-wide fields of the generative model."""
     rng = np.random.default_rng([params.seed, 0xBA515])
     vox = template.voxel_mm
-    face_weight = ndimage.gaussian_filter(
-        ndimage.binary_dilation(template.face, iterations=max(1, int(round(4 / vox)))).astype(np.float32),
-        6.0 / vox,
-    )
-    face_weight = np.clip(face_weight / max(face_weight.max(), 1e-6), 0, 1)
+    face_weight = _face_weight(template)
     head = template.head
     cranial = []
     for _ in range(params.cranial_basis):

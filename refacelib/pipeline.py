@@ -31,10 +31,10 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,7 +43,7 @@ import yaml
 from .config import ConfigError, Run, check_parameters, open_run, parse_flag, project_root, stable_hash
 from .io import UnsafeFileError, atomic_path, atomic_write_text
 
-__all__ = ["chapter_names", "build_book", "run_bench", "run_lock", "run_lab", "scrub_notebook", "main"]
+__all__ = ["ChildrenPeak", "chapter_names", "build_book", "run_bench", "run_lock", "run_lab", "scrub_notebook", "main"]
 
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
@@ -174,6 +174,52 @@ def _replacements(run: Run) -> dict[str, str]:
     return out
 
 
+class ChildrenPeak:
+    """Peak resident memory (MiB) of this process's children, polled while the block runs.
+
+    A chapter runs in a kernel (a child process) that may start worker processes;
+    their summed resident memory is sampled every ``interval`` seconds, so the peak
+    is the chapter's own (``resource.RUSAGE_CHILDREN`` would give the largest of every
+    child reaped so far: the same number for every later chapter).
+
+    Examples
+    --------
+    >>> with ChildrenPeak(interval=0.01) as peak:
+    ...     _ = subprocess.run([sys.executable, "-c", "x = bytearray(64 * 2**20); import time; time.sleep(0.5)"])
+    >>> peak.mib > 50
+    True
+    """
+
+    def __init__(self, interval: float = 0.25):
+        self.interval, self.mib = float(interval), 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _sample(self) -> float:
+        import psutil
+
+        total = 0
+        for child in psutil.Process(os.getpid()).children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return total / 2**20
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.mib = max(self.mib, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "ChildrenPeak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _execute(run: Run, name: str, out_path: Path, *, publish_faces: bool = False) -> dict:
     """Convert ``notebooks/<name>.py`` and execute it into ``out_path``."""
     import jupytext
@@ -188,12 +234,15 @@ def _execute(run: Run, name: str, out_path: Path, *, publish_faces: bool = False
     timeout = cell_timeout()
     nbformat.write(nb, work)
     start = time.perf_counter()
+    peak = ChildrenPeak()
     try:
-        pm.execute_notebook(
-            str(work), str(failed), parameters={"profile": run.profile, "dataset": run.dataset, "publish_faces": publish_faces},
-            kernel_name="python3", cwd=str(src.parent), progress_bar=sys.stderr.isatty(),
-            log_output=False, request_save_on_cell_execute=False, execution_timeout=timeout,
-        )
+        with peak:
+            pm.execute_notebook(
+                str(work), str(failed),
+                parameters={"profile": run.profile, "dataset": run.dataset, "publish_faces": publish_faces},
+                kernel_name="python3", cwd=str(src.parent), progress_bar=sys.stderr.isatty(),
+                log_output=False, request_save_on_cell_execute=False, execution_timeout=timeout,
+            )
     except Exception as err:  # papermill wraps the cell's error; a dead kernel may leave no notebook
         if failed.exists():
             executed = nbformat.read(str(failed), as_version=4)
@@ -214,8 +263,8 @@ def _execute(run: Run, name: str, out_path: Path, *, publish_faces: bool = False
     with atomic_path(out_path) as tmp:
         nbformat.write(executed, tmp)
     failed.unlink(missing_ok=True)
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"chapter": name, "seconds": round(seconds, 2), "peak_rss_mib": round(peak_kib / 1024, 1)}
+    # the chapter's own peak (kernel and its workers), not the running maximum of every child so far
+    return {"chapter": name, "seconds": round(seconds, 2), "peak_rss_mib": round(peak.mib, 1)}
 
 
 def _take_lock(run: Run, holder: str):

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-__all__ = ["plot_demographics", "plot_montage", "plot_regions", "plot_deface_qc", "plot_mid_sagittal_row", "plot_muscle_correlations", "plot_loss_curves", "SIMULATION_NOTE"]
+__all__ = ["placeholder_figure", "plot_demographics", "plot_montage", "plot_regions", "plot_deface_qc", "plot_mid_sagittal_row", "plot_muscle_correlations", "plot_loss_curves", "SIMULATION_NOTE"]
 
 SIMULATION_NOTE = "phantom (simulated data)"
 
@@ -38,6 +38,25 @@ _show_figures_in_notebooks()
 def _stamp(fig, note: str | None) -> None:
     if note:
         fig.text(0.995, 0.005, note, ha="right", va="bottom", fontsize=8, color="0.4", style="italic")
+
+
+def placeholder_figure(text: str):
+    """A small figure that only says ``text``: it stands in for a numbered figure a run does not draw.
+
+    A chapter's numbered figure (myst-nb ``glue:figure``) needs its glued figure in every
+    run; where the figure is withheld (real faces) or has no data, this takes its place.
+
+    Examples
+    --------
+    >>> fig = placeholder_figure("Not drawn.")
+    >>> fig.axes[0].texts[0].get_text()
+    'Not drawn.'
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 0.9))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, style="italic", color="0.3", wrap=True)
+    ax.set_axis_off()
+    plt.close(fig)
+    return fig
 
 
 def plot_demographics(participants: pd.DataFrame, *, muscle_columns=(), note: str | None = None):

@@ -330,8 +330,11 @@ def test_controls_table_from_the_cached_run(tiny_book):
 
     own = 0.8  # PhantomParams' default, which the tiny profile keeps
     assert controls.control_run("tiny", own).folder == config.open_run("tiny", "phantom").folder
-    assert controls.control_run("tiny", 0.0).folder.name == "tiny-phantom-coupling-0"
-    assert controls.control_run("tiny", 0.0).params["phantom"]["face_coupling"] == 0.0
+    null = controls.control_run("tiny", 0.0)
+    assert null.folder.name == "tiny-phantom-null"
+    assert null.params["phantom"]["face_coupling"] == 0.0
+    assert null.params["phantom"]["soft_tissue_scalp_fraction"] == 0.0  # nothing visible predicts the face
+    assert "soft_tissue_scalp_fraction" not in controls.control_run("tiny", 0.5).params["phantom"]
     assert controls.main(["--profile", "tiny", "--couplings", f"{own:g}"]) == 0
     table = pd.read_csv(config.open_run("tiny", "phantom").tables / "controls.csv")
     assert set(table["coupling"]) == {own}

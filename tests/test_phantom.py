@@ -259,3 +259,43 @@ def test_write_cohort_writes_reference_scans_of_test_subjects_and_resumes(templa
             assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]), rel
         else:
             assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
+
+
+def test_face_weight_is_zero_on_the_rest_of_the_head_and_one_deep_in_the_face(template):
+    w = phantom._face_weight(template)
+    rest = template.head & ~template.face
+    assert w[rest].max() == 0.0  # a face deformation moves nothing a defaced image keeps outside the face
+    assert w[template.face].max() == pytest.approx(1.0)
+    assert 0.0 <= w.min() and w.max() <= 1.0
+
+
+def test_face_normal_sd_known_answer_and_published_range(template):
+    # no face components, no scalp: the SD is the soft tissue's amplitude times the face weight
+    only_tissue = phantom.PhantomParams(voxel_mm=4.0, face_amplitude_mm=0.0, soft_tissue_mm=1.5,
+                                        soft_tissue_scalp_fraction=0.0)
+    basis = phantom.build_basis(template, only_tissue)
+    sd = phantom.face_normal_sd(basis, only_tissue)
+    skin = template.face & ~__import__("scipy").ndimage.binary_erosion(template.head)
+    np.testing.assert_allclose(sd, 1.5 * basis.face_weight[skin], rtol=1e-5)
+    # the default phantom's faces vary over the published range (0 to >= 3 mm), not by tenths
+    default = phantom.PhantomParams(voxel_mm=4.0)
+    sd = phantom.face_normal_sd(phantom.build_basis(template, default), default)
+    assert sd.max() >= phantom.REFERENCE_FACE_SD_MM[1]
+    assert np.median(sd) >= 1.0
+
+
+def test_default_faces_differ_from_the_mean_face_by_millimetres(template):
+    """The face latents alone move a face by a sizeable fraction of a millimetre (the book's face metric)."""
+    from scipy import ndimage
+
+    from refacelib.reid import candidate_msd
+
+    params = phantom.PhantomParams(voxel_mm=4.0)
+    basis = phantom.build_basis(template, params)
+    msds = []
+    for i in range(4):
+        s = phantom.generate_subject(i, basis, params)
+        m = phantom.generate_subject(i, basis, params, face_latents=np.zeros(5))
+        msds.append(candidate_msd(s["image"], {"m": m["image"]}, s["affine"],
+                                  ndimage.binary_dilation(s["face"], iterations=3))["m"])
+    assert np.median(msds) > 0.4, msds

@@ -526,3 +526,19 @@ def test_notebook_killed_mid_way_keeps_the_previous_book(mini_project):
     log = []
     assert pipeline.build_book("tiny", "phantom", log=log.append) == index  # not locked out by the dead build
     assert "[1/1] 01_only: up to date" in log and "HTML up to date" in log, log
+
+
+def test_chapter_peak_memory_is_per_chapter_not_a_running_maximum():
+    """Each chapter's peak memory is its own: a small chapter after a big one reports less."""
+    import subprocess
+    import sys
+
+    from refacelib.pipeline import ChildrenPeak
+
+    code = "x = bytearray({} * 2**20); x[::4096] = b'1' * len(x[::4096]); import time; time.sleep(0.6)"
+    with ChildrenPeak(interval=0.02) as big:
+        subprocess.run([sys.executable, "-c", code.format(300)], check=True)
+    with ChildrenPeak(interval=0.02) as small:
+        subprocess.run([sys.executable, "-c", code.format(20)], check=True)
+    assert big.mib > 250
+    assert small.mib < big.mib - 200
