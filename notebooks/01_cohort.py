@@ -34,11 +34,13 @@ from refacelib import cohort, config, report, viz
 from refacelib.data import MUSCLE_COLUMNS
 from refacelib.io import save_figure, save_table
 from refacelib.viz import placeholder_figure
+from refacelib.privacy import face_policy
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
 note = viz.SIMULATION_NOTE if run.is_phantom else None
-show_faces = run.is_phantom or config.parse_flag(publish_faces, name="publish_faces")
+faces = face_policy(run.is_phantom, publish_faces)  # real faces: withheld unless published, then eye-barred
+show_faces = faces.show
 
 
 

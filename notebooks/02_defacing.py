@@ -39,11 +39,13 @@ from refacelib import cohort, config, deface, render, report, stages, viz
 from refacelib.io import save_figure, save_table
 from refacelib.surface import head_mask
 from refacelib.viz import placeholder_figure
+from refacelib.privacy import face_policy
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
 note = viz.SIMULATION_NOTE if run.is_phantom else None
-show_faces = run.is_phantom or config.parse_flag(publish_faces, name="publish_faces")
+faces = face_policy(run.is_phantom, publish_faces)  # real faces: withheld unless published, then eye-barred
+show_faces = faces.show
 ds = cohort.prepare_dataset(run)
 template = stages.study_template(run)
 glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
@@ -173,7 +175,7 @@ else:
 # %% tags=["hide-input"]
 if show_faces:
     rows = {name: (head_mask(img), aff) for name, (img, aff) in images.items()}
-    fig = render.render_grid(rows, labels={n: n.replace("_", " ") for n in rows}, eye_bar=not run.is_phantom,
+    fig = render.render_grid(rows, labels={n: n.replace("_", " ") for n in rows}, eye_bar=faces.eye_bar,
                              pixel_mm=run.params["deface"]["render_pixel_mm"])
     save_figure(fig, run.figures / "deface_example_render.png")
     glue("fig_deface_example_render", fig, display=False)

@@ -38,11 +38,13 @@ from refacelib.device import resolve_device
 from refacelib.io import save_figure, save_table
 from refacelib.surface import head_mask
 from refacelib.viz import placeholder_figure
+from refacelib.privacy import face_policy
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
 note = viz.SIMULATION_NOTE if run.is_phantom else None
-show_faces = run.is_phantom or config.parse_flag(publish_faces, name="publish_faces")
+faces = face_policy(run.is_phantom, publish_faces)  # real faces: withheld unless published, then eye-barred
+show_faces = faces.show
 study = refacing.setup(run)
 ds, template, folder, methods, cfg = study.ds, study.template, study.deface_folder, study.methods, study.config
 settings = run.params["cascade"]
@@ -147,7 +149,7 @@ def example_figures(method):
     slices = viz.plot_mid_sagittal_row(images, note=note)
     slices.suptitle(method, y=1.02)
     save_figure(slices, run.figures / f"refacing_{method}_slices.png")
-    rendered = render.render_grid({k: (head_mask(v[0]), v[1]) for k, v in images.items()}, eye_bar=not run.is_phantom,
+    rendered = render.render_grid({k: (head_mask(v[0]), v[1]) for k, v in images.items()}, eye_bar=faces.eye_bar,
                                   pixel_mm=run.params["deface"]["render_pixel_mm"])
     save_figure(rendered, run.figures / f"refacing_{method}_render.png")
     return slices, rendered

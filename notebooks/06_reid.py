@@ -39,11 +39,13 @@ from refacelib import cohort, config, controls, evaluation, paper, refacing, rei
 from refacelib.io import save_figure, save_table
 from refacelib.surface import head_mask
 from refacelib.viz import SIMULATION_NOTE, placeholder_figure
+from refacelib.privacy import face_policy
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
 note = SIMULATION_NOTE if run.is_phantom else None
-show_faces = run.is_phantom or config.parse_flag(publish_faces, name="publish_faces")
+faces = face_policy(run.is_phantom, publish_faces)  # real faces: withheld unless published, then eye-barred
+show_faces = faces.show
 study = refacing.setup(run)
 ds, template, folder, methods, cfg = study.ds, study.template, study.deface_folder, study.methods, study.config
 settings = run.params["cascade"]
@@ -237,7 +239,7 @@ glue("render_subject", sid, display=False)
 glue("render_method", method, display=False)
 if show_faces:
     fig = render.render_grid({k: (head_mask(v), affine) for k, v in rows.items()}, labels=labels,
-                             eye_bar=not run.is_phantom, pixel_mm=run.params["deface"]["render_pixel_mm"])
+                             eye_bar=faces.eye_bar, pixel_mm=run.params["deface"]["render_pixel_mm"])
     save_figure(fig, run.figures / "face_renderings.png")
     glue("fig_face_renderings", fig, display=False)
 else:
@@ -265,7 +267,7 @@ if show_faces:
     for name in ("refaced", "average"):
         values = reid.vertex_distance_volume(rows[name], original, affine, region)
         fig = render.render_views(head_mask(rows[name]), affine, values=values, values_affine=affine, vmin=0, vmax=4,
-                                  cmap="magma", eye_bar=not run.is_phantom, title=f"{name}: distance to original (mm)",
+                                  cmap="magma", eye_bar=faces.eye_bar, title=f"{name}: distance to original (mm)",
                                   pixel_mm=run.params["deface"]["render_pixel_mm"])
         save_figure(fig, run.figures / f"face_distance_{name}.png")
         glue(f"fig_face_distance_{name}", fig, display=False)

@@ -30,17 +30,19 @@ publish_faces = False
 # %% tags=["hide-input"]
 import time
 
-from IPython.display import display
+from IPython.display import Markdown, display
 from myst_nb import glue
 
 from refacelib import config, evaluation, overview, paper, privacy, refacing, render, report, stages, viz
 from refacelib.io import save_figure
 from refacelib.surface import head_mask
+from refacelib.privacy import face_policy
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
 note = viz.SIMULATION_NOTE if run.is_phantom else None
-show_faces = run.is_phantom or config.parse_flag(publish_faces, name="publish_faces")
+faces = face_policy(run.is_phantom, publish_faces)  # real faces: withheld unless published, then eye-barred
+show_faces = faces.show
 estimator = run.params["reid"]["headline_estimator"]
 table = lambda name: report.read_table(run.tables, name)  # noqa: E731  (None when a chapter did not write it)
 glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
@@ -244,6 +246,16 @@ for key, value in values.items():
 # - **Sample sizes.** See the subject counts above: a smaller test set gives wider
 #   intervals and weaker p-values, and the matching attack's chance level is one over the
 #   test set's size.
+
+# %% [markdown]
+# ## Take the results away
+#
+# Every table of this run (the CSV files of its `tables/` folder, each described in the
+# README) and the parameters it ran with (`inputs/params.yaml`), in one zip:
+
+# %% tags=["hide-input"]
+private = [str(config.project_root()), os.path.expanduser("~")] + ([] if run.is_phantom else [str(run.dataset)])
+display(Markdown(report.archive_link(run.folder, private=private)))
 
 # %% tags=["remove-input"]
 display(report.chapter_footer(run, started=chapter_start))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Run, stable_hash
-from .data import MUSCLE_COLUMNS, BIDSDataset, load_bids, load_subject_array
+from .data import AGE_RANGE, MUSCLE_COLUMNS, BIDSDataset, load_bids, load_subject_array
 from .inputcheck import require_whole_heads
 from .phantom import PhantomParams, build_basis, write_cohort
 from .privacy import dataset_key, pseudonymize_dataset
@@ -44,7 +44,8 @@ def phantom_folder(run: Run) -> Path:
 def prepare_dataset(run: Run, *, progress: bool = True) -> BIDSDataset:
     """Load the run's dataset; for the phantom, generate it first unless cached.
 
-    A real dataset's participant ids are replaced by stable pseudonyms
+    A real dataset's ages must lie in ``cohort.age_range`` of the profile (default
+    :data:`refacelib.data.AGE_RANGE`); its participant ids are replaced by stable pseudonyms
     (:mod:`refacelib.privacy`) and its images screened
     (:func:`refacelib.inputcheck.require_whole_heads`): a brain-only or
     already defaced image is a :class:`~refacelib.data.DatasetError` naming it.
@@ -54,7 +55,9 @@ def prepare_dataset(run: Run, *, progress: bool = True) -> BIDSDataset:
     """
     if not run.is_phantom:  # real data: ids become pseudonyms, brain-only/defaced images are refused
         seed = int(run.params.get("seed", 0))
-        ds = pseudonymize_dataset(load_bids(run.dataset, seed=seed), key=dataset_key(run.dataset, seed=seed))
+        age_range = run.params["cohort"].get("age_range", AGE_RANGE)  # plausible ages (years), inclusive
+        ds = pseudonymize_dataset(load_bids(run.dataset, seed=seed, age_range=age_range),
+                                  key=dataset_key(run.dataset, seed=seed))
         require_whole_heads(ds, voxel_mm=run.params["cohort"]["voxel_mm"], cache=run.artifacts / "input_check.csv")
         return ds
     folder = phantom_folder(run)

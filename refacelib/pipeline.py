@@ -140,9 +140,41 @@ def _dataset_fingerprint(run: Run) -> str:
     return stable_hash(entries)
 
 
+def _scrub_pairs(replacements: dict[str, str]) -> list[tuple[str, str]]:
+    """Every form of each private path that may appear in a notebook, longest first.
+
+    The path as written, and percent-encoded as in a ``file://`` link or a URL
+    (``/a b`` as ``/a%20b``, and with its slashes encoded, ``%2Fa%20b``).
+    """
+    from urllib.parse import quote
+
+    pairs = {}
+    for old, new in replacements.items():
+        if not old:
+            continue
+        pairs[old] = new
+        for form in (quote(old, safe="/"), quote(old, safe="")):
+            pairs.setdefault(form, quote(new, safe="/") if form.startswith("/") or "%" in form else new)
+    return sorted(pairs.items(), key=lambda kv: -len(kv[0]))
+
+
 def scrub_notebook(nb, replacements: dict[str, str]) -> None:
-    """Replace private absolute paths in every source, output and metadata string."""
-    items = sorted(((k, v) for k, v in replacements.items() if k), key=lambda kv: -len(kv[0]))
+    """Replace private absolute paths everywhere in a notebook.
+
+    In the notebook's and every cell's metadata, sources, outputs and attachments,
+    in strings and in dictionary keys, as written or percent-encoded
+    (:func:`_scrub_pairs`).
+
+    Examples
+    --------
+    >>> import nbformat
+    >>> nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("see /home/me/x")])
+    >>> nb.cells[0].metadata["where"] = {"/home/me/y": "file:///home/me/a%20b"}
+    >>> scrub_notebook(nb, {"/home/me": "~"})
+    >>> nb.cells[0].source, dict(nb.cells[0].metadata)
+    ('see ~/x', {'where': {'~/y': 'file://~/a%20b'}})
+    """
+    items = _scrub_pairs(replacements)
 
     def clean(value):
         if isinstance(value, str):
@@ -152,12 +184,15 @@ def scrub_notebook(nb, replacements: dict[str, str]) -> None:
         if isinstance(value, list):
             return [clean(v) for v in value]
         if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
+            return {clean(k): clean(v) for k, v in value.items()}
         return value
 
     nb.metadata = type(nb.metadata)(clean(dict(nb.metadata)))
     for cell in nb.cells:
         cell.source = clean(cell.source)
+        cell.metadata = type(cell.metadata)(clean(dict(cell.metadata)))
+        if "attachments" in cell:
+            cell.attachments = type(cell.attachments)(clean(dict(cell.attachments)))
         if "outputs" in cell:
             cell.outputs = [type(o)(clean(dict(o))) for o in cell.outputs]
 

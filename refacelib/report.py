@@ -52,6 +52,7 @@ __all__ = [
     "format_table",
     "key_value_table",
     "csv_link",
+    "archive_link",
     "ReaderTable",
     "reader_table",
     "headline_test_set",
@@ -871,6 +872,57 @@ def csv_link(table, *, name: str | None = None) -> str:
     href = "data:text/csv;charset=utf-8," + quote(text, safe="/:,")
     return (f'<a download="{html.escape(name)}" href="{href}">Download <code>{html.escape(name)}</code></a> '
             f"(CSV, {n_rows} rows)")
+
+
+def archive_link(folder, *, members=("tables", "inputs/params.yaml"), name: str = "results.zip",
+                 private=()) -> str:
+    """An HTML link that downloads a run's tables and parameters as one zip (a ``data:`` URI).
+
+    ``members`` are files or folders under the run ``folder`` (a folder contributes its
+    ``.csv`` files); the zip is deterministic (sorted names, fixed timestamps), so an
+    unchanged run gives the same link. A zip is opaque to the page's path scrubbing, so
+    every file is read first and a :class:`ValueError` is raised if it contains any of the
+    ``private`` strings (the project folder, the home folder, a real dataset's path).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp()); (d / "tables").mkdir()
+    >>> _ = (d / "tables" / "a.csv").write_text("x\\n1\\n")
+    >>> archive_link(d, members=("tables",)).startswith('<a download="results.zip" href="data:application/zip;base64,')
+    True
+    >>> archive_link(d, members=("tables",), private=["1"])
+    Traceback (most recent call last):
+    ...
+    ValueError: tables/a.csv contains a private path; not embedded
+    """
+    import base64
+    import html
+    import io
+    import zipfile
+    from pathlib import Path
+
+    folder = Path(folder)
+    files = []
+    for member in members:
+        path = folder / member
+        files += sorted(path.glob("*.csv")) if path.is_dir() else ([path] if path.is_file() else [])
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            rel = path.relative_to(folder).as_posix()
+            data = path.read_bytes()
+            text = data.decode("utf-8", errors="replace")
+            if any(p and str(p) in text for p in private):
+                raise ValueError(f"{rel} contains a private path; not embedded")
+            archive.writestr(zipfile.ZipInfo(rel, date_time=(1980, 1, 1, 0, 0, 0)), data,
+                             compress_type=zipfile.ZIP_DEFLATED)
+    payload = buffer.getvalue()
+    if len(payload) > MAX_EMBED_BYTES:
+        return f"<span>The tables are in <code>tables/</code> of the run folder ({len(payload) / 1e6:.1f} MB zipped).</span>"
+    href = "data:application/zip;base64," + base64.b64encode(payload).decode()
+    return (f'<a download="{html.escape(name)}" href="{href}">Download <code>{html.escape(name)}</code></a> '
+            f"({len(files)} files: every table of this run and its parameters, {len(payload) / 1e3:.0f} kB)")
 
 
 class ReaderTable:

@@ -119,7 +119,8 @@ _STAGE = _optional({
 PROFILE_SCHEMA = _section({
     "seed": _int(0),
     "phantom": _section(_PHANTOM),
-    "cohort": _section({"voxel_mm": _pos(), "montage_per_split": _int(1)}),
+    "cohort": _section({"voxel_mm": _pos(), "montage_per_split": _int(1),
+                        "age_range": Spec("list", item=_num(0), length=2, optional=True)}),
     "deface": _section({
         "voxel_mm": _pos(),
         "methods": Spec("list", item=_one_of(*DEFACE_METHODS), min_length=1),

@@ -124,3 +124,24 @@ def test_valid_override_is_applied(runs):
     run = config.open_run("tiny", "phantom", overrides={"phantom.face_coupling": 0.0}, suffix="c0")
     assert run.params["phantom"]["face_coupling"] == 0.0
     assert "face_coupling" not in config.load_profile("tiny")["phantom"]
+
+
+def test_profile_age_range_reaches_the_loader(runs, tmp_path, monkeypatch):
+    """`cohort.age_range` of a profile is the loader's plausible-age range (an infant study sets [0, 120])."""
+    from refacelib import cohort, data
+
+    folder = tmp_path / "infants"
+    folder.mkdir()
+    seen = {}
+
+    def fake_load_bids(root, **kw):
+        seen.update(kw)
+        raise data.DatasetError("stop here")
+
+    monkeypatch.setattr(cohort, "load_bids", fake_load_bids)
+    run = config.open_run("tiny", str(folder), overrides={"cohort.age_range": [0, 120]})
+    with pytest.raises(data.DatasetError, match="stop here"):
+        cohort.prepare_dataset(run)
+    assert list(seen["age_range"]) == [0, 120]
+    with pytest.raises(config.ConfigError, match="cohort.age_range"):
+        config.open_run("tiny", str(folder), overrides={"cohort.age_range": [0]})

@@ -317,6 +317,31 @@ def test_scrub_notebook_replaces_every_private_path(private):
     assert nb.cells[0].source == "Data from `<DATASET>`, code in ./refacelib."
 
 
+def test_scrub_reaches_cell_metadata_keys_attachments_and_percent_encoded_paths(private):
+    """The places a path hides besides plain strings: cell metadata, dictionary keys,
+    attachment names, and percent-encoded links (a space in a folder name)."""
+    import base64
+
+    import nbformat
+    from nbformat.v4 import new_markdown_cell, new_notebook
+
+    from refacelib import pipeline
+
+    proj, dataset, folder, home, prefix = private
+    spaced = dataset + " 2"
+    run = config.Run(profile="tiny", dataset=spaced, params={}, folder=__import__("pathlib").Path(folder))
+    cell = new_markdown_cell("![x](attachment:a.png)")
+    cell.metadata["provenance"] = {f"{spaced}/sub-01": f"file://{spaced.replace(' ', '%20')}/sub-01"}
+    cell.attachments = {f"{spaced}/a.png": {"image/png": base64.b64encode(b"png").decode()}}
+    nb = new_notebook(cells=[cell])
+    nb.cells[0].metadata["link"] = "%2F".join(["", *spaced.strip("/").split("/")]).replace(" ", "%20")
+    pipeline.scrub_notebook(nb, pipeline._replacements(run))
+    text = nbformat.writes(nb)
+    for secret in (spaced, spaced.replace(" ", "%20"), "secret", "hospital_study"):
+        assert secret not in text, secret
+    assert "<DATASET>/sub-01" in nb.cells[0].metadata["provenance"]
+
+
 def test_scrub_keeps_the_phantom_and_needs_its_replacements(private):
     from refacelib import pipeline
 
