@@ -142,6 +142,8 @@ example_methods = list(run.params["refacing"]["example_methods"])
 
 def example_figures(method):
     """Slices and renderings of the example subject under one method (saved to the run's figures)."""
+    if not show_faces:  # real faces are drawn only where the face policy allows it
+        raise RuntimeError("example_figures draws faces: call it only when show_faces is true")
     images = {"original": stages.load_defaced(folder, "original", sid),
               "defaced": stages.load_defaced(folder, method, sid),
               "refaced": stages.load_defaced(refaced, f"{method}_sample", sid),

@@ -37,6 +37,7 @@ from refacelib import config, evaluation, overview, paper, privacy, refacing, re
 from refacelib.io import save_figure
 from refacelib.surface import head_mask
 from refacelib.privacy import face_policy
+from refacelib.pipeline import private_replacements
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
@@ -254,8 +255,8 @@ for key, value in values.items():
 # README) and the parameters it ran with (`inputs/params.yaml`), in one zip:
 
 # %% tags=["hide-input"]
-private = [str(config.project_root()), os.path.expanduser("~")] + ([] if run.is_phantom else [str(run.dataset)])
-display(Markdown(report.archive_link(run.folder, private=private)))
+private = private_replacements(run)  # a real dataset's path in params.yaml becomes <DATASET>
+display(Markdown(report.archive_link(run.folder, replacements=private, private=list(private))))
 
 # %% tags=["remove-input"]
 display(report.chapter_footer(run, started=chapter_start))

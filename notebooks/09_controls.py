@@ -106,21 +106,24 @@ if have:
     person = report.negative_control_summary(controls, baseline="swapped")
     glue("null_wins", int(null["closer_significant"].sum()), display=False)
     glue("null_n", len(null), display=False)
+    win_methods = sorted(set(null.loc[null["closer_significant"].astype(bool), "method"]))
+    glue("null_win_methods", ", ".join(win_methods) if win_methods else "none", display=False)
     glue("null_person_wins", int(person["closer_significant"].sum()), display=False)
     glue("null_person_n", len(person), display=False)
     display(report.reader_table(null, csv=controls_csv, columns=TEST_COLUMNS, formats={"rbc": 2},
                                 caption="Negative control (coupling 0): refaced vs the matched cohort-average baseline."))
 else:
-    for key in ("null_wins", "null_n", "null_person_wins", "null_person_n"):
+    for key in ("null_wins", "null_n", "null_person_wins", "null_person_n", "null_win_methods"):
         glue(key, "not run", display=False)
 
 # %% [markdown]
 # At coupling 0, a refaced face (either estimator) was significantly closer to the
 # original than its matched baseline (Holm p < 0.05, negative difference) in
-# {glue:text}`null_wins` of {glue:text}`null_n` method × test-set × estimator comparisons.
-# Neither a face latent nor the soft tissue can be learned there from what the attacker sees
-# outside the face region, so each such case is a gain that does not depend on the person's
-# face (or, for a method that keeps part of the face region, on what that part shows). The next section measures where it comes from. The person-specific
+# {glue:text}`null_wins` of {glue:text}`null_n` method × test-set × estimator comparisons
+# (methods: {glue:text}`null_win_methods`). Neither a face latent nor the soft tissue can be
+# learned there from what the attacker sees outside the face region, so each such case is a
+# gain that does not depend on the person's face (or, for a method that keeps part of the
+# face region, on what that part shows). The next section measures where it comes from. The person-specific
 # comparison is against the swap check, which carries any such correction too: at coupling 0
 # the refaced face was significantly closer than the swap check in
 # {glue:text}`null_person_wins` of {glue:text}`null_person_n` comparisons.

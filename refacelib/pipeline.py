@@ -43,7 +43,7 @@ import yaml
 from .config import ConfigError, Run, check_parameters, open_run, parse_flag, project_root, stable_hash
 from .io import UnsafeFileError, atomic_path, atomic_write_text
 
-__all__ = ["ChildrenPeak", "chapter_names", "build_book", "run_bench", "run_lock", "run_lab", "scrub_notebook", "main"]
+__all__ = ["ChildrenPeak", "chapter_names", "private_replacements", "build_book", "run_bench", "run_lock", "run_lab", "scrub_notebook", "main"]
 
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
@@ -195,6 +195,15 @@ def scrub_notebook(nb, replacements: dict[str, str]) -> None:
             cell.attachments = type(cell.attachments)(clean(dict(cell.attachments)))
         if "outputs" in cell:
             cell.outputs = [type(o)(clean(dict(o))) for o in cell.outputs]
+
+
+def private_replacements(run: Run) -> dict[str, str]:
+    """Private absolute paths of a run and what replaces them in anything published.
+
+    The project folder, the run folder, a real dataset's folder, the Python prefix and
+    the home folder, as ``{path: placeholder}`` (:func:`scrub_notebook` applies them).
+    """
+    return _replacements(run)
 
 
 def _replacements(run: Run) -> dict[str, str]:

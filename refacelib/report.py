@@ -875,14 +875,16 @@ def csv_link(table, *, name: str | None = None) -> str:
 
 
 def archive_link(folder, *, members=("tables", "inputs/params.yaml"), name: str = "results.zip",
-                 private=()) -> str:
+                 replacements: dict | None = None, private=()) -> str:
     """An HTML link that downloads a run's tables and parameters as one zip (a ``data:`` URI).
 
     ``members`` are files or folders under the run ``folder`` (a folder contributes its
     ``.csv`` files); the zip is deterministic (sorted names, fixed timestamps), so an
     unchanged run gives the same link. A zip is opaque to the page's path scrubbing, so
-    every file is read first and a :class:`ValueError` is raised if it contains any of the
-    ``private`` strings (the project folder, the home folder, a real dataset's path).
+    every file is scrubbed first with ``replacements`` (``{private path: placeholder}``,
+    e.g. :func:`refacelib.pipeline.private_replacements`: a real dataset's path in
+    ``params.yaml`` becomes ``<DATASET>``), and a :class:`ValueError` is raised if any of
+    the ``private`` strings is still there.
 
     Examples
     --------
@@ -895,6 +897,9 @@ def archive_link(folder, *, members=("tables", "inputs/params.yaml"), name: str 
     Traceback (most recent call last):
     ...
     ValueError: tables/a.csv contains a private path; not embedded
+    >>> archive_link(d, members=("tables",), replacements={"1": "<x>"}, private=["1"])[:12]
+    '<a download='
+
     """
     import base64
     import html
@@ -911,8 +916,10 @@ def archive_link(folder, *, members=("tables", "inputs/params.yaml"), name: str 
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in files:
             rel = path.relative_to(folder).as_posix()
-            data = path.read_bytes()
-            text = data.decode("utf-8", errors="replace")
+            text = path.read_text(encoding="utf-8", errors="replace")
+            for old, new in sorted((replacements or {}).items(), key=lambda kv: -len(kv[0])):
+                text = text.replace(old, new) if old else text
+            data = text.encode("utf-8")
             if any(p and str(p) in text for p in private):
                 raise ValueError(f"{rel} contains a private path; not embedded")
             archive.writestr(zipfile.ZipInfo(rel, date_time=(1980, 1, 1, 0, 0, 0)), data,

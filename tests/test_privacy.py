@@ -93,11 +93,16 @@ def _face_wiring_problems(src: str, name: str) -> tuple[list[str], int]:
     """Static check of a chapter: each face figure sits under `show_faces` (the policy), renders are barred."""
     import ast
 
-    allowed = {"run.is_phantom or config.parse_flag(publish_faces, name='publish_faces')",
-               "privacy.face_policy(run.is_phantom, publish_faces).show"}
+    allowed = {"faces.show", "privacy.face_policy(run.is_phantom, publish_faces).show"}
     tree = ast.parse(src)
-    decisions = {ast.unparse(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)
-                 and any(isinstance(t, ast.Name) and t.id == "show_faces" for t in n.targets)}
+
+    def assigned(name):
+        return {ast.unparse(n.value) for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == name for t in n.targets)}
+
+    decisions = assigned("show_faces")
+    if "faces.show" in decisions and assigned("faces") != {"face_policy(run.is_phantom, publish_faces)"}:
+        decisions = decisions | {f"faces = {sorted(assigned('faces'))}"}
     problems, checked = [], 0
     for stmt in tree.body:
         calls = [n for n in ast.walk(stmt) if isinstance(n, ast.Call)
@@ -111,8 +116,7 @@ def _face_wiring_problems(src: str, name: str) -> tuple[list[str], int]:
         for call in calls:
             kw = {k.arg: ast.unparse(k.value) for k in call.keywords}
             func = getattr(call.func, "attr", None)
-            if func in ("render_grid", "render_views") and kw.get("eye_bar") not in ("not run.is_phantom",
-                                                                                   "faces.eye_bar"):
+            if func in ("render_grid", "render_views") and kw.get("eye_bar") != "faces.eye_bar":
                 problems.append(f"{where}: {func} with eye_bar={kw.get('eye_bar')}")
             if func == "render_view" and "eyes_world" not in kw:
                 problems.append(f"{where}: render_view without eyes_world")
@@ -130,8 +134,9 @@ def test_chapters_show_faces_only_through_the_policy():
 
 @pytest.mark.parametrize("chapter, old, new", [
     ("02_defacing.py", "if show_faces:\n    fig = viz.plot_mid_sagittal_row", "if True:\n    fig = viz.plot_mid_sagittal_row"),
-    ("02_defacing.py", "eye_bar=not run.is_phantom", "eye_bar=False"),
-    ("06_reid.py", "run.is_phantom or config.parse_flag(publish_faces", "True or config.parse_flag(publish_faces"),
+    ("02_defacing.py", "eye_bar=faces.eye_bar", "eye_bar=False"),
+    ("06_reid.py", "faces = face_policy(run.is_phantom, publish_faces)", "faces = face_policy(True, publish_faces)"),
+    ("05_refacing.py", "show_faces = faces.show", "show_faces = True"),
     ("08_comparison.py", "if show_faces else None for k", "for k"),
 ])
 def test_the_wiring_check_catches_a_removed_protection(chapter, old, new):
