@@ -203,10 +203,6 @@ def private_replacements(run: Run) -> dict[str, str]:
     The project folder, the run folder, a real dataset's folder, the Python prefix and
     the home folder, as ``{path: placeholder}`` (:func:`scrub_notebook` applies them).
     """
-    return _replacements(run)
-
-
-def _replacements(run: Run) -> dict[str, str]:
     out = {str(project_root()): ".", str(run.folder): f"runs/{run.label}"}
     if not run.is_phantom:
         out[run.dataset] = "<DATASET>"
@@ -290,10 +286,10 @@ def _execute(run: Run, name: str, out_path: Path, *, publish_faces: bool = False
     except Exception as err:  # papermill wraps the cell's error; a dead kernel may leave no notebook
         if failed.exists():
             executed = nbformat.read(str(failed), as_version=4)
-            scrub_notebook(executed, _replacements(run))
+            scrub_notebook(executed, private_replacements(run))
             nbformat.write(executed, str(failed))
         reason = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
-        for old, new in sorted(_replacements(run).items(), key=lambda kv: -len(kv[0])):
+        for old, new in _scrub_pairs(private_replacements(run)):
             reason = tuple(part.replace(old, new) for part in reason)
         raise ChapterFailed(
             f"chapter {name} (notebooks/{name}.py) failed: {reason[0]}: {reason[1]}\n"
@@ -303,7 +299,7 @@ def _execute(run: Run, name: str, out_path: Path, *, publish_faces: bool = False
         work.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     executed = nbformat.read(failed, as_version=4)
-    scrub_notebook(executed, _replacements(run))
+    scrub_notebook(executed, private_replacements(run))
     with atomic_path(out_path) as tmp:
         nbformat.write(executed, tmp)
     failed.unlink(missing_ok=True)

@@ -302,7 +302,7 @@ def test_scrub_notebook_replaces_every_private_path(private):
 
     proj, dataset, folder, home, prefix = private
     run = config.Run(profile="tiny", dataset=dataset, params={}, folder=__import__("pathlib").Path(folder))
-    replacements = pipeline._replacements(run)
+    replacements = pipeline.private_replacements(run)
     assert replacements[dataset] == "<DATASET>" and replacements[folder] == "runs/tiny-hospital_study"
     nb = _private_notebook(private)
     pipeline.scrub_notebook(nb, replacements)
@@ -340,7 +340,7 @@ def test_scrub_reaches_cell_metadata_keys_attachments_and_percent_encoded_paths(
     cell.attachments = {f"{spaced}/a.png": {"image/png": base64.b64encode(b"png").decode()}}
     nb = new_notebook(cells=[cell])
     nb.cells[0].metadata["link"] = "%2F".join(["", *spaced.strip("/").split("/")]).replace(" ", "%20")
-    pipeline.scrub_notebook(nb, pipeline._replacements(run))
+    pipeline.scrub_notebook(nb, pipeline.private_replacements(run))
     text = nbformat.writes(nb)
     for secret in (spaced, spaced.replace(" ", "%20"), "secret", "hospital_study"):
         assert secret not in text, secret
@@ -352,7 +352,7 @@ def test_scrub_keeps_the_phantom_and_needs_its_replacements(private):
 
     proj, dataset, folder, home, prefix = private
     phantom = config.Run(profile="tiny", dataset=config.PHANTOM, params={}, folder=__import__("pathlib").Path(folder))
-    assert config.PHANTOM not in pipeline._replacements(phantom)  # "phantom" is not a private path
+    assert config.PHANTOM not in pipeline.private_replacements(phantom)  # "phantom" is not a private path
     nb = _private_notebook(private)
     pipeline.scrub_notebook(nb, {})
     assert dataset in nb.cells[1].outputs[0]["text"]  # without replacements nothing changes: the test can fail
