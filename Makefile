@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 LAB_STAMP := $(VENV)/.installed-lab
 
 .DEFAULT_GOAL := help
-.PHONY: help setup book notebooks html bench controls checkpoint test lab run-folder clean
+.PHONY: help setup book notebooks html bench controls ablation checkpoint test lab run-folder clean
 
 help: ## list the targets and the parameters they take
 	@echo "Targets:"
@@ -23,6 +23,7 @@ help: ## list the targets and the parameters they take
 	@echo "  PUBLISH_FACES=0|1          show real subjects' faces in the HTML (default: 0; phantom always shown)"
 	@echo "  PYTHON=python3.11          interpreter used to create $(VENV)"
 	@echo "  PYTEST_ARGS='-m \"not slow\"'  extra arguments for make test"
+	@echo "  ABLATION_ARGS='--variants \"4x steps\" --ship'  for make ablation (--ship: beside the checkpoints)"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11 not found (set PYTHON=...)"; exit 1; }
@@ -48,6 +49,10 @@ bench: $(STAMP) ## make book, then the Performance appendix (long on a CPU: see 
 controls: $(STAMP) ## the re-identification controls (face_coupling 0, 0.5, 0.8, 1), then make book (long on a CPU)
 	$(BIN)/python -m refacelib.controls --profile '$(PROFILE)'
 	$(BIN)/python -m refacelib.pipeline book --profile '$(PROFILE)' --dataset phantom --publish-faces '$(PUBLISH_FACES)'
+
+ablation: $(STAMP) ## compare training recipes on the validation split (long on a CPU), then make book
+	$(BIN)/python -m refacelib.ablation --profile '$(PROFILE)' --dataset '$(DATASET)' $(ABLATION_ARGS)
+	$(BIN)/python -m refacelib.pipeline book --profile '$(PROFILE)' --dataset '$(DATASET)' --publish-faces '$(PUBLISH_FACES)'
 
 checkpoint: $(STAMP) ## train the cascade of PROFILE (cached) and export it to checkpoints/ (holds the run's lock)
 	$(BIN)/python -m refacelib.pipeline checkpoint --profile '$(PROFILE)' --dataset '$(DATASET)'

@@ -38,11 +38,12 @@ publish_faces = False
 import time
 
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 from myst_nb import glue
 
 from refacelib import config, refacing, report, viz
 from refacelib.device import resolve_device
+from refacelib.train import validation_trend
 from refacelib.io import save_figure, save_table
 
 run = config.open_run(profile, dataset)
@@ -130,11 +131,86 @@ glue("fig_training_loss", fig, display=False)
 # ```
 
 # %% tags=["hide-input"]
-val_loss = history.dropna(subset=["val_loss"]).groupby("stage")["val_loss"].last().reindex(seconds.index)
-per_stage = pd.DataFrame({"stage": seconds.index, "steps": steps.values, "seconds": seconds.values,
-                          "val_loss": val_loss.values})
+trend = validation_trend(history)
+per_stage = pd.DataFrame({"stage": seconds.index, "steps": steps.values, "seconds": seconds.values}).merge(
+    trend, on="stage", how="left")
 report.reader_table(per_stage, csv=history_csv, columns={
-    "stage": "Stage", "steps": "Training steps", "seconds": "Wall time (s)", "val_loss": "Last validation loss"})
+    "stage": "Stage", "steps": "Training steps", "seconds": "Wall time (s)",
+    "first_val_loss": "First validation loss", "last_val_loss": "Last validation loss",
+    "fell_pct": "Fall, first to last (%)", "tail_change_pct": "Change over the last quarter of steps (%)"},
+    formats={"fell_pct": 1, "tail_change_pct": 1})
+for row in trend.itertuples():
+    glue(f"stage{row.stage}_val_fell_pct", f"{row.fell_pct:.0f}", display=False)
+    glue(f"stage{row.stage}_val_tail_pct", f"{row.tail_change_pct:+.1f}", display=False)
+
+# %% [markdown]
+# The validation loss of stage 1 fell by {glue:text}`stage1_val_fell_pct`% from its first to
+# its last value and changed by {glue:text}`stage1_val_tail_pct`% over the last quarter of the
+# steps; stage 2's fell by {glue:text}`stage2_val_fell_pct`% and changed by
+# {glue:text}`stage2_val_tail_pct`% over its last quarter. A change over the last quarter
+# near zero means the curve has flattened; a clearly negative one means training stopped
+# while the validation loss was still falling (a longer training would likely help).
+
+# %% [markdown]
+# ## Choosing the recipe on the validation split
+#
+# `make ablation` trains the cascade under a few recipes (this profile's and variations of
+# one setting each), refaces the **validation** subjects with each under every defacing
+# method and measures their faces with the re-identification chapter's code
+# (`refacelib.ablation`). No test subject is refaced or measured there, so a recipe chosen
+# from this table has not seen the test sets. For each recipe: the last validation loss of
+# each stage and the median paired face distance (MSD) of the refaced face minus that of
+# the matched average face (same region, same path), over validation subjects x methods;
+# negative means closer to the true face. The swap check (another validation subject's
+# learned residual added to the same baseline) shows what a recipe gains without knowing
+# the person, so the recipe is chosen by the mean of samples minus the swap check: what it
+# gains *for the person*, which is what re-identification needs.
+
+# %% tags=["hide-input"]
+from refacelib import ablation
+
+ablation_table = ablation.table_for_run(run, ckpt_folder.name)
+if ablation_table is None:
+    glue("ablation_status", Markdown("No recipe comparison applies to this run's checkpoints (none was run on "
+                                     "this configuration and these data); `make ablation` makes one."), display=False)
+    glue("fig_training_ablation", viz.placeholder_figure("no recipe comparison for this run: make ablation"),
+         display=False)
+else:
+    chosen = str(ablation_table.loc[ablation_table["selected"].astype(bool), "variant"].iloc[0])
+    own = ablation_table.loc[ablation_table["checkpoint"] == ckpt_folder.name, "variant"].iloc[0]
+    glue("ablation_status", Markdown(f"Of the {len(ablation_table)} recipes compared, **{chosen}** gained most for the "
+                             f"person on the validation split; this run's checkpoints were trained with **{own}**"
+                             + ("." if chosen == own else
+                                f", so the book does not yet use the recipe the validation split prefers "
+                                f"(it would need {chosen}'s checkpoints trained and shipped).")), display=False)
+    fig = viz.plot_ablation(ablation_table, note=note)
+    save_figure(fig, run.figures / "training_ablation.png")
+    glue("fig_training_ablation", fig, display=False)
+    ablation_csv = save_table(ablation_table, run.tables / "training_ablation.csv")
+    report.reader_table(ablation_table, csv=ablation_csv, columns={
+        "variant": "Recipe", "stage1_steps": "Stage-1 steps", "stage2_steps": "Stage-2 steps",
+        "stage1_val_loss": "Stage-1 validation loss", "stage2_val_loss": "Stage-2 validation loss",
+        "refaced_mean_minus_average_mm": "Mean of samples - average face (mm)",
+        "refaced_minus_average_mm": "One sample - average face (mm)",
+        "swapped_minus_average_mm": "Swap check - average face (mm)",
+        "refaced_mean_minus_swapped_mm": "Mean of samples - swap check (mm)",
+        "refaced_mean_closer": "Share of pairs closer (mean)", "train_seconds": "Training time (s)",
+        "selected": "Selected"})
+
+# %% [markdown]
+# ```{glue:md} ablation_status
+# :format: myst
+# ```
+#
+# ```{glue:figure} fig_training_ablation
+# :name: fig-training-ablation
+#
+# Training recipes compared on the validation split: median paired face distance (mm; left
+# of zero means closer to the true face), over validation subjects x defacing methods, of
+# the mean of samples, one sample and the swap check against the matched average face, and
+# of the mean of samples against the swap check (what the recipe gains for the person).
+# The selected recipe (largest gain for the person) is in bold.
+# ```
 
 # %% tags=["remove-input"]
 display(report.chapter_footer(run, started=chapter_start))

@@ -247,7 +247,8 @@ else:
 
 # %% tags=["hide-input"]
 if have:
-    display(report.reader_table(report.controls_overview(controls), csv=[p for p in (controls_csv, offsets_csv) if p.exists()]))
+    display(report.reader_table(report.controls_overview(controls), formats={"coupling": lambda v: f"{v:g}"},
+                                csv=[p for p in (controls_csv, offsets_csv) if p.exists()]))
 
 # %% [markdown]
 # The table lists, per coupling and test set, in how many methods each candidate was

@@ -83,14 +83,25 @@ book with this appendix filled in.
 
 
 #: Run-folder files a chapter reads that no cached stage of the book produces (``make controls``
-#: writes ``tables/controls.csv``): their content enters the chapter's cache key.
-CHAPTER_INPUTS = {"09_controls": ("tables/controls.csv", "tables/controls_offsets.csv")}
+#: writes ``tables/controls.csv``, ``make ablation`` ``tables/ablation.csv``): their content enters the
+#: chapter's cache key. Paths are relative to the run folder; ``project:`` ones to the project root
+#: (the ablation table shipped beside the checkpoints), with ``{profile}`` filled in.
+CHAPTER_INPUTS = {"09_controls": ("tables/controls.csv", "tables/controls_offsets.csv"),
+                  "04_training": ("tables/ablation.csv", "project:checkpoints/ablation-{profile}.csv")}
+
+
+def chapter_input_paths(run: Run, name: str) -> dict[str, Path]:
+    """The files of :data:`CHAPTER_INPUTS` of chapter ``name`` for ``run``: label -> path."""
+    out = {}
+    for rel in CHAPTER_INPUTS.get(name, ()):
+        rel = rel.format(profile=run.profile)
+        out[rel] = project_root() / rel.removeprefix("project:") if rel.startswith("project:") else run.folder / rel
+    return out
 
 
 def _inputs_digest(run: Run, name: str) -> str:
     digest = hashlib.sha256()
-    for rel in CHAPTER_INPUTS.get(name, ()):
-        path = run.folder / rel
+    for rel, path in chapter_input_paths(run, name).items():
         digest.update(rel.encode() + (path.read_bytes() if path.is_file() else b"absent"))
     return digest.hexdigest()[:12]
 
@@ -358,6 +369,23 @@ def run_lab(profile: str = "quick", dataset: str = "phantom") -> None:
     os.execve(jupyter, [str(jupyter), "lab", f"--notebook-dir={project_root() / 'notebooks'}"], env)
 
 
+#: The chapter that trains the cascade when no checkpoint matches (:func:`refacelib.refacing.training_plan`).
+TRAINING_CHAPTER = "04_training"
+
+
+def _warn_training(run: Run, log) -> None:
+    """Say before the training chapter runs that it will train, and for about how long."""
+    from . import refacing
+
+    try:
+        message = refacing.training_plan(run)
+    except Exception as exc:  # the chapter itself reports what is wrong; the warning is a courtesy
+        message = None
+        log(f"  (could not tell whether the cascade needs training: {type(exc).__name__})")
+    if message:
+        log(f"  {message}")
+
+
 def execute_chapters(run: Run, names: list[str], *, force: bool = False, publish_faces: bool = False,
                      log=print) -> list[dict]:
     """Execute every chapter whose cache key changed; return timing rows of executed ones."""
@@ -376,6 +404,8 @@ def execute_chapters(run: Run, names: list[str], *, force: bool = False, publish
             log(f"[{i}/{len(names)}] {name}: up to date")
         else:
             log(f"[{i}/{len(names)}] {name}: executing ...")
+            if name == TRAINING_CHAPTER:
+                _warn_training(run, log)
             row = _execute(run, name, out, publish_faces=publish_faces)
             atomic_write_text(key_file, key)
             log(f"[{i}/{len(names)}] {name}: done in {row['seconds']:.1f} s")

@@ -530,6 +530,74 @@ def trained_cascade(run: Run, study: RefacingSetup, *, progress: bool = True) ->
     return train_cascade(run, train, val, study.config, data_key=study.data_key, progress=progress)
 
 
+def _without_steps(training: dict) -> dict:
+    """Training parameters with the step counts and time budget left out (what sets the cost per step)."""
+    out = {k: v for k, v in training.items() if k != "max_seconds_per_stage"}
+    for s in ("stage1", "stage2"):
+        if isinstance(out.get(s), dict):
+            out[s] = {k: v for k, v in out[s].items() if k != "steps"}
+    return out
+
+
+def training_estimate(training: dict, *, root: Path | None = None) -> tuple[float, dict] | None:
+    """Seconds a training with these parameters should take, from a shipped checkpoint's record.
+
+    A shipped checkpoint whose parameters differ at most in the step counts gives
+    the seconds per step of each stage on the machine that trained it
+    (``training.json``), scaled to ``training``'s steps. Returns the estimate and
+    that checkpoint's record, or None when no shipped checkpoint is comparable.
+
+    Examples
+    --------
+    >>> import tempfile, json, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp()); (root / "cascade-x").mkdir()
+    >>> rec = {"stages": {"1": {"steps": 10, "seconds": 5.0}, "2": {"steps": 10, "seconds": 2.0}},
+    ...        "training": {"stage1": {"steps": 10, "lr": 1}, "stage2": {"steps": 10, "lr": 1}}}
+    >>> _ = (root / "cascade-x" / "training.json").write_text(json.dumps(rec))
+    >>> training_estimate({"stage1": {"steps": 40, "lr": 1}, "stage2": {"steps": 20, "lr": 1}}, root=root)[0]
+    24.0
+    >>> training_estimate({"stage1": {"steps": 40, "lr": 2}, "stage2": {"steps": 20, "lr": 1}}, root=root) is None
+    True
+    """
+    want = _without_steps(training)
+    for path in sorted(Path(root or shipped_root()).glob("*/training.json")):
+        info = json.loads(path.read_text())
+        if _without_steps(info.get("training") or {}) != want:
+            continue
+        seconds = sum(float(info["stages"][str(s)]["seconds"]) / max(int(info["stages"][str(s)]["steps"]), 1)
+                      * int(training[f"stage{s}"]["steps"]) for s in (1, 2))
+        return round(seconds, 1), info
+    return None
+
+
+def training_plan(run: Run) -> str | None:
+    """A warning to print before the training chapter trains the cascade; None when it will not train.
+
+    The cascade is not trained when its checkpoints are cached in the run or
+    ship with the project under the run's cache key.
+    """
+    study = setup(run)
+    folder = _checkpoint_folder(run, study.config, study.data_key)
+    shipped = Path(shipped_root()) / folder.name
+    if all((folder / f"stage{s}.done").exists() for s in (1, 2)) or (shipped / "training.json").is_file():
+        return None
+    p = run.params["cascade"]
+    training = {k: p.get(k) for k in TRAINING_KEYS}
+    steps = f"{p['stage1']['steps']} + {p['stage2']['steps']} steps"
+    estimate = training_estimate(training)
+    if estimate is None:
+        how_long = ("no shipped checkpoint was trained with comparable settings, so the time is unknown: "
+                    "on a CPU this can take hours (see the Performance appendix)")
+    else:
+        seconds, info = estimate
+        how_long = (f"about {seconds / 60:.0f} min at the speed the shipped checkpoint was trained "
+                    f"({info.get('device', '?')}, {info.get('machine', '?')})")
+    budget = p.get("max_seconds_per_stage")
+    cap = f"; the time budget stops each stage after {budget:g} s" if budget else ""
+    return (f"warning: no trained cascade matches this configuration and these data, so the training chapter "
+            f"trains it now ({steps}): {how_long}{cap}. Checkpoints are kept; an interrupted training resumes.")
+
+
 def refaced_test_set(run: Run, study: RefacingSetup, ckpt_folder: Path, *, progress: bool = True):
     """:func:`reface_test_set` of the study's test subjects (their test sets pair the swap check)."""
     ids = list(study.test_subjects)

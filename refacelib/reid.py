@@ -41,7 +41,7 @@ from refacelib.surface import (Mesh, MeshIndex, as_mesh, compact_mesh, face_msd,
 __all__ = [
     "smoothed_threshold",
     "CANDIDATES", "MSD_COLUMNS", "REID_COLUMNS", "face_mesh", "face_surface", "surface_msd", "candidate_msd",
-    "surface_offset", "msd_table", "hodges_lehmann", "wilcoxon_tests", "summary_table", "align_rigid", "msd_matrix",
+    "surface_offset", "msd_table", "hodges_lehmann", "wilcoxon_tests", "summary_table", "gap_closed", "align_rigid", "msd_matrix",
     "identification_ranks", "cmc", "identification_rates", "reid_table",
     "vertex_distance_volume",
 ]
@@ -534,6 +534,43 @@ def summary_table(msd: pd.DataFrame, *, decimals: int = 2) -> pd.DataFrame:
     out["summary"] = [f"{f.format(m)} [{f.format(a)}, {f.format(b)}]"
                       for m, a, b in zip(out["median_mm"], out["q1_mm"], out["q3_mm"])]
     return out
+
+
+def gap_closed(msd: pd.DataFrame, *, candidates=("refaced_mean", "refaced"), baseline: str = "average",
+               bound: str = "oracle") -> pd.DataFrame:
+    """How much of the attainable gain over the baseline each candidate reaches.
+
+    Per test set, method and candidate, over the subjects that have all three:
+    the median paired gain ``baseline - candidate`` (mm; positive when the
+    candidate is closer), the median paired gap ``baseline - bound`` (what the
+    oracle face, the best any model could do, gains) and their ratio
+    ``fraction`` (1: the candidate gains as much as the oracle; 0: nothing;
+    negative: it is farther than the baseline). Empty without ``bound`` rows
+    (real data have no oracle).
+
+    Examples
+    --------
+    >>> msd = pd.DataFrame({"subject": ["a"] * 3 + ["b"] * 3, "test_set": "t", "method": "m",
+    ...                     "candidate": ["average", "refaced_mean", "oracle"] * 2,
+    ...                     "msd_mm": [2.0, 1.5, 1.0, 3.0, 2.5, 1.0]})
+    >>> gap_closed(msd, candidates=("refaced_mean",))[["gain_mm", "gap_mm", "fraction"]].values.tolist()
+    [[0.5, 1.5, 0.3333333333333333]]
+    """
+    cols = ["test_set", "method", "candidate", "n", "gain_mm", "gap_mm", "fraction"]
+    if bound not in set(msd["candidate"]):
+        return pd.DataFrame(columns=cols)
+    wide = msd.pivot_table(index=["test_set", "method", "subject"], columns="candidate", values="msd_mm")
+    rows = []
+    for (test_set, method), w in wide.groupby(level=["test_set", "method"]):
+        for cand in candidates:
+            if cand not in w:
+                continue
+            both = w[[baseline, cand, bound]].dropna()
+            gain = float((both[baseline] - both[cand]).median())
+            gap = float((both[baseline] - both[bound]).median())
+            rows.append({"test_set": test_set, "method": method, "candidate": cand, "n": len(both),
+                         "gain_mm": gain, "gap_mm": gap, "fraction": gain / gap if gap > 0 else float("nan")})
+    return pd.DataFrame(rows, columns=cols)
 
 
 # --------------------------------------------------------------------------- matching attack

@@ -24,7 +24,7 @@ from .io import atomic_write_text, save_nifti, save_table
 from .parallel import default_jobs
 from .template import Template, head_mask_from_intensity, load_template
 
-__all__ = ["study_template", "subject_brain_mask", "deface_cohort", "load_defaced", "load_registration", "attacker_registration", "phantom_truth",
+__all__ = ["study_template", "image_fingerprint", "subject_brain_mask", "deface_cohort", "load_defaced", "load_registration", "attacker_registration", "phantom_truth",
            "cohort_average_from_folder", "face_features", "stage_stats", "qc_summary"]
 
 #: Bump when what a stage writes changes, so that old caches are not reused.
@@ -52,12 +52,30 @@ def subject_brain_mask(run: Run, ds: BIDSDataset, subject: Subject, image, affin
     return deface.deepbet_brain_mask(image, affine), "deepbet"
 
 
+def image_fingerprint(ds: BIDSDataset) -> list:
+    """Each subject's T1w file as (id, file name, size, modification time in ns).
+
+    Enters the defacing stage's key for a real dataset, so that an image replaced
+    in place under the same participant id is defaced again instead of reusing
+    the cache. Cheap: the files are not read.
+    """
+    out = []
+    for s in ds.subjects:
+        st = Path(s.t1w).stat()
+        out.append([s.participant_id, Path(s.t1w).name, st.st_size, st.st_mtime_ns])
+    return out
+
+
 def _stage_folder(run: Run, ds: BIDSDataset) -> Path:
     # the dataset enters by its folder name (the phantom's is a hash of its parameters) and its
-    # subjects, never by its absolute path: a fresh clone elsewhere finds the same key
-    key = stable_hash({"version": STAGE_VERSION, "deface": run.params["deface"], "data": ds.root.name, "ids": ds.ids,
-                       "methods": deface.method_table().to_dict("records")})
-    return run.artifacts / f"defaced-{key}"
+    # subjects, never by its absolute path: a fresh clone elsewhere finds the same key; a real
+    # dataset's images also enter by size and time (image_fingerprint), the phantom's are
+    # determined by its parameters
+    key = {"version": STAGE_VERSION, "deface": run.params["deface"], "data": ds.root.name, "ids": ds.ids,
+           "methods": deface.method_table().to_dict("records")}
+    if not run.is_phantom:
+        key["images"] = image_fingerprint(ds)
+    return run.artifacts / f"defaced-{stable_hash(key)}"
 
 
 def _mkdir(path: Path) -> Path:

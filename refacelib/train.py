@@ -45,7 +45,7 @@ from .cascade import (
 from .device import autocast_context, resolve_device
 from .io import atomic_path, load_checkpoint
 
-__all__ = ["train_stage", "load_stage", "prepare_stage_data", "CHECKPOINT_VERSION", "main"]
+__all__ = ["train_stage", "load_stage", "validation_trend", "prepare_stage_data", "CHECKPOINT_VERSION", "main"]
 
 CHECKPOINT_VERSION = f"refacelib-{__version__}-cascade-ckpt-1"
 _MODEL_KEYS = ("channels", "num_res_blocks", "norm_num_groups", "train_timesteps", "beta_schedule")
@@ -238,7 +238,9 @@ def train_stage(stage: int, data: dict, config: CascadeConfig | dict, *, val_dat
     model_ema : DiffusionModelUNet
         EMA weights, eval mode.
     history : pandas.DataFrame
-        Columns ``step, loss, val_loss, seconds``; rows of this call only.
+        Columns ``step, loss, val_loss, seconds``: every step so far, those of an
+        interrupted earlier call included (saved beside the checkpoint as
+        ``<checkpoint>.rows.csv``; ``seconds`` counts on from their wall time).
     """
     config = CascadeConfig.from_dict(config)
     st, device = config.stage(stage), resolve_device(device)
@@ -247,17 +249,20 @@ def train_stage(stage: int, data: dict, config: CascadeConfig | dict, *, val_dat
     val = None if val_data is None else prepare_stage_data(stage, val_data, config, device=device)
     model, ema, optimizer = _build(stage, config, device)
     scheduler = make_scheduler(st)
-    step = 0
+    step, earlier = 0, []
     if checkpoint_path is not None and resume and Path(checkpoint_path).exists():
         step = _resume(checkpoint_path, stage=stage, config=config, model=model, ema=ema,
                        optimizer=optimizer, device=device)
+        earlier = _earlier_rows(checkpoint_path, step)
     net = model
     if world > 1:
         ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if compile:
         net = torch.compile(net, dynamic=False)  # dynamic shapes broke Inductor on these 3D convs
-    rows, start, stopped = [], time.perf_counter(), False
+    rows, stopped = [], False
+    # a resumed run counts on from the wall time its earlier rows reached
+    start = time.perf_counter() - (earlier[-1]["seconds"] if earlier else 0.0)
     n = tensors["original"].shape[0]
     bar = tqdm(total=st.steps, initial=step, disable=not progress or rank != 0, desc=f"stage {stage}")
     while step < st.steps:
@@ -280,12 +285,32 @@ def train_stage(stage: int, data: dict, config: CascadeConfig | dict, *, val_dat
         if checkpoint_path is not None and rank == 0 and (last or step % checkpoint_every == 0):
             _save_checkpoint(checkpoint_path, step=step, model=model, ema=ema, optimizer=optimizer,
                              config=config, stage=stage)
+            _save_rows(checkpoint_path, earlier + rows)
         if stopped:
             break
     bar.close()
-    history = pd.DataFrame(rows, columns=["step", "loss", "val_loss", "seconds"])
+    history = pd.DataFrame(earlier + rows, columns=["step", "loss", "val_loss", "seconds"])
     history.attrs["stopped_early"] = stopped
     return ema.module.eval(), history
+
+
+def _rows_path(checkpoint_path) -> Path:
+    """The loss history saved beside a checkpoint (``stage1.pt`` -> ``stage1.pt.rows.csv``)."""
+    return Path(f"{checkpoint_path}.rows.csv")
+
+
+def _save_rows(checkpoint_path, rows: list[dict]) -> None:
+    with atomic_path(_rows_path(checkpoint_path)) as tmp:
+        pd.DataFrame(rows, columns=["step", "loss", "val_loss", "seconds"]).to_csv(tmp, index=False)
+
+
+def _earlier_rows(checkpoint_path, step: int) -> list[dict]:
+    """History rows up to ``step`` saved with the checkpoint a run resumes from (none when absent)."""
+    path = _rows_path(checkpoint_path)
+    if not path.is_file():
+        return []
+    rows = pd.read_csv(path)
+    return rows[rows["step"] <= step].to_dict("records")
 
 
 def _log_row(step, loss, ema, scheduler, val, with_val, *, config, batch_size, device, start) -> dict:
@@ -295,6 +320,33 @@ def _log_row(step, loss, ema, scheduler, val, with_val, *, config, batch_size, d
                              batch_size=batch_size, device=device)
     return {"step": step, "loss": float(loss.detach()), "val_loss": val_loss,
             "seconds": time.perf_counter() - start}
+
+
+def validation_trend(history: pd.DataFrame, *, tail: float = 0.25) -> pd.DataFrame:
+    """Did the validation loss fall, and has it flattened? One row per stage.
+
+    Columns ``stage``, ``first_val_loss``, ``last_val_loss``, ``fell_pct`` (the
+    fall from the first to the last logged validation loss, % of the first) and
+    ``tail_change_pct`` (the change over the last ``tail`` of the steps, % of the
+    loss at its start: near 0 when the curve has flattened, clearly negative
+    when training stopped while the loss still fell).
+
+    Examples
+    --------
+    >>> h = pd.DataFrame({"stage": 1, "step": [1, 2, 3, 4], "val_loss": [4.0, 2.0, 1.0, 1.0]})
+    >>> validation_trend(h)[["fell_pct", "tail_change_pct"]].values.tolist()
+    [[75.0, 0.0]]
+    """
+    rows = []
+    for stage, h in history.dropna(subset=["val_loss"]).groupby("stage"):
+        h = h.sort_values("step")
+        first, last = float(h["val_loss"].iloc[0]), float(h["val_loss"].iloc[-1])
+        cut = h["step"].max() - tail * (h["step"].max() - h["step"].min())
+        start = float(h.loc[h["step"] >= cut, "val_loss"].iloc[0])
+        rows.append({"stage": int(stage), "first_val_loss": first, "last_val_loss": last,
+                     "fell_pct": 100.0 * (first - last) / first if first else float("nan"),
+                     "tail_change_pct": 100.0 * (last - start) / start if start else float("nan")})
+    return pd.DataFrame(rows, columns=["stage", "first_val_loss", "last_val_loss", "fell_pct", "tail_change_pct"])
 
 
 def load_stage(checkpoint_path, *, device="auto", weights: str = "ema"):

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-__all__ = ["placeholder_figure", "plot_demographics", "plot_montage", "plot_regions", "plot_deface_qc", "plot_mid_sagittal_row", "plot_muscle_correlations", "plot_loss_curves", "SIMULATION_NOTE"]
+__all__ = ["placeholder_figure", "plot_demographics", "plot_montage", "plot_regions", "plot_deface_qc", "plot_mid_sagittal_row", "plot_muscle_correlations", "plot_loss_curves", "plot_ablation", "SIMULATION_NOTE"]
 
 SIMULATION_NOTE = "phantom (simulated data)"
 
@@ -207,12 +207,44 @@ def plot_mid_sagittal_row(images: dict, *, note: str | None = None, eye_bar: boo
     return fig
 
 
+def plot_ablation(table: pd.DataFrame, *, note: str | None = None):
+    """Each training recipe's gain over the matched average face on the validation split.
+
+    One row per variant: the median paired MSD difference (mm; left of zero = the first
+    is closer to the true face) of the mean of samples, one sample and the swap check
+    against the matched average face, and of the mean of samples against the swap
+    check (the person-specific part, the selection criterion); the selected variant's
+    label is bold.
+    """
+    marks = {"refaced_mean_minus_average_mm": ("o", "mean of samples - average face"),
+             "refaced_minus_average_mm": ("s", "one sample - average face"),
+             "swapped_minus_average_mm": ("x", "swap check - average face"),
+             "refaced_mean_minus_swapped_mm": ("D", "mean of samples - swap check (the person; selects)")}
+    names = list(table["variant"])
+    y = np.arange(len(names))[::-1]
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(names) + 1.6), constrained_layout=True)
+    ax.axvline(0.0, color="0.5", lw=0.8)
+    for col, (marker, label) in marks.items():
+        if col in table:
+            ax.plot(table[col], y, marker, ms=7, ls="none", label=label, alpha=0.85)
+    ax.set_yticks(y, names)
+    if "selected" in table:
+        for tick, chosen in zip(ax.get_yticklabels(), table["selected"].astype(bool)):
+            tick.set_fontweight("bold" if chosen else "normal")
+    ax.set_xlabel("median paired MSD difference (mm)")
+    ax.legend(fontsize=8, loc="best")
+    _stamp(fig, note)
+    return fig
+
+
 def plot_muscle_correlations(boot: pd.DataFrame, corr: pd.DataFrame, diff: pd.DataFrame, *,
                              labels: dict | None = None, note: str | None = None):
     """The paper's layout: one panel per muscle, resampled correlations per image, mean and 95% CI.
 
     A star above an image marks a paired-difference CI (original minus image) that
     excludes 0; a CI that excludes 0 is drawn in a solid colour, one that covers 0 hollow.
+    An image whose correlation is undefined (NaN: the model's predictions were constant,
+    as when defacing left no facial voxel) is labelled so instead of left blank.
     """
     muscles = list(dict.fromkeys(corr["muscle"]))
     images = list(dict.fromkeys(corr["image"]))
@@ -225,6 +257,10 @@ def plot_muscle_correlations(boot: pd.DataFrame, corr: pd.DataFrame, diff: pd.Da
                       alpha=0.25, jitter=0.3, ax=ax, legend=False)
         for i, image in enumerate(images):
             row = corr[(corr["muscle"] == muscle) & (corr["image"] == image)].iloc[0]
+            if not np.isfinite(row["mean"]):  # constant predictions (e.g. no facial voxel left)
+                ax.text(i, 0.02, "undefined:\nconstant\nprediction", ha="center", va="bottom", fontsize=7,
+                        color="0.3")
+                continue
             face = palette[image] if row["significant"] else "white"
             ax.errorbar(i, row["mean"], yerr=[[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]],
                         fmt="o", color="black", mfc=face, ms=7, capsize=4, zorder=5)

@@ -1,4 +1,4 @@
-"""Headless Chromium on a small served book: images load, links resolve, screenshots saved."""
+"""Headless Chromium on a small served book: images load, links resolve, screenshots saved, layout checked."""
 import struct
 import zlib
 
@@ -37,8 +37,25 @@ def _book(root):
         '<a href="../chapters/01.html#top">chapter</a> <a href="#x">here</a> '
         '<a href="https://doi.org/10.1/x">paper</a></body></html>')
     (root / "chapters" / "01.html").write_text(
-        '<html><body><h1>Chapter</h1><img src="../_images/fig.png"><a href="../book/intro.html">back</a></body></html>')
+        '<html><body><h1>Chapter</h1><figure><img src="../_images/fig.png"><figcaption>Fig. 1 A plot</figcaption>'
+        '</figure><a href="../book/intro.html">back</a></body></html>')
     return root
+
+
+def _page(root, name, body):
+    """Write ``root/name``: a UTF-8 page with ``body`` inside ``<body>`` (folders made as needed)."""
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>{body}</body></html>',
+                    encoding="utf-8")
+    return name
+
+
+def _problems(root, pages, chromium):
+    return {r.page: r.problems for r in browser.check_book(root, pages=pages, chromium=chromium)}
+
+
+_WIDE = '<table id="wide"><tr><th>name</th></tr><tr><td><div style="width: 900px">x</div></td></tr></table>'
 
 
 def test_served_book_passes_and_screenshots_are_saved(chromium, tmp_path):
@@ -64,6 +81,67 @@ def test_missing_image_broken_link_and_unrendered_figure_are_reported(chromium, 
     chapter = results["chapters/01.html"].problems
     assert "broken link: ../book/gone.html" in chapter
     assert "figure shown as text, not as an image: <Figure size 640x480 with 1 Axes>" in chapter
+
+
+def test_table_wider_than_the_text_column_needs_a_scroll_container(chromium, tmp_path):
+    html = tmp_path / "html"
+    article = '<article style="width: 600px">{}</article>'
+    pages = [_page(html, "book/bare.html", article.format(_WIDE)),
+             _page(html, "book/scrolls.html", article.format(f'<div style="overflow-x: auto">{_WIDE}</div>')),
+             _page(html, "book/narrow.html", article.format(_WIDE.replace("900px", "300px"))),
+             _page(html, "book/body.html", _WIDE.replace("900px", "3000px"))]
+    problems = _problems(html, pages, chromium)
+    assert len(problems["book/bare.html"]) == 1, problems
+    assert problems["book/bare.html"][0].startswith("table 1 (#wide) is 9")  # 900 px and the cell's padding
+    assert "wider than the text column (article, 600 px)" in problems["book/bare.html"][0]
+    assert problems["book/scrolls.html"] == [] and problems["book/narrow.html"] == []
+    assert len(problems["book/body.html"]) == 1 and "(body, " in problems["book/body.html"][0], problems
+
+
+def test_table_wider_than_the_window_is_measured_at_the_given_width(chromium, tmp_path):
+    html = tmp_path / "html"
+    page = _page(html, "book/t.html", _WIDE.replace("900px", "1000px"))
+    assert _problems(html, [page], chromium)[page] == []  # the default window is 1280 px wide
+    narrow = browser.check_book(html, pages=[page], chromium=chromium, width=800)
+    assert len(narrow[0].problems) == 1 and "wider than the text column" in narrow[0].problems[0]
+
+
+def test_zero_printed_with_four_decimals_is_reported(chromium, tmp_path):
+    html = tmp_path / "html"
+    rows = "".join(f"<tr><td>{m}</td><td> {p} </td></tr>" for m, p in
+                   [("A", "0.0000"), ("B", "0.0012"), ("C", "10.0000"), ("D", "\u22120.00000"), ("E", "0.0")])
+    page = _page(html, "book/p.html", f"<table><thead><tr><th>model</th><th>p</th></tr></thead>{rows}</table>")
+    assert _problems(html, [page], chromium)[page] == [
+        "table 1 (model | p): row 2, column 2 (p) reads '0.0000'",
+        "table 1 (model | p): row 5, column 2 (p) reads '\u22120.00000'"]
+
+
+def test_chapter_figures_need_a_numbered_caption(chromium, tmp_path):
+    html = tmp_path / "html"
+    (html / "_images").mkdir(parents=True)
+    for name in ("a.png", "b.png", "c.png"):
+        (html / "_images" / name).write_bytes(_png())
+    figures = ('<figure><img src="../_images/a.png"><figcaption><p><span class="caption-number">Fig. 1 </span>'
+               '<span class="caption-text">Ages</span></p></figcaption></figure>'
+               '<figure><img src="../_images/b.png" alt="b plot"><figcaption>Ages by site</figcaption></figure>'
+               '<p><img src="../_images/c.png"></p>')
+    pages = [_page(html, "chapters/x.html", f"<main>{figures}</main>"), _page(html, "book/y.html", figures)]
+    problems = _problems(html, pages, chromium)
+    assert problems["chapters/x.html"] == [
+        "figure ../_images/b.png (alt 'b plot') has a caption without a figure number: 'Ages by site'",
+        "figure ../_images/c.png is not in a <figure> with a numbered caption"]
+    assert problems["book/y.html"] == []  # only chapter pages number their figures
+
+
+def test_layout_is_measured_on_the_page_and_the_files_stay_unchanged(chromium, tmp_path):
+    html = tmp_path / "html"
+    page = _page(html, "book/z.html", "<p>text</p>")
+    before = (html / page).read_bytes()
+    with browser.serve(html, inject=browser.LAYOUT_SCRIPT) as (base, _):
+        layout, dom = browser.read_layout(browser.open_page(base + page, chromium=chromium, width=1000))
+    assert layout["column"]["selector"] == "body" and 950 < layout["column"]["width"] <= 1000
+    assert '<pre id="refacelib-layout"' not in dom and (html / page).read_bytes() == before
+    assert browser.layout_problems(None) == ["layout not measured: the page script left no result"]
 
 
 def test_page_links_and_internal_paths():

@@ -114,8 +114,12 @@ def test_book_reads_in_headless_chromium(tiny_book):
     pages = {r.page: r for r in results}
     assert {"index.html", "book/intro.html", *(f"chapters/{n}.html" for n in pipeline.chapter_names())} <= set(pages)
     assert {p: r.problems for p, r in pages.items() if r.problems} == {}
-    optional = {n for n, files in pipeline.CHAPTER_INPUTS.items()  # e.g. Controls before `make controls`
-                if not all((run / f).exists() for f in files)}
+    from refacelib import config
+
+    tiny = config.open_run("tiny", "phantom", create=False)
+    optional = {n for n in pipeline.CHAPTER_INPUTS  # e.g. Controls before `make controls`
+                if not any(p.exists() for p in pipeline.chapter_input_paths(tiny, n).values())}
+    optional.discard("04_training")  # its loss curves exist with or without a recipe comparison
     with_figures = [f"chapters/{n}.html" for n in pipeline.chapter_names()
                     if "save_figure(" in (pipeline.project_root() / "notebooks" / f"{n}.py").read_text()
                     and n not in optional]
@@ -366,3 +370,33 @@ def test_controls_chapter_renders_the_tables_of_make_controls(tiny_book):
     finally:
         for path, data in saved.items():
             path.write_bytes(data)
+
+
+def test_training_recipe_ablation_on_the_validation_split(tiny_book):
+    """`make ablation` refaces the validation subjects only, writes one row per recipe, and the
+    training chapter shows it when a row trained the run's own checkpoints."""
+    from refacelib import ablation, config, pipeline, refacing
+
+    run = config.open_run("tiny", "phantom")
+    assert refacing.training_plan(run) is None  # the book trained (and cached) the cascade
+    longer = ablation.variant_run(run, ablation.variants(run.params)["4x steps"])
+    warning = refacing.training_plan(longer)
+    assert warning.startswith("warning:") and "48 + 48 steps" in warning
+    assert ablation.main(["--profile", "tiny", "--variants", "profile recipe"]) == 0
+    table = pd.read_csv(run.tables / "ablation.csv")
+    study = refacing.setup(run)
+    own = refacing._checkpoint_folder(run, study.config, study.data_key).name
+    assert table["variant"].tolist() == ["profile recipe"] and table["checkpoint"].tolist() == [own]
+    assert table["selected"].tolist() == [True] and table["n_subjects"].tolist() == [len(study.ids["val"])]
+    assert np.isfinite(table[["stage1_val_loss", "stage2_val_loss", "refaced_mean_minus_average_mm"]].values).all()
+    msd = pd.read_csv(run.tables / "ablation_msd" / f"{own}.csv")
+    assert set(msd["subject"]) == set(study.ids["val"])  # no test subject is refaced or measured
+    assert not set(msd["subject"]) & set(study.test_subjects)
+    try:
+        rows = pipeline.execute_chapters(run, ["04_training"], force=True, log=lambda *a: None)
+        assert [r["chapter"] for r in rows] == ["04_training"]
+        assert (run.figures / "training_ablation.png").stat().st_size > 5_000
+        text = (run.folder / "notebooks" / "04_training.ipynb").read_text()
+        assert "gained most for the person on the validation split" in text and "Traceback" not in text
+    finally:
+        (run.tables / "ablation.csv").unlink()

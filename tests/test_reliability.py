@@ -542,3 +542,26 @@ def test_chapter_peak_memory_is_per_chapter_not_a_running_maximum():
         subprocess.run([sys.executable, "-c", code.format(20)], check=True)
     assert big.mib > 250
     assert small.mib < big.mib - 200
+
+
+def test_defacing_cache_key_sees_an_image_replaced_in_place(tmp_path):
+    """A real dataset's image overwritten under the same participant id must be defaced again
+    (the key held only the folder name and the ids); the phantom's key stays a function of its parameters."""
+    import pandas as pd
+
+    from refacelib import stages
+    from refacelib.data import BIDSDataset, Subject
+
+    image = tmp_path / "data" / "sub-01_T1w.nii.gz"
+    image.parent.mkdir()
+    image.write_bytes(b"first image")
+    ds = BIDSDataset(root=image.parent, participants=pd.DataFrame({"participant_id": ["sub-01"]}),
+                     subjects=[Subject("sub-01", image)])
+    params = config.load_profile("tiny")
+    real = config.Run(profile="tiny", dataset=str(image.parent), params=params, folder=tmp_path / "run")
+    phantom = config.Run(profile="tiny", dataset=config.PHANTOM, params=params, folder=tmp_path / "run")
+    before = {r.dataset: stages._stage_folder(r, ds) for r in (real, phantom)}
+    image.write_bytes(b"another subject's image")
+    after = {r.dataset: stages._stage_folder(r, ds) for r in (real, phantom)}
+    assert after[real.dataset] != before[real.dataset]
+    assert after[phantom.dataset] == before[phantom.dataset]
