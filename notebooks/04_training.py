@@ -154,8 +154,8 @@ for row in trend.itertuples():
 # %% [markdown]
 # ## Choosing the recipe on the validation split
 #
-# `make ablation` trains the cascade under a few recipes (this profile's and variations of
-# one setting each), refaces the **validation** subjects with each under every defacing
+# `make ablation` trains the cascade under a few recipes (the base recipe, the profile's when
+# the comparison ran, and variations of one setting each), refaces the **validation** subjects with each under every defacing
 # method and measures their faces with the re-identification chapter's code
 # (`refacelib.ablation`). No test subject is refaced or measured there, so a recipe chosen
 # from this table has not seen the test sets. For each recipe: the last validation loss of

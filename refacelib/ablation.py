@@ -49,7 +49,8 @@ BASELINE = "average"
 def variants(params: dict) -> dict[str, dict]:
     """Named recipes as dotted overrides of the profile's ``cascade`` section.
 
-    ``profile recipe`` changes nothing; each other variant changes one thing:
+    ``base recipe`` is the profile's recipe when the comparison runs (no change);
+    each other variant changes one thing of it:
     four times the training steps of both stages, the cosine noise schedule,
     twice the channels, stage 2 on the grid the faces are measured on
     (``deface.voxel_mm``; stage 1 keeps its resolution) when the cascade's grid
@@ -61,14 +62,14 @@ def variants(params: dict) -> dict[str, dict]:
     >>> p = {"cascade": {"stage1": {"steps": 10, "channels": [4, 8], "norm_num_groups": 4},
     ...                  "stage2": {"steps": 6, "channels": [4, 8], "norm_num_groups": 4}}}
     >>> v = variants(p)
-    >>> v["profile recipe"], v["4x steps"]["cascade.stage2.steps"], v["2x channels"]["cascade.stage1.channels"]
+    >>> v["base recipe"], v["4x steps"]["cascade.stage2.steps"], v["2x channels"]["cascade.stage1.channels"]
     ({}, 24, [8, 16])
     >>> p.update(deface={"voxel_mm": 2.0}); p["cascade"].update(voxel_mm=4.0, factor=2)
     >>> variants(p)["stage 2 at the study's grid"]
     {'cascade.voxel_mm': 2.0, 'cascade.factor': 4}
     """
     c = params["cascade"]
-    out: dict[str, dict] = {"profile recipe": {}}
+    out: dict[str, dict] = {"base recipe": {}}
     out["4x steps"] = {f"cascade.stage{s}.steps": 4 * int(c[f"stage{s}"]["steps"]) for s in (1, 2)}
     if any(c[f"stage{s}"].get("beta_schedule", "scaled_linear_beta") != "cosine" for s in (1, 2)):
         out["cosine schedule"] = {f"cascade.stage{s}.beta_schedule": "cosine" for s in (1, 2)}
@@ -166,7 +167,7 @@ def select(table: pd.DataFrame) -> str:
     The criterion is :data:`SELECT_BY`: the refaced face against the swap check,
     not against the average face, because a recipe can beat the average face by
     learning a better face for everybody, which adds nothing to re-identification
-    (the swap check gains as much). Ties go to the earlier row (the profile's
+    (the swap check gains as much). Ties go to the earlier row (the base
     recipe comes first).
 
     Examples

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -32,7 +33,7 @@ from .config import Run, open_run
 from .io import save_table
 
 __all__ = ["COUPLINGS", "ESTIMATORS", "control_overrides", "control_run", "face_tests", "run_control", "controls_table", "offsets_table",
-           "upsert_coupling", "main"]
+           "upsert_coupling", "ship_control", "main"]
 
 #: Couplings of the dose response (the profile's own value is its main run).
 COUPLINGS = (0.0, 0.5, 0.8, 1.0)
@@ -95,6 +96,23 @@ def run_control(run: Run, *, progress: bool = True) -> tuple[pd.DataFrame, pd.Da
     return msd, face_tests(msd)
 
 
+def ship_control(run: Run, *, command: str = "") -> Path | None:
+    """Export the trained cascade of a control run to ``checkpoints/`` (as :func:`refacelib.refacing.ship`).
+
+    Shipped checkpoints of the controls let ``make controls`` skip their training on a fresh
+    clone. Returns the shipped folder, or None when the run's cascade came from one already.
+    """
+    from .device import resolve_device
+
+    study = refacing.setup(run)
+    folder, _ = refacing.trained_cascade(run, study, progress=False)
+    if refacing.training_provenance(folder) is not None:
+        return None
+    p = run.params["cascade"]
+    return refacing.ship(folder, device=str(resolve_device(p.get("device", "auto"))), command=command,
+                         training={k: p.get(k) for k in refacing.TRAINING_KEYS})
+
+
 def controls_table(results: dict[float, pd.DataFrame]) -> pd.DataFrame:
     """One table of the tests of every coupling (column ``coupling`` first).
 
@@ -144,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--couplings", default=",".join(f"{c:g}" for c in COUPLINGS),
                         help="comma-separated face couplings (default: %(default)s)")
+    parser.add_argument("--ship", action="store_true",
+                        help="export each control's trained cascade to checkpoints/ (for fresh clones)")
     args = parser.parse_args(argv)
     couplings = [float(c) for c in args.couplings.split(",") if c.strip()]
     if any(not 0.0 <= c <= 1.0 for c in couplings):
@@ -160,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         if "offset_mm" in msd:
             upsert_coupling(main_run.tables / "controls_offsets.csv", c, offsets_table(msd))
         print(f"control: face_coupling {c:g} done in {time.perf_counter() - start:.0f} s", flush=True)
+        if args.ship:
+            shipped = ship_control(run, command=f"python -m refacelib.controls --profile {args.profile} "
+                                                f"--couplings {c:g} --ship")
+            print(f"control: shipped {shipped}" if shipped else "control: its cascade came from checkpoints/")
     print(f"wrote runs/{main_run.label}/tables/controls.csv; `make book PROFILE={args.profile}` shows it")
     return 0
 

@@ -219,10 +219,10 @@ def plot_ablation(table: pd.DataFrame, *, note: str | None = None):
     marks = {"refaced_mean_minus_average_mm": ("o", "mean of samples - average face"),
              "refaced_minus_average_mm": ("s", "one sample - average face"),
              "swapped_minus_average_mm": ("x", "swap check - average face"),
-             "refaced_mean_minus_swapped_mm": ("D", "mean of samples - swap check (the person; selects)")}
+             "refaced_mean_minus_swapped_mm": ("D", "mean of samples - swap check\n(gain for the person: selects)")}
     names = list(table["variant"])
     y = np.arange(len(names))[::-1]
-    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(names) + 1.6), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(10.5, 0.55 * len(names) + 1.8), constrained_layout=True)
     ax.axvline(0.0, color="0.5", lw=0.8)
     for col, (marker, label) in marks.items():
         if col in table:
@@ -231,8 +231,8 @@ def plot_ablation(table: pd.DataFrame, *, note: str | None = None):
     if "selected" in table:
         for tick, chosen in zip(ax.get_yticklabels(), table["selected"].astype(bool)):
             tick.set_fontweight("bold" if chosen else "normal")
-    ax.set_xlabel("median paired MSD difference (mm)")
-    ax.legend(fontsize=8, loc="best")
+    ax.set_xlabel("median paired MSD difference (mm; < 0: the first is closer to the true face)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     _stamp(fig, note)
     return fig
 

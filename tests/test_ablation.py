@@ -16,7 +16,7 @@ def runs_root(tmp_path, monkeypatch):
 def test_every_variant_is_a_valid_profile_that_changes_the_cascade_only(profile, runs_root):
     run = config.open_run(profile, "phantom", create=False)
     table = ablation.variants(run.params)
-    assert list(table)[0] == "profile recipe" and table["profile recipe"] == {}
+    assert list(table)[0] == "base recipe" and table["base recipe"] == {}
     hashes = set()
     for name, overrides in table.items():
         v = ablation.variant_run(run, overrides)

@@ -344,6 +344,13 @@ def test_controls_table_from_the_cached_run(tiny_book):
     assert set(table["coupling"]) == {own}
     assert {"refaced", "refaced_mean", "swapped", "oracle"} <= set(table["estimator"])
     assert {"hl_diff_mm", "ci_low_mm", "ci_high_mm", "p_holm", "rbc"} <= set(table.columns)
+    # a control's cascade ships like the book's (make controls on a fresh clone then skips its training)
+    from refacelib import refacing
+
+    shipped = controls.ship_control(config.open_run("tiny", "phantom"))
+    assert shipped.parent == refacing.shipped_root() and (shipped / "training.json").is_file()
+    assert refacing.install_shipped(shipped.parent.parent / "elsewhere" / shipped.name)
+    shutil.rmtree(shipped)
 
 
 def test_controls_chapter_renders_the_tables_of_make_controls(tiny_book):
@@ -382,11 +389,11 @@ def test_training_recipe_ablation_on_the_validation_split(tiny_book):
     longer = ablation.variant_run(run, ablation.variants(run.params)["4x steps"])
     warning = refacing.training_plan(longer)
     assert warning.startswith("warning:") and "48 + 48 steps" in warning
-    assert ablation.main(["--profile", "tiny", "--variants", "profile recipe"]) == 0
+    assert ablation.main(["--profile", "tiny", "--variants", "base recipe"]) == 0
     table = pd.read_csv(run.tables / "ablation.csv")
     study = refacing.setup(run)
     own = refacing._checkpoint_folder(run, study.config, study.data_key).name
-    assert table["variant"].tolist() == ["profile recipe"] and table["checkpoint"].tolist() == [own]
+    assert table["variant"].tolist() == ["base recipe"] and table["checkpoint"].tolist() == [own]
     assert table["selected"].tolist() == [True] and table["n_subjects"].tolist() == [len(study.ids["val"])]
     assert np.isfinite(table[["stage1_val_loss", "stage2_val_loss", "refaced_mean_minus_average_mm"]].values).all()
     msd = pd.read_csv(run.tables / "ablation_msd" / f"{own}.csv")
