@@ -139,9 +139,11 @@ report.reader_table(per_stage, csv=history_csv, columns={
     "first_val_loss": "First validation loss", "last_val_loss": "Last validation loss",
     "fell_pct": "Fall, first to last (%)", "tail_change_pct": "Change over the last quarter of steps (%)"},
     formats={"fell_pct": 1, "tail_change_pct": 1})
-for row in trend.itertuples():
-    glue(f"stage{row.stage}_val_fell_pct", f"{row.fell_pct:.0f}", display=False)
-    glue(f"stage{row.stage}_val_tail_pct", f"{row.tail_change_pct:+.1f}", display=False)
+for s in (1, 2):  # "n/a" without a validation loss (no validation subjects)
+    row = trend[trend["stage"] == s]
+    glue(f"stage{s}_val_fell_pct", f"{row['fell_pct'].iloc[0]:.0f}" if len(row) else "n/a", display=False)
+    glue(f"stage{s}_val_tail_pct", f"{row['tail_change_pct'].iloc[0]:+.1f}" if len(row) else "n/a",
+         display=False)
 
 # %% [markdown]
 # The validation loss of stage 1 fell by {glue:text}`stage1_val_fell_pct`% from its first to

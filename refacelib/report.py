@@ -470,6 +470,37 @@ def person_key_values(tests: pd.DataFrame, *, estimator: str, alpha: float = 0.0
     return out
 
 
+def gap_key_values(gap: pd.DataFrame | None, *, exclude=("skullstrip",)) -> dict[str, str]:
+    """``key_gap_closed``: a sentence on the share of the oracle gap the refaced face closes.
+
+    ``gap`` is :func:`refacelib.reid.gap_closed`'s table; methods in ``exclude``
+    (skull-stripping removes far more than the face) are left out. Without an
+    oracle (real data) the sentence says the attainable gain is unknown.
+
+    Examples
+    --------
+    >>> g = pd.DataFrame({"test_set": "t", "method": ["a", "a"], "candidate": ["refaced_mean", "refaced"],
+    ...                   "fraction": [0.5, 0.2]})
+    >>> "a median 50% of the gap" in gap_key_values(g)["key_gap_closed"]
+    True
+    >>> gap_key_values(None)["key_gap_closed"].startswith("This dataset has no oracle")
+    True
+    """
+    if gap is None or len(gap) == 0:
+        return {"key_gap_closed": "This dataset has no oracle face (real data), so the attainable gain is unknown."}
+    kept = gap[~gap["method"].isin(exclude)]
+    mean, one = kept[kept["candidate"] == "refaced_mean"], kept[kept["candidate"] == "refaced"]
+    return {"key_gap_closed": (
+        "The oracle face (what the rest of the phantom's head predicts) bounds what a model can gain over the "
+        f"matched average face. For the {kept['method'].nunique()} face-removal methods "
+        f"(skull-stripping aside) on {kept['test_set'].nunique()} test sets, the mean of samples closes a median "
+        f"{mean['fraction'].median():.0%} of the gap between the matched average face and the oracle "
+        f"(range {mean['fraction'].min():.0%} to {mean['fraction'].max():.0%}; half or more in "
+        f"{int((mean['fraction'] >= 0.5).sum())} of {len(mean)} method x test-set cells), and a single sample "
+        f"a median {one['fraction'].median():.0%} (a quarter or more in {int((one['fraction'] >= 0.25).sum())} "
+        f"of {len(one)}).")}
+
+
 def floor_key_values(floor: pd.DataFrame | None) -> dict[str, str]:
     """``key_floor``: the median test-retest face distance (mm), ``n/a`` without retest scans.
 

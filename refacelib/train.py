@@ -143,7 +143,8 @@ class _Ema:
             e.copy_(b)
 
 
-def _save_checkpoint(path, *, step, model, ema, optimizer, config: CascadeConfig, stage: int) -> None:
+def _save_checkpoint(path, *, step, model, ema, optimizer, config: CascadeConfig, stage: int,
+                     history: list | None = None) -> None:
     """Atomic write (tmp file + os.replace) of a weights_only-loadable dict.
 
     A save killed half-way leaves the previous checkpoint in place and no partial file.
@@ -155,6 +156,9 @@ def _save_checkpoint(path, *, step, model, ema, optimizer, config: CascadeConfig
         "optimizer": optimizer.state_dict(),
         "config": {**config.to_dict(), "stage": int(stage)},
         "version": CHECKPOINT_VERSION,
+        # the loss history so far, so that a resumed training keeps its whole curve
+        "history": [[float(r["step"]), float(r["loss"]), float(r["val_loss"]), float(r["seconds"])]
+                    for r in (history or [])],
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -239,8 +243,8 @@ def train_stage(stage: int, data: dict, config: CascadeConfig | dict, *, val_dat
         EMA weights, eval mode.
     history : pandas.DataFrame
         Columns ``step, loss, val_loss, seconds``: every step so far, those of an
-        interrupted earlier call included (saved beside the checkpoint as
-        ``<checkpoint>.rows.csv``; ``seconds`` counts on from their wall time).
+        interrupted earlier call included (saved in the checkpoint; ``seconds``
+        counts on from their wall time).
     """
     config = CascadeConfig.from_dict(config)
     st, device = config.stage(stage), resolve_device(device)
@@ -284,8 +288,7 @@ def train_stage(stage: int, data: dict, config: CascadeConfig | dict, *, val_dat
         bar.set_postfix(loss=f"{rows[-1]['loss']:.4g}")
         if checkpoint_path is not None and rank == 0 and (last or step % checkpoint_every == 0):
             _save_checkpoint(checkpoint_path, step=step, model=model, ema=ema, optimizer=optimizer,
-                             config=config, stage=stage)
-            _save_rows(checkpoint_path, earlier + rows)
+                             config=config, stage=stage, history=earlier + rows)
         if stopped:
             break
     bar.close()
@@ -294,23 +297,10 @@ def train_stage(stage: int, data: dict, config: CascadeConfig | dict, *, val_dat
     return ema.module.eval(), history
 
 
-def _rows_path(checkpoint_path) -> Path:
-    """The loss history saved beside a checkpoint (``stage1.pt`` -> ``stage1.pt.rows.csv``)."""
-    return Path(f"{checkpoint_path}.rows.csv")
-
-
-def _save_rows(checkpoint_path, rows: list[dict]) -> None:
-    with atomic_path(_rows_path(checkpoint_path)) as tmp:
-        pd.DataFrame(rows, columns=["step", "loss", "val_loss", "seconds"]).to_csv(tmp, index=False)
-
-
 def _earlier_rows(checkpoint_path, step: int) -> list[dict]:
-    """History rows up to ``step`` saved with the checkpoint a run resumes from (none when absent)."""
-    path = _rows_path(checkpoint_path)
-    if not path.is_file():
-        return []
-    rows = pd.read_csv(path)
-    return rows[rows["step"] <= step].to_dict("records")
+    """History rows up to ``step`` saved in the checkpoint a run resumes from (none in older ones)."""
+    saved = load_checkpoint(checkpoint_path, map_location="cpu").get("history") or []
+    return [{"step": int(r[0]), "loss": r[1], "val_loss": r[2], "seconds": r[3]} for r in saved if r[0] <= step]
 
 
 def _log_row(step, loss, ema, scheduler, val, with_val, *, config, batch_size, device, start) -> dict:

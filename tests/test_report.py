@@ -202,7 +202,8 @@ def test_every_glue_key_the_landing_page_quotes_is_produced(face_tables):
     made = {
         "06_reid": set(report.face_key_values(*face_tables, estimator="refaced_mean"))
         | set(report.reid_key_values(reid, estimator="refaced_mean")) | set(report.floor_key_values(None))
-        | set(report.person_key_values(face_tables[1].assign(hl_diff_mm=-0.1), estimator="refaced_mean")),
+        | set(report.person_key_values(face_tables[1].assign(hl_diff_mm=-0.1), estimator="refaced_mean"))
+        | set(report.gap_key_values(None)),
         "07_muscle": set(report.muscle_key_values(None)),
     }
     assert {doc for doc, _ in quoted} == set(made)

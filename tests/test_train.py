@@ -47,15 +47,14 @@ def test_resume_continues_from_checkpoint(tmp_path):
                         progress=False)
     assert list(h1.step) == [1, 2, 3, 4, 5, 6] and list(h1.columns) == ["step", "loss", "val_loss", "seconds"]
     assert torch.load(ckpt, weights_only=True)["step"] == 6
-    # the first call's rows are saved beside its checkpoint
-    rows = Path(f"{ckpt}.rows.csv")
-    assert list(__import__("pandas").read_csv(rows)["step"]) == [1, 2, 3, 4, 5, 6]
+    # the first call's rows are saved in its checkpoint
+    assert [r[0] for r in torch.load(ckpt, weights_only=True)["history"]] == [1, 2, 3, 4, 5, 6]
     ema, h2 = train_stage(1, data, _config(10), device="cpu", checkpoint_path=ckpt, progress=False)
     # the history holds every step, the interrupted call's included, and its clock counts on
     assert list(h2.step) == list(range(1, 11))
     assert h2.loss.iloc[:6].tolist() == h1.loss.tolist() and h2.seconds.is_monotonic_increasing
     saved = torch.load(ckpt, weights_only=True)
-    assert set(saved) == {"step", "model", "ema", "optimizer", "config", "version"}
+    assert set(saved) == {"step", "model", "ema", "optimizer", "config", "version", "history"}
     assert saved["step"] == 10 and saved["version"] == CHECKPOINT_VERSION and saved["config"]["stage"] == 1
     assert not list(tmp_path.glob("*.tmp*"))
     # 6 + 4 steps reproduce 10 uninterrupted steps exactly (per-step seeds, restored optimiser)
