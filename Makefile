@@ -23,7 +23,7 @@ help: ## list the targets and the parameters they take
 	@echo "  PUBLISH_FACES=0|1          show real subjects' faces in the HTML (default: 0; phantom always shown)"
 	@echo "  PYTHON=python3.11          interpreter used to create $(VENV)"
 	@echo "  PYTEST_ARGS='-m \"not slow\"'  extra arguments for make test"
-	@echo "  ABLATION_ARGS='--variants \"4x steps\" --ship'  for make ablation (--ship: beside the checkpoints)"
+	@echo "  ABLATION_ARGS='--variants \"cosine schedule\" --ship'  for make ablation (--ship: beside the checkpoints)"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11 not found (set PYTHON=...)"; exit 1; }
@@ -60,7 +60,10 @@ checkpoint: $(STAMP) ## train the cascade of PROFILE (cached) and export it to c
 run-folder: $(STAMP) ## print the run folder of PROFILE on DATASET
 	@$(BIN)/python -m refacelib.pipeline run-folder --profile '$(PROFILE)' --dataset '$(DATASET)'
 
+# Under CI (CI set) the browser checks must run: Chromium is installed first when missing
+# (apt-get update + install, as root) and make test stops here if that fails.
 test: $(STAMP) ## run the tests (including a tiny-profile build of every chapter)
+	@if [ -n "$$CI" ]; then $(BIN)/python -m refacelib.browser --install; fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 $(LAB_STAMP): $(STAMP)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import evaluation, refacing
+from . import evaluation, refacing, train
 from .config import Run, apply_overrides, open_run, validate_params
 from .io import save_table
 
@@ -62,7 +62,7 @@ def variants(params: dict) -> dict[str, dict]:
     >>> p = {"cascade": {"stage1": {"steps": 10, "channels": [4, 8], "norm_num_groups": 4},
     ...                  "stage2": {"steps": 6, "channels": [4, 8], "norm_num_groups": 4}}}
     >>> v = variants(p)
-    >>> v["base recipe"], v["4x steps"]["cascade.stage2.steps"], v["2x channels"]["cascade.stage1.channels"]
+    >>> v["base recipe"], v["4x steps (40 + 24)"]["cascade.stage2.steps"], v["2x channels"]["cascade.stage1.channels"]
     ({}, 24, [8, 16])
     >>> p.update(deface={"voxel_mm": 2.0}); p["cascade"].update(voxel_mm=4.0, factor=2)
     >>> variants(p)["stage 2 at the study's grid"]
@@ -70,7 +70,9 @@ def variants(params: dict) -> dict[str, dict]:
     """
     c = params["cascade"]
     out: dict[str, dict] = {"base recipe": {}}
-    out["4x steps"] = {f"cascade.stage{s}.steps": 4 * int(c[f"stage{s}"]["steps"]) for s in (1, 2)}
+    longer = {s: 4 * int(c[f"stage{s}"]["steps"]) for s in (1, 2)}
+    # named with the steps it trains, so rows made from different base recipes stay apart
+    out[f"4x steps ({longer[1]} + {longer[2]})"] = {f"cascade.stage{s}.steps": n for s, n in longer.items()}
     if any(c[f"stage{s}"].get("beta_schedule", "scaled_linear_beta") != "cosine" for s in (1, 2)):
         out["cosine schedule"] = {f"cascade.stage{s}.beta_schedule": "cosine" for s in (1, 2)}
     out["2x channels"] = {f"cascade.stage{s}.channels": [2 * int(ch) for ch in c[f"stage{s}"]["channels"]]
@@ -107,6 +109,8 @@ def evaluate_variant(run: Run, *, progress: bool = True) -> tuple[dict, pd.DataF
     row : dict
         ``checkpoint`` (the cascade's cache folder name), ``stage1_steps``,
         ``stage2_steps``, ``stage1_val_loss``, ``stage2_val_loss``,
+        ``stage1_val_tail_pct``, ``stage2_val_tail_pct`` (change of the validation
+        loss over the last quarter of the steps, :func:`refacelib.train.validation_trend`),
         ``train_seconds`` (measured when the checkpoints were made),
         ``n_subjects``, ``n_pairs``.
     msd : DataFrame
@@ -122,12 +126,14 @@ def evaluate_variant(run: Run, *, progress: bool = True) -> tuple[dict, pd.DataF
     msd, _, _ = evaluation.face_msd_table(study.deface_folder, refaced, study.template,
                                           {sid: "val" for sid in val_ids}, study.methods, keep_surfaces=False,
                                           progress=progress)
-    last = history.dropna(subset=["val_loss"]).groupby("stage")["val_loss"].last()
+    trend = train.validation_trend(history).set_index("stage")
     row = {"checkpoint": ckpt.name, "n_subjects": len(val_ids), "n_pairs": len(val_ids) * len(study.methods),
            "train_seconds": round(float(history.groupby("stage")["seconds"].max().sum()), 1)}
     for s in (1, 2):
         row[f"stage{s}_steps"] = int(history.loc[history["stage"] == s, "step"].max())
-        row[f"stage{s}_val_loss"] = float(last.get(s, np.nan))
+        row[f"stage{s}_val_loss"] = float(trend["last_val_loss"].get(s, np.nan))
+        # still falling over the last quarter of its steps (negative) or flat (near 0)
+        row[f"stage{s}_val_tail_pct"] = float(trend["tail_change_pct"].get(s, np.nan))
     return row, msd
 
 
@@ -212,7 +218,8 @@ def run_ablation(run: Run, *, names: list[str] | None = None, progress: bool = T
         start = time.perf_counter()
         print(f"ablation: {name} ...", flush=True)
         row, msd = evaluate_variant(variant_run(run, overrides), progress=progress)
-        rows = [r for r in rows if r["variant"] != name]
+        # one row per trained model: a variant that trains an existing row's checkpoint replaces it
+        rows = [r for r in rows if r["variant"] != name and r.get("checkpoint") != row["checkpoint"]]
         rows.append({"variant": name, "overrides": ", ".join(f"{k}={v}" for k, v in overrides.items()) or "-",
                      **row})
         save_table(msd.assign(variant=name), run.tables / "ablation_msd" / f"{row['checkpoint']}.csv")

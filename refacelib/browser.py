@@ -149,6 +149,8 @@ def install_chromium(*, timeout: float = 900) -> tuple[str | None, str]:
         return None, "Chromium is not installed; installing it needs root (apt-get install chromium)"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
+        # a fresh machine's package lists may be empty or stale: refresh them first
+        subprocess.run([apt, "update"], env=env, capture_output=True, text=True, timeout=timeout)
         proc = subprocess.run([apt, "install", "-y", "--no-install-recommends", "chromium"], env=env,
                               capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -562,10 +564,18 @@ def check_book(html_folder: os.PathLike, *, screenshots: os.PathLike | None = No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m refacelib.browser", description=__doc__.splitlines()[0])
-    parser.add_argument("html", help="built book folder, e.g. runs/quick-phantom/html")
+    parser.add_argument("html", nargs="?", help="built book folder, e.g. runs/quick-phantom/html")
+    parser.add_argument("--install", action="store_true",
+                        help="only make sure headless Chromium is there (apt-get when missing); exit 1 if it cannot")
     parser.add_argument("--screenshots", default=None, help="folder for the PNGs (default: <run>/screenshots)")
     parser.add_argument("--width", type=int, default=1280, help="browser window width in CSS pixels (default 1280)")
     args = parser.parse_args(argv)
+    if args.install:
+        chromium, reason = install_chromium()
+        print(f"Chromium: {chromium} ({reason})" if chromium else f"error: {reason}", file=sys.stderr)
+        return 0 if chromium else 1
+    if args.html is None:
+        parser.error("give the built book folder (or --install)")
     html = Path(args.html)
     if not (html / "index.html").is_file():
         print(f"error: {html}/index.html not found; build the book first", file=sys.stderr)
