@@ -8,8 +8,8 @@ Run from the repository root on a machine with one CUDA GPU (time-boxed, about 5
 It measures, with ``refacelib.bench`` (the functions the Performance appendix uses):
 
 * training steps/s of both stages at the ``paper`` profile's stage sizes and batch size,
-  fp32 and bf16 autocast (``refacelib.train.train_stage`` on synthetic volumes);
-* sampling throughput: ``refacelib.sample.reface`` with ``batch_size="auto"`` (sized to
+  fp32 and bf16 autocast (``refacelib.diffusion.train.train_stage`` on synthetic volumes);
+* sampling throughput: ``refacelib.diffusion.sample.reface`` with ``batch_size="auto"`` (sized to
   the free GPU memory), DDIM, seconds per item and per network evaluation;
 * peak GPU memory of each measurement;
 * host-device synchronisations inside the denoising loops (CUDA sync debug mode);
@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from refacelib import bench  # noqa: E402
-from refacelib.config import load_profile  # noqa: E402
-from refacelib.device import resolve_device  # noqa: E402
+from refacelib._utils.device import resolve_device  # noqa: E402
+from refacelib.bench import throughput as bench  # noqa: E402
+from refacelib.pipeline.config import load_profile  # noqa: E402
 
 
 def _parse(argv):
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     measure("training", "training", lambda: bench.training_throughput(
         config, grid, steps=steps, warmup=warmup, device=device))
     if n_items is None:  # what fits in memory, then one chunk of at most 64 items (time box)
-        from refacelib.sample import auto_batch_size
+        from refacelib.diffusion.sample import auto_batch_size
 
         models = bench._untrained_models(config, device)
         auto_fit = auto_batch_size(models, config, grid, device=device, n_items=1024)

@@ -30,11 +30,13 @@ import time
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import cohort, config, report, viz
+from refacelib import report
+from refacelib._utils.io import save_figure, save_table
 from refacelib.data import MUSCLE_COLUMNS
-from refacelib.io import save_figure, save_table
-from refacelib.viz import placeholder_figure
-from refacelib.privacy import face_policy
+from refacelib.data.privacy import face_policy
+from refacelib.pipeline import cohort, config
+from refacelib.report import viz
+from refacelib.report.viz import placeholder_figure
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
@@ -149,7 +151,7 @@ else:
 
 # %% tags=["hide-input"]
 if run.is_phantom:
-    from refacelib.phantom import REFERENCE_FACE_SD_MM
+    from refacelib.data.phantom import REFERENCE_FACE_SD_MM
 
     variation, sd_stats = cohort.face_variation(run)
     save_table(variation, run.tables / "phantom_face_variation.csv")

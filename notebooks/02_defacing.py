@@ -35,11 +35,14 @@ import time
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import cohort, config, deface, render, report, stages, viz
-from refacelib.io import save_figure, save_table
-from refacelib.surface import head_mask
-from refacelib.viz import placeholder_figure
-from refacelib.privacy import face_policy
+from refacelib import deface, report
+from refacelib._utils.io import save_figure, save_table
+from refacelib.data.privacy import face_policy
+from refacelib.imaging import render
+from refacelib.imaging.surface import head_mask
+from refacelib.pipeline import cohort, config, stages
+from refacelib.report import viz
+from refacelib.report.viz import placeholder_figure
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()

@@ -41,10 +41,12 @@ import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import config, refacing, report, viz
-from refacelib.device import resolve_device
-from refacelib.train import validation_trend
-from refacelib.io import save_figure, save_table
+from refacelib import report
+from refacelib._utils.device import resolve_device
+from refacelib._utils.io import save_figure, save_table
+from refacelib.diffusion.train import validation_trend
+from refacelib.pipeline import config, refacing
+from refacelib.report import viz
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()

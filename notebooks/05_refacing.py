@@ -33,12 +33,15 @@ import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import config, refacing, render, report, stages, viz
-from refacelib.device import resolve_device
-from refacelib.io import save_figure, save_table
-from refacelib.surface import head_mask
-from refacelib.viz import placeholder_figure
-from refacelib.privacy import face_policy
+from refacelib import report
+from refacelib._utils.device import resolve_device
+from refacelib._utils.io import save_figure, save_table
+from refacelib.data.privacy import face_policy
+from refacelib.imaging import render
+from refacelib.imaging.surface import head_mask
+from refacelib.pipeline import config, refacing, stages
+from refacelib.report import viz
+from refacelib.report.viz import placeholder_figure
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
@@ -71,9 +74,9 @@ glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a 
 #
 # The cascade generates a *residual over the prior* (the cohort-average head, matched in
 # intensity to the kept head voxels of the defaced image by quantile matching,
-# `refacelib.refacing.intensity_match`) on its own grid. Detail finer than that grid is not
+# `refacelib.pipeline.refacing.intensity_match`) on its own grid. Detail finer than that grid is not
 # generated: the refaced image is the full-resolution matched average head plus the
-# upsampled residual (`refacelib.refacing.full_resolution`). An untrained cascade
+# upsampled residual (`refacelib.pipeline.refacing.full_resolution`). An untrained cascade
 # therefore returns exactly the matched average head; this zero-residual output, written
 # through the same path into the same removal mask, is the **matched baseline** of the
 # next chapter, so what separates the refaced face from it is what the model learned.

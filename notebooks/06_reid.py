@@ -35,11 +35,15 @@ import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import cohort, config, controls, evaluation, paper, refacing, reid, reid_plots, render, report, stages
-from refacelib.io import save_figure, save_table
-from refacelib.surface import head_mask
-from refacelib.viz import SIMULATION_NOTE, placeholder_figure
-from refacelib.privacy import face_policy
+from refacelib import controls, report
+from refacelib._utils.io import save_figure, save_table
+from refacelib.data.privacy import face_policy
+from refacelib.evaluation import reid
+from refacelib.imaging import render
+from refacelib.imaging.surface import head_mask
+from refacelib.pipeline import cohort, config, evaluation, refacing, stages
+from refacelib.report import paper, reid_plots
+from refacelib.report.viz import SIMULATION_NOTE, placeholder_figure
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
@@ -79,8 +83,8 @@ glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a 
 # subject's threshold (half of Otsu's, from its original, the same for every candidate),
 # by marching cubes with sub-voxel interpolation, restricted to the template's face
 # region carried to the subject by the evaluator's registration to the original
-# (`refacelib.reid.face_mesh`). MSD is the mean of the two directed mean point-to-triangle
-# distances (`refacelib.reid.surface_msd`). Saved as `tables/face_msd.csv`.
+# (`refacelib.evaluation.reid.face_mesh`). MSD is the mean of the two directed mean point-to-triangle
+# distances (`refacelib.evaluation.reid.surface_msd`). Saved as `tables/face_msd.csv`.
 
 # %% tags=["hide-input"]
 start = time.perf_counter()
@@ -391,7 +395,7 @@ display(Markdown(f"This chapter took {time.perf_counter() - start:.1f} s."))
 # ## Key results
 #
 # The numbers the landing page quotes, read back from this chapter's tables
-# (`face_msd_summary.csv`, `face_tests.csv`, `reid.csv`) by `refacelib.report`: on the
+# (`face_msd_summary.csv`, `face_tests.csv`, `reid.csv`) by `refacelib.report.values`: on the
 # {glue:text}`key_test_set` test set, the median MSD of the refaced face ({glue:text}`headline_estimator`)
 # and of the cohort-average face with the Holm-corrected Wilcoxon p per method, and the
 # matching attack's top-1 identification rates.

@@ -34,9 +34,12 @@ import time
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import cohort, config, deface, muscle, paper, report, stages, viz
-from refacelib.io import save_figure, save_table
-from refacelib.viz import placeholder_figure
+from refacelib import deface, report
+from refacelib._utils.io import save_figure, save_table
+from refacelib.evaluation import muscle
+from refacelib.pipeline import cohort, config, stages
+from refacelib.report import paper, viz
+from refacelib.report.viz import placeholder_figure
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
@@ -63,18 +66,18 @@ glue("n_resamples", settings["n_boot"], display=False)
 # 1. **Features.** The facial voxels of each image: the face region of pydeface's template
 #    (plus the air in front of it), sampled on the template grid after each subject's affine
 #    registration, every `stride`-th voxel, each image divided by the median of its brain.
-# 2. **Adjust and predict inside the folds** (`refacelib.muscle.predict_oof`), with
+# 2. **Adjust and predict inside the folds** (`refacelib.evaluation.muscle.predict_oof`), with
 #    {glue:text}`n_folds`-fold cross-validation. In each fold, using the training subjects
 #    only: the muscle measure is regressed on age and sex (ordinary least squares); the
 #    training residuals train the voxel model (standardised voxels, PCA, ridge regression,
-#    `refacelib.muscle.make_model`, whose penalty is chosen by efficient leave-one-out within
+#    `refacelib.evaluation.muscle.make_model`, whose penalty is chosen by efficient leave-one-out within
 #    the training fold: a nested cross-validation); that model predicts the held-out
 #    subjects. The held-out subjects' target is their residual under the *training fold's*
 #    age and sex model. No held-out subject enters either model, not even the age and sex
 #    adjustment of its own target.
 # 3. **Correlate.** Spearman's rho between the out-of-fold predictions and these held-out
 #    residuals.
-# 4. **Resample, refitting everything** (`refacelib.muscle.resample_correlations`).
+# 4. **Resample, refitting everything** (`refacelib.evaluation.muscle.resample_correlations`).
 #    {glue:text}`n_resamples` half-samples: half of the subjects, drawn without replacement;
 #    on each, steps 2 and 3 are rerun (new folds, every model fitted again), so the interval
 #    carries the variability of fitting the models, not only that of the subjects. Each
@@ -86,7 +89,7 @@ glue("n_resamples", settings["n_boot"], display=False)
 #    so the comparisons are paired. A correlation is significant when its interval
 #    excludes 0, as in the paper. Without a signal the interval covers 0 about as often as
 #    it should (`tests/test_muscle.py`); around a real signal it tends to be somewhat
-#    narrow (simulations in `refacelib.muscle.resample_correlations`).
+#    narrow (simulations in `refacelib.evaluation.muscle.resample_correlations`).
 #    Why not the bootstrap? Resampling fixed out-of-fold predictions ignores the fitting,
 #    whose variability matters most when there is a signal to fit; a bootstrap with
 #    replacement that refits (`scheme="bootstrap"`) is conservative, its intervals clearly
@@ -245,7 +248,7 @@ glue("muscle_seconds", round(time.perf_counter() - start, 1), display=False)
 # ## Key results
 #
 # The correlations the landing page quotes, read back from `tables/muscle_corr.csv` by
-# `refacelib.report` (mean [95% CI] per muscle and image; `n/a` without muscle columns).
+# `refacelib.report.values` (mean [95% CI] per muscle and image; `n/a` without muscle columns).
 
 # %% tags=["hide-input"]
 key = report.muscle_key_values(report.read_table(run.tables, "muscle_corr"))

@@ -33,11 +33,15 @@ import time
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import config, evaluation, overview, paper, privacy, refacing, render, report, stages, viz
-from refacelib.io import save_figure
-from refacelib.surface import head_mask
-from refacelib.privacy import face_policy
+from refacelib import report
+from refacelib._utils.io import save_figure
+from refacelib.data import privacy
+from refacelib.data.privacy import face_policy
+from refacelib.imaging import render
+from refacelib.imaging.surface import head_mask
+from refacelib.pipeline import config, evaluation, refacing, stages
 from refacelib.pipeline import private_replacements
+from refacelib.report import overview, paper, viz
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()

@@ -44,9 +44,11 @@ import time
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import config, report, reid_plots, viz
-from refacelib.io import save_figure
-from refacelib.viz import placeholder_figure
+from refacelib import report
+from refacelib._utils.io import save_figure
+from refacelib.pipeline import config
+from refacelib.report import reid_plots, viz
+from refacelib.report.viz import placeholder_figure
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()

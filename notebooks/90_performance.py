@@ -45,13 +45,14 @@ import pandas as pd
 from IPython.display import Image, Markdown, display
 from myst_nb import glue
 
-from refacelib import bench, config, refacing, report
-from refacelib import bench_quality as bq
-from refacelib.device import resolve_device
-from refacelib.io import save_figure, save_table
-from refacelib.stages import stage_stats
-from refacelib.template import load_template
-from refacelib.train import load_stage
+from refacelib import bench, report
+from refacelib._utils.device import resolve_device
+from refacelib._utils.io import save_figure, save_table
+from refacelib.bench import quality as bq
+from refacelib.data.template import load_template
+from refacelib.diffusion.train import load_stage
+from refacelib.pipeline import config, refacing
+from refacelib.pipeline.stages import stage_stats
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()
@@ -222,7 +223,7 @@ display(Image(filename=str(path)))
 # %% [markdown]
 # ## Training throughput
 #
-# A few timed optimiser steps of each stage (`refacelib.train.train_stage`, EMA and all) at
+# A few timed optimiser steps of each stage (`refacelib.diffusion.train.train_stage`, EMA and all) at
 # this profile's stage sizes and batch size, on synthetic volumes of the right shape; the
 # first {glue:text}`train_warmup` step(s) are not timed. Voxels per second count the
 # network's input voxels times the batch. On CUDA both fp32 and bf16 autocast are timed; on a
@@ -277,7 +278,7 @@ report.reader_table(agreement, csv=[agreement_csv, surface_csv])
 # ## The GPU path
 #
 # Sampling runs under bf16 autocast on CUDA, sizes its batch to the free GPU memory when
-# `sample_batch` is `auto` (`refacelib.sample.auto_batch_size`), can compile the networks
+# `sample_batch` is `auto` (`refacelib.diffusion.sample.auto_batch_size`), can compile the networks
 # (`compile=True`, off by default) and decides everything in its loops from host integers.
 # The audit below counts host-device synchronisations inside one denoising loop: on CUDA
 # with PyTorch's sync debug mode, elsewhere the Python calls that would synchronise on a GPU

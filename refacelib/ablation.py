@@ -34,9 +34,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import evaluation, refacing, train
-from .config import Run, apply_overrides, open_run, validate_params
-from .io import save_table
+from refacelib._utils.io import save_table
+from refacelib.diffusion import train
+from refacelib.pipeline import evaluation, refacing
+from refacelib.pipeline.config import Run, apply_overrides, open_run, validate_params
 
 __all__ = ["SELECT_BY", "variants", "variant_run", "evaluate_variant", "summarise", "select", "shipped_table",
            "table_for_run", "main"]
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m refacelib.ablation --profile quick [--ship]``: compare recipes on the validation split."""
     import shutil
 
-    from .pipeline import run_lock
+    from refacelib.pipeline.book import run_lock
 
     parser = argparse.ArgumentParser(prog="python -m refacelib.ablation", description=main.__doc__)
     parser.add_argument("--profile", default="quick")

@@ -28,9 +28,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import evaluation, refacing, reid
-from .config import Run, open_run
-from .io import save_table
+from refacelib._utils.device import resolve_device
+from refacelib._utils.io import save_table
+from refacelib.evaluation import reid
+from refacelib.pipeline import evaluation, refacing
+from refacelib.pipeline.book import run_lock
+from refacelib.pipeline.config import Run, open_run
 
 __all__ = ["COUPLINGS", "ESTIMATORS", "control_overrides", "control_run", "face_tests", "run_control", "controls_table", "offsets_table",
            "upsert_coupling", "ship_control", "main"]
@@ -97,13 +100,11 @@ def run_control(run: Run, *, progress: bool = True) -> tuple[pd.DataFrame, pd.Da
 
 
 def ship_control(run: Run, *, command: str = "") -> Path | None:
-    """Export the trained cascade of a control run to ``checkpoints/`` (as :func:`refacelib.refacing.ship`).
+    """Export the trained cascade of a control run to ``checkpoints/`` (as :func:`refacelib.pipeline.refacing.ship`).
 
     Shipped checkpoints of the controls let ``make controls`` skip their training on a fresh
     clone. Returns the shipped folder, or None when the run's cascade came from one already.
     """
-    from .device import resolve_device
-
     study = refacing.setup(run)
     folder, _ = refacing.trained_cascade(run, study, progress=False)
     if refacing.training_provenance(folder) is not None:
@@ -156,8 +157,6 @@ def upsert_coupling(path, coupling: float, table: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m refacelib.controls --profile quick``: run the controls, write ``tables/controls.csv``."""
-    from .pipeline import run_lock
-
     parser = argparse.ArgumentParser(prog="python -m refacelib.controls", description=main.__doc__)
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--couplings", default=",".join(f"{c:g}" for c in COUPLINGS),

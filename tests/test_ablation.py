@@ -2,8 +2,11 @@
 import pandas as pd
 import pytest
 
-from refacelib import ablation, cascade, config, pipeline, refacing, stages
-from refacelib.config import ConfigError
+from refacelib import ablation
+from refacelib.diffusion import cascade
+from refacelib.pipeline import book as pipeline
+from refacelib.pipeline import config, refacing, stages
+from refacelib.pipeline.config import ConfigError
 
 
 @pytest.fixture

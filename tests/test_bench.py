@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from refacelib import bench, pipeline
-from refacelib import bench_quality as bq
-from refacelib.cascade import CascadeConfig
-from refacelib.config import load_profile
+from refacelib.bench import throughput as bench
+from refacelib.pipeline import book as pipeline
+from refacelib.bench import quality as bq
+from refacelib.diffusion.cascade import CascadeConfig
+from refacelib.pipeline.config import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = {"channels": [4, 8], "norm_num_groups": 4, "train_timesteps": 20, "beta_schedule": "cosine", "batch_size": 2}
@@ -24,7 +25,7 @@ def micro():
 
 
 def test_stored_stage_sizes_match_the_template(monkeypatch):
-    from refacelib import template as tpl_module
+    from refacelib.data import template as tpl_module
 
     # the brain mask (deepbet) plays no part in the sizes; skip computing it
     monkeypatch.setattr(tpl_module, "_template_brain_mask",
@@ -58,7 +59,7 @@ def test_sampling_throughput_and_auto_batch(micro):
 
 
 def test_batch_from_memory_and_auto_batch_off_cuda(micro):
-    from refacelib.sample import auto_batch_size, batch_from_memory
+    from refacelib.diffusion.sample import auto_batch_size, batch_from_memory
 
     assert batch_from_memory(10e9, 1e9, n_items=100, fraction=0.5) == 5
     assert auto_batch_size((None, None), micro, GRID, device="cpu", n_items=3) == 3
@@ -74,7 +75,7 @@ def test_sampling_loop_has_no_host_syncs(micro):
 
 
 def test_reface_compile_flag_wraps_the_networks(micro, monkeypatch):
-    from refacelib.sample import reface
+    from refacelib.diffusion.sample import reface
 
     wrapped = []
     monkeypatch.setattr(torch, "compile", lambda m, **kw: wrapped.append(m) or m)
@@ -127,8 +128,8 @@ def deface_folder(tmp_path_factory):
     """One subject on the template grid (identity registration): original, one method, the average face."""
     import ants
 
-    from refacelib.io import save_nifti
-    from refacelib.template import Template
+    from refacelib._utils.io import save_nifti
+    from refacelib.data.template import Template
 
     folder = tmp_path_factory.mktemp("defaced")
     shape, affine = (24, 28, 24), np.diag([4.0, 4.0, 4.0, 1.0])
@@ -152,7 +153,7 @@ def deface_folder(tmp_path_factory):
 
 
 def test_subject_space_msd_puts_the_face_back(deface_folder):
-    from refacelib import refacing
+    from refacelib.pipeline import refacing
 
     folder, template = deface_folder
     data = refacing.build_examples(folder, ["sub-01"], ["m"], template, 4.0)
@@ -164,7 +165,7 @@ def test_subject_space_msd_puts_the_face_back(deface_folder):
 
 
 def test_surface_benchmark_table(deface_folder, tmp_path):
-    from refacelib.io import save_nifti
+    from refacelib._utils.io import save_nifti
 
     folder, template = deface_folder
     original = nib.load(str(folder / "original" / "sub-01.nii.gz"))
@@ -212,7 +213,7 @@ def test_results_round_trip(tmp_path, micro):
 
 
 def test_appendix_page_before_and_after_bench(tmp_path, monkeypatch):
-    from refacelib import config
+    from refacelib.pipeline import config
 
     monkeypatch.setenv("REFACE_RUNS_ROOT", str(tmp_path / "runs"))
     run = config.open_run("tiny", "phantom")

@@ -5,7 +5,7 @@ import zlib
 
 import pytest
 
-from refacelib import browser
+from refacelib.pipeline import browser
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from refacelib.cascade import (
+from refacelib.diffusion.cascade import (
     CascadeConfig,
     StageConfig,
     conditioning,
@@ -18,7 +18,7 @@ from refacelib.cascade import (
     stage2_inputs,
     unpad,
 )
-from refacelib.device import autocast_context, resolve_device
+from refacelib._utils.device import autocast_context, resolve_device
 
 TINY = dict(channels=[4, 8], train_timesteps=10, beta_schedule="cosine")
 

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 
-from refacelib import config
+from refacelib.pipeline import config
 
 
 @pytest.fixture
@@ -128,7 +128,8 @@ def test_valid_override_is_applied(runs):
 
 def test_profile_age_range_reaches_the_loader(runs, tmp_path, monkeypatch):
     """`cohort.age_range` of a profile is the loader's plausible-age range (an infant study sets [0, 120])."""
-    from refacelib import cohort, data
+    from refacelib.data import bids as data
+    from refacelib.pipeline import cohort
 
     folder = tmp_path / "infants"
     folder.mkdir()

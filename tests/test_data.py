@@ -1,12 +1,12 @@
-"""Tests for refacelib.data: BIDS indexing, image validation, reorientation."""
+"""Tests for refacelib.data.bids: BIDS indexing, image validation, reorientation."""
 import doctest
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from refacelib import data
-from refacelib.data import (
+from refacelib.data import bids as data
+from refacelib.data.bids import (
     DatasetError,
     Subject,
     load_bids,

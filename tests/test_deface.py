@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from refacelib import deface as D
-from refacelib import phantom
-from refacelib.template import head_mask_from_intensity, load_template
+from refacelib.deface import methods as D
+from refacelib.data import phantom
+from refacelib.data.template import head_mask_from_intensity, load_template
 
 FACE_METHODS = ("pydeface", "fsl_deface", "mri_deface", "quickshear")
 
@@ -119,7 +119,7 @@ def test_removal_mask_does_not_depend_on_the_face(setup, method):
 def test_attacker_registration_ignores_the_removed_voxels(setup):
     """The template registered to a defaced image with its removal mask excluded lands where the
     registration to the original does (within a voxel on the head)."""
-    from refacelib.stages import attacker_registration
+    from refacelib.pipeline.stages import attacker_registration
 
     s, tpl, reg = setup["subjects"][0], setup["template"], setup["regs"][0]
     for method in ("pydeface", "skullstrip"):

@@ -5,9 +5,11 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from refacelib import cohort, config, deface, inputcheck, phantom
-from refacelib.data import DatasetError, load_bids
-from refacelib.template import head_mask_from_intensity, load_template
+from refacelib.data import inputcheck, phantom
+from refacelib.deface import methods as deface
+from refacelib.pipeline import cohort, config
+from refacelib.data.bids import DatasetError, load_bids
+from refacelib.data.template import head_mask_from_intensity, load_template
 
 
 @pytest.fixture(scope="module")

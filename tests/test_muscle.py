@@ -1,11 +1,11 @@
-"""Tests of refacelib.muscle: in-fold adjustment, out-of-fold prediction, refitted resampling."""
+"""Tests of refacelib.evaluation.muscle: in-fold adjustment, out-of-fold prediction, refitted resampling."""
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
-from refacelib import muscle as m
+from refacelib.evaluation import muscle as m
 
 
 @pytest.fixture(autouse=True)

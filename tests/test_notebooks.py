@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from refacelib import browser, pipeline, privacy
+from refacelib.data import privacy
+from refacelib.pipeline import book as pipeline
+from refacelib.pipeline import browser
 
 ROOT = Path(__file__).resolve().parents[1]
 # the BIDS test builds the tiny book twice, and the first test also builds it (module fixture)
@@ -114,7 +116,7 @@ def test_book_reads_in_headless_chromium(tiny_book):
     pages = {r.page: r for r in results}
     assert {"index.html", "book/intro.html", *(f"chapters/{n}.html" for n in pipeline.chapter_names())} <= set(pages)
     assert {p: r.problems for p, r in pages.items() if r.problems} == {}
-    from refacelib import config
+    from refacelib.pipeline import config
 
     tiny = config.open_run("tiny", "phantom", create=False)
     optional = {n for n in pipeline.CHAPTER_INPUTS  # e.g. Controls before `make controls`
@@ -139,7 +141,7 @@ def test_second_build_executes_nothing(tiny_book):
 def test_refaced_files_do_not_depend_on_the_number_of_writer_processes(tiny_book):
     import hashlib
 
-    from refacelib import config, refacing
+    from refacelib.pipeline import config, refacing
 
     run = config.open_run("tiny", "phantom")
     study = refacing.setup(run)
@@ -253,7 +255,7 @@ def test_same_chapters_run_on_an_lps_anisotropic_bids_folder(tiny_book, project,
 
 
 def _untrained_models(config):
-    from refacelib.cascade import _STAGE_IN_CHANNELS, make_unet
+    from refacelib.diffusion.cascade import _STAGE_IN_CHANNELS, make_unet
 
     return tuple(make_unet(_STAGE_IN_CHANNELS[s], stage=config.stage(s)) for s in (1, 2))
 
@@ -263,7 +265,7 @@ def test_untrained_cascade_equals_the_matched_baseline_voxel_for_voxel(tiny_book
     upsampling, edge treatment and composite. Any difference in the book is what the model learned."""
     import torch
 
-    from refacelib import config, refacing
+    from refacelib.pipeline import config, refacing
 
     run = config.open_run("tiny", "phantom")
     study = refacing.setup(run)
@@ -290,7 +292,7 @@ def test_untrained_cascade_equals_the_matched_baseline_voxel_for_voxel(tiny_book
 def test_no_model_input_comes_from_a_test_subjects_original(tiny_book, tmp_path):
     """Change only the original (true) face of a test subject: every input of the cascade and the
     refaced output stay bit-identical (the attacker sees the defaced image and the training cohort)."""
-    from refacelib import config, refacing, stages
+    from refacelib.pipeline import config, refacing, stages
 
     run = config.open_run("tiny", "phantom")
     study = refacing.setup(run)
@@ -330,7 +332,8 @@ def test_no_model_input_comes_from_a_test_subjects_original(tiny_book, tmp_path)
 def test_controls_table_from_the_cached_run(tiny_book):
     """`make controls` runs the experiment per coupling and writes tables/controls.csv; the profile's own
     coupling reuses the book's cached run (a full control run per coupling is exercised by make controls)."""
-    from refacelib import config, controls
+    from refacelib import controls
+    from refacelib.pipeline import config
 
     own = 0.8  # PhantomParams' default, which the tiny profile keeps
     assert controls.control_run("tiny", own).folder == config.open_run("tiny", "phantom").folder
@@ -345,7 +348,7 @@ def test_controls_table_from_the_cached_run(tiny_book):
     assert {"refaced", "refaced_mean", "swapped", "oracle"} <= set(table["estimator"])
     assert {"hl_diff_mm", "ci_low_mm", "ci_high_mm", "p_holm", "rbc"} <= set(table.columns)
     # a control's cascade ships like the book's (make controls on a fresh clone then skips its training)
-    from refacelib import refacing
+    from refacelib.pipeline import refacing
 
     shipped = controls.ship_control(config.open_run("tiny", "phantom"))
     assert shipped.parent == refacing.shipped_root() and (shipped / "training.json").is_file()
@@ -356,7 +359,9 @@ def test_controls_table_from_the_cached_run(tiny_book):
 def test_controls_chapter_renders_the_tables_of_make_controls(tiny_book):
     """The Controls chapter executes with a controls table present (the book's tiny build has none):
     the coupling-0.8 tables of the cached run, relabelled as coupling 0 so every section of the chapter runs."""
-    from refacelib import config, controls, pipeline
+    from refacelib import controls
+    from refacelib.pipeline import book as pipeline
+    from refacelib.pipeline import config
 
     run = config.open_run("tiny", "phantom")
     if not (run.tables / "controls_offsets.csv").exists():
@@ -382,7 +387,9 @@ def test_controls_chapter_renders_the_tables_of_make_controls(tiny_book):
 def test_training_recipe_ablation_on_the_validation_split(tiny_book):
     """`make ablation` refaces the validation subjects only, writes one row per recipe, and the
     training chapter shows it when a row trained the run's own checkpoints."""
-    from refacelib import ablation, config, pipeline, refacing
+    from refacelib import ablation
+    from refacelib.pipeline import book as pipeline
+    from refacelib.pipeline import config, refacing
 
     run = config.open_run("tiny", "phantom")
     assert refacing.training_plan(run) is None  # the book trained (and cached) the cascade

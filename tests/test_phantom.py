@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from sklearn.model_selection import KFold
 
-from refacelib import phantom
-from refacelib.data import load_bids, load_image
-from refacelib.template import load_template
+from refacelib.data import phantom
+from refacelib.data.bids import load_bids, load_image
+from refacelib.data.template import load_template
 
 STILL = dict(rotation_deg=0.0, translation_mm=0.0, scale_sd=0.0, sex_scale=0.0, intensity_sd=0.0,
              bias_strength=0.0, noise_sd=0.0, soft_tissue_mm=0.0)
@@ -288,7 +288,7 @@ def test_default_faces_differ_from_the_mean_face_by_millimetres(template):
     """The face latents alone move a face by a sizeable fraction of a millimetre (the book's face metric)."""
     from scipy import ndimage
 
-    from refacelib.reid import candidate_msd
+    from refacelib.evaluation.reid import candidate_msd
 
     params = phantom.PhantomParams(voxel_mm=4.0)
     basis = phantom.build_basis(template, params)

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from refacelib import cohort, config, privacy
-from refacelib.data import load_bids
+from refacelib.data import privacy
+from refacelib.pipeline import cohort, config
+from refacelib.data.bids import load_bids
 
 RAW_IDS = ["sub-alice", "sub-bob", "sub-carol", "sub-dave", "sub-erin"]
 
@@ -177,8 +178,8 @@ def _data_to_pixel(fig, ax, row, col):
 
 
 def test_renders_of_a_real_face_carry_an_eye_bar_in_every_view(rng):
-    from refacelib import render
-    from refacelib.surface import head_mask
+    from refacelib.imaging import render
+    from refacelib.imaging.surface import head_mask
 
     img, affine = _face_head(rng)
     mask = head_mask(img)
@@ -205,7 +206,7 @@ def _check_slice_bars(fig, axes, skin_col, *, eye_z, shape):
 
 
 def test_mid_sagittal_slices_of_a_real_face_carry_an_eye_bar(rng):
-    from refacelib import viz
+    from refacelib.report import viz
 
     img, affine = _face_head(rng)
     defaced = np.where(np.indices(img.shape)[1] > 80, np.float32(0), img)  # removed voxels are pure black
@@ -222,7 +223,7 @@ def test_mid_sagittal_slices_of_a_real_face_carry_an_eye_bar(rng):
 
 
 def test_montage_of_real_faces_carries_an_eye_bar_on_every_slice(rng):
-    from refacelib import viz
+    from refacelib.report import viz
 
     img, _ = _face_head(rng)
     slices = [np.clip(img[30].T[::-1] / 100.0, 0, 1)] * 3
@@ -238,7 +239,7 @@ def test_montage_of_real_faces_carries_an_eye_bar_on_every_slice(rng):
 
 
 def test_sagittal_eye_bar_covers_the_profile_at_eye_level(rng):
-    from refacelib.surface import head_mask
+    from refacelib.imaging.surface import head_mask
 
     img, _ = _face_head(rng)
     head = head_mask(img)[30].T[::-1]
@@ -298,7 +299,7 @@ def private(tmp_path, monkeypatch):
 def test_scrub_notebook_replaces_every_private_path(private):
     import nbformat
 
-    from refacelib import pipeline
+    from refacelib.pipeline import book as pipeline
 
     proj, dataset, folder, home, prefix = private
     run = config.Run(profile="tiny", dataset=dataset, params={}, folder=__import__("pathlib").Path(folder))
@@ -330,7 +331,7 @@ def test_scrub_reaches_cell_metadata_keys_attachments_and_percent_encoded_paths(
     import nbformat
     from nbformat.v4 import new_markdown_cell, new_notebook
 
-    from refacelib import pipeline
+    from refacelib.pipeline import book as pipeline
 
     proj, dataset, folder, home, prefix = private
     spaced = dataset + " 2"
@@ -348,7 +349,7 @@ def test_scrub_reaches_cell_metadata_keys_attachments_and_percent_encoded_paths(
 
 
 def test_scrub_keeps_the_phantom_and_needs_its_replacements(private):
-    from refacelib import pipeline
+    from refacelib.pipeline import book as pipeline
 
     proj, dataset, folder, home, prefix = private
     phantom = config.Run(profile="tiny", dataset=config.PHANTOM, params={}, folder=__import__("pathlib").Path(folder))
@@ -365,7 +366,8 @@ def test_overview_face_slice_carries_the_eye_bar_it_is_given():
     matplotlib.use("Agg")
     import numpy as np
 
-    from refacelib import overview, privacy
+    from refacelib.data import privacy
+    from refacelib.report import overview
 
     head = np.zeros((100, 80), bool)
     head[5:95, 10:60] = True

@@ -5,9 +5,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from refacelib import refacing
-from refacelib.cascade import CascadeConfig
-from refacelib.train import load_stage, train_stage
+from refacelib.pipeline import refacing
+from refacelib.diffusion.cascade import CascadeConfig
+from refacelib.diffusion.train import load_stage, train_stage
 
 TINY = dict(channels=[4, 8], train_timesteps=12, beta_schedule="cosine", batch_size=2, steps=3)
 
@@ -104,7 +104,7 @@ def test_shipped_checkpoints_match_a_profile():
     """Every shipped checkpoint loads safely and was trained with a profile's current stage settings."""
     import yaml
 
-    from refacelib.config import project_root
+    from refacelib.pipeline.config import project_root
 
     root = project_root() / "checkpoints"
     folders = sorted(p for p in root.glob("cascade-*") if p.is_dir()) if root.is_dir() else []

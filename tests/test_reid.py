@@ -8,7 +8,9 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from scipy import ndimage as ndi  # noqa: E402
 
-from refacelib import reid, reid_plots, surface  # noqa: E402
+from refacelib.evaluation import reid  # noqa: E402
+from refacelib.imaging import surface
+from refacelib.report import reid_plots
 
 N, VOX = 48, 2.0
 AFFINE = np.diag([VOX, VOX, VOX, 1.0])
@@ -501,7 +503,7 @@ def test_plots_return_figures():
 
 
 def test_fast_msd_matrix_matches_the_exact_one_on_small_surfaces():
-    from refacelib.evaluation import fast_msd_matrix
+    from refacelib.pipeline.evaluation import fast_msd_matrix
 
     rng = np.random.default_rng(0)
     surfaces = [rng.normal(size=(300, 3)) * (1 + 0.2 * k) for k in range(4)]
@@ -512,7 +514,7 @@ def test_fast_msd_matrix_matches_the_exact_one_on_small_surfaces():
 
 
 def test_matching_attack_same_result_in_parallel():
-    from refacelib import evaluation
+    from refacelib.pipeline import evaluation
 
     noses = [6.0, 9.0, 12.0]
     surfaces, subjects = {}, {}
@@ -533,7 +535,7 @@ def test_matching_attack_same_result_in_parallel():
 
 def test_matching_attack_does_not_depend_on_the_order_of_subjects():
     """Every face is aligned to one external reference, so no test subject is privileged."""
-    from refacelib import evaluation
+    from refacelib.pipeline import evaluation
 
     surfaces, subjects = {}, {}
     for i, r in enumerate([6.0, 9.0, 12.0]):

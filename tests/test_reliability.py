@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from refacelib import config, io, pipeline, train
-from refacelib.cascade import CascadeConfig, face_box
+from refacelib._utils import io
+from refacelib.diffusion import train
+from refacelib.pipeline import book as pipeline
+from refacelib.pipeline import config
+from refacelib.diffusion.cascade import CascadeConfig, face_box
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,14 +79,14 @@ def _resume(tmp_path, marker):
 
 
 def _ship(tmp_path, marker):
-    from refacelib import refacing
+    from refacelib.pipeline import refacing
 
     ckpt = _shipped_folder(tmp_path / "artifacts" / "cascade-x", evil_stage=1, marker=marker)
     return ckpt, lambda: refacing.ship(ckpt.parent, root=tmp_path / "shipped")
 
 
 def _install_shipped(tmp_path, marker):
-    from refacelib import refacing
+    from refacelib.pipeline import refacing
 
     ckpt = _shipped_folder(tmp_path / "shipped" / "cascade-x", evil_stage=2, marker=marker)
     target = tmp_path / "run" / "cascade-x"
@@ -206,7 +209,7 @@ def test_second_build_of_the_same_run_is_refused(runs, monkeypatch):
 
 
 def test_checkpoint_export_holds_the_run_lock(runs, monkeypatch, capsys):
-    from refacelib import refacing
+    from refacelib.pipeline import refacing
 
     monkeypatch.setattr(pipeline, "execute_chapters", lambda *a, **k: pytest.fail("a chapter was executed"))
     exported = []
@@ -346,7 +349,7 @@ def test_built_html_is_read_through_the_link(runs, monkeypatch):
     """Everything that reads html/ (key file, page search, the browser check's server) sees the current build."""
     import urllib.request
 
-    from refacelib import browser
+    from refacelib.pipeline import browser
 
     run = config.open_run("tiny", "phantom")
     out, builds = run.folder / ".build" / "_build" / "html", []
@@ -474,7 +477,7 @@ dataset = "phantom"
 publish_faces = False
 
 # %%
-from refacelib import config
+from refacelib.pipeline import config
 
 run = config.open_run(profile, dataset)
 run.profile
@@ -534,7 +537,7 @@ def test_chapter_peak_memory_is_per_chapter_not_a_running_maximum():
     import subprocess
     import sys
 
-    from refacelib.pipeline import ChildrenPeak
+    from refacelib.pipeline.book import ChildrenPeak
 
     code = "x = bytearray({} * 2**20); x[::4096] = b'1' * len(x[::4096]); import time; time.sleep(0.6)"
     with ChildrenPeak(interval=0.02) as big:
@@ -550,8 +553,8 @@ def test_defacing_cache_key_sees_an_image_replaced_in_place(tmp_path):
     (the key held only the folder name and the ids); the phantom's key stays a function of its parameters."""
     import pandas as pd
 
-    from refacelib import stages
-    from refacelib.data import BIDSDataset, Subject
+    from refacelib.pipeline import stages
+    from refacelib.data.bids import BIDSDataset, Subject
 
     image = tmp_path / "data" / "sub-01_T1w.nii.gz"
     image.parent.mkdir()

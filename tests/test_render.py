@@ -1,4 +1,4 @@
-"""Tests for refacelib.render: geometry of the views, eye bar (timings belong in the benchmark)."""
+"""Tests for refacelib.imaging.render: geometry of the views, eye bar (timings belong in the benchmark)."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from refacelib import render  # noqa: E402
+from refacelib.imaging import render  # noqa: E402
 
 
 def _ball(shape, radius_vox, center=None):

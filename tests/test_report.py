@@ -1,4 +1,4 @@
-"""refacelib.report: key-result values from small tables, the provenance footer, and the
+"""refacelib.report.values: key-result values from small tables, the provenance footer, and the
 rule that the landing page's key results and our column of the comparison are glued."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from refacelib import report
-from refacelib.config import open_run
+from refacelib.report import values as report
+from refacelib.pipeline.config import open_run
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = re.compile(r"\{glue(?::text|:md|)?\}`[^`]+`")
@@ -430,7 +430,7 @@ def test_upsert_coupling_replaces_only_its_own_rows(tmp_path):
 
 
 def test_plot_offsets_draws_one_bar_per_method_and_candidate():
-    from refacelib import reid_plots
+    from refacelib.report import reid_plots
 
     rows = [{"coupling": 0.0, "test_set": t, "method": m, "candidate": c, "offset_mm": -0.5, "msd_mm": 1.0}
             for t in ("test_internal", "test_external") for m in ("a", "b", "c") for c in ("average", "oracle")]

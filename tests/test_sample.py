@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from refacelib.cascade import CascadeConfig, face_box, make_unet
-from refacelib.sample import make_sampler, one_step_estimate, reface
+from refacelib.diffusion.cascade import CascadeConfig, face_box, make_unet
+from refacelib.diffusion.sample import make_sampler, one_step_estimate, reface
 
 TINY = dict(channels=[4, 8], train_timesteps=12, beta_schedule="cosine")
 

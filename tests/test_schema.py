@@ -7,28 +7,29 @@ from pathlib import Path
 
 import pytest
 
-from refacelib import schema
-from refacelib.schema import PROFILE_SCHEMA, Spec, check
+from refacelib.pipeline import schema
+from refacelib.pipeline.schema import PROFILE_SCHEMA, Spec, check
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_phantom_keys_are_those_of_phantom_params():
-    from refacelib.phantom import PhantomParams
+    from refacelib.data.phantom import PhantomParams
 
     init_fields = {f.name for f in dataclasses.fields(PhantomParams) if f.init}
     assert set(PROFILE_SCHEMA.keys["phantom"].keys) == init_fields
 
 
 def test_stage_keys_are_those_of_stage_config():
-    from refacelib.cascade import StageConfig
+    from refacelib.diffusion.cascade import StageConfig
 
     for stage in ("stage1", "stage2"):
         assert set(PROFILE_SCHEMA.keys["cascade"].keys[stage].keys) == {f.name for f in dataclasses.fields(StageConfig)}
 
 
 def test_choices_match_the_library():
-    from refacelib import deface, refacing
+    from refacelib.deface import methods as deface
+    from refacelib.pipeline import refacing
 
     assert schema.DEFACE_METHODS == deface.METHODS
     assert PROFILE_SCHEMA.keys["cascade"].keys["stage2_coarse"].choices == refacing.STAGE2_COARSE

@@ -1,8 +1,8 @@
-"""Known-answer tests for refacelib.surface."""
+"""Known-answer tests for refacelib.imaging.surface."""
 import numpy as np
 import pytest
 
-from refacelib import surface
+from refacelib.imaging import surface
 
 
 def _ball(shape, radius_mm, spacing=(1.0, 1.0, 1.0), center=None):

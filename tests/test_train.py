@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from refacelib.cascade import CascadeConfig, face_box
-from refacelib.sample import reface
-from refacelib.train import CHECKPOINT_VERSION, load_stage, train_stage
+from refacelib.diffusion.cascade import CascadeConfig, face_box
+from refacelib.diffusion.sample import reface
+from refacelib.diffusion.train import CHECKPOINT_VERSION, load_stage, train_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(channels=[4, 8], train_timesteps=12, beta_schedule="cosine", batch_size=2)

@@ -1,0 +1,61 @@
+"""Runs of the study: run folders, the cached stages that read and write artifacts, the book build.
+
+The only layer that knows about run folders, notebooks or the book. ``python -m refacelib.pipeline``
+builds the book (:func:`refacelib.pipeline.book.main`). The modules load on first use, so that
+``refacelib.pipeline.config`` (profiles) needs no imaging package.
+"""
+import importlib
+
+#: Each module and the public names it holds; loaded on first use (PEP 562).
+_MODULES = {
+    "schema": [
+        "Spec", "PROFILE_SCHEMA", "DEFACE_METHODS", "profile_problems", "check",
+    ],
+    "config": [
+        "ConfigError", "Run", "project_root", "runs_root", "list_profiles", "load_profile", "dataset_label",
+        "open_run", "stable_hash", "parse_flag", "check_parameters", "validate_params",
+    ],
+    "stages": [
+        "study_template", "image_fingerprint", "subject_brain_mask", "deface_cohort", "load_defaced",
+        "load_registration", "attacker_registration", "phantom_truth", "cohort_average_from_folder",
+        "face_features", "stage_stats", "qc_summary",
+    ],
+    "cohort": [
+        "phantom_params", "phantom_folder", "prepare_dataset", "summary_table", "describe_dataset",
+        "mid_sagittal_slices", "face_variation",
+    ],
+    "evaluation": [
+        "subject_region", "candidate_images", "default_jobs", "face_msd_table", "fast_msd_matrix",
+        "template_face", "matching_attack",
+    ],
+    "refacing": [
+        "INTENSITY_SCALE", "CASCADE_VERSION", "cascade_config", "common_grid", "subject_scale",
+        "intensity_match", "apply_match", "build_examples", "full_resolution", "REFACED_NAMES",
+        "swap_partners", "write_subject", "train_cascade", "reface_test_set", "record_timings",
+        "masked_errors", "RefacingSetup", "setup", "trained_cascade", "refaced_test_set", "shipped_root",
+        "install_shipped", "training_provenance", "ship",
+    ],
+    "book": [
+        "ChildrenPeak", "chapter_names", "private_replacements", "build_book", "run_bench", "run_lock",
+        "run_lab", "scrub_notebook", "main",
+    ],
+    "browser": [
+        "CHROMIUM_FLAGS", "LAYOUT_SCRIPT", "find_chromium", "install_chromium", "serve", "open_page",
+        "screenshot", "dump_dom", "page_links", "read_layout", "layout_problems", "check_book", "PageCheck",
+    ],
+}
+_HOME = {name: module for module, names in _MODULES.items() for name in names}
+
+__all__ = [*_MODULES, *_HOME]
+
+
+def __getattr__(name):
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _HOME:
+        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

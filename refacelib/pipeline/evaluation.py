@@ -1,0 +1,200 @@
+"""Face evaluation of a run: surface distances of every candidate face and the matching attack.
+
+Candidates of a test subject under a defacing method: the defaced image, the
+refaced image (a single sample and the mean of samples), the matched baselines
+(the cohort's and the template's average face through the cascade's own path
+with a zero residual), the swap check and, for the phantom, the oracle face.
+All are compared with the subject's original on the same face region (the
+template's face region carried to the subject by the evaluator's registration
+to the original), at the same surface threshold.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from refacelib.evaluation import reid
+from refacelib.deface.methods import face_region
+from refacelib._utils.parallel import default_jobs
+from refacelib.pipeline.stages import load_defaced, load_registration
+from refacelib.imaging.surface import index_mesh
+from refacelib.data.template import Template
+
+__all__ = ["subject_region", "candidate_images", "default_jobs", "face_msd_table", "fast_msd_matrix", "template_face",
+           "matching_attack"]
+
+
+def subject_region(template: Template, deface_folder: Path, sid: str, shape, affine) -> np.ndarray:
+    """The template's face region on a subject's grid (nearest neighbour, through its registration).
+
+    The evaluator's registration (template to the original image), the same for every candidate.
+    """
+    return load_registration(deface_folder, sid, template).to_subject(face_region(template), shape, affine, order=0)
+
+
+def _stored(folder: Path, name: str, sid: str) -> np.ndarray | None:
+    path = Path(folder) / name / f"{sid}.nii.gz"
+    return load_defaced(folder, name, sid)[0] if path.is_file() else None
+
+
+def candidate_images(deface_folder: Path, refaced_folder: Path, sid: str, method: str) -> dict[str, np.ndarray]:
+    """Every candidate face of one subject under one method, on the subject's grid.
+
+    ``defaced``; the cascade's ``refaced`` (one sample) and ``refaced_mean``;
+    the matched baselines ``average`` and ``template_average`` (the same path
+    as the cascade with a zero residual, in the same removal mask); ``swapped``
+    (the swap check, :func:`refacelib.pipeline.refacing.reface_test_set`); and, for the
+    phantom, ``oracle``: the subject's head regenerated with its face latents
+    replaced by their expectation given the rest of the head, composited into
+    the same removal mask (the best any model could do).
+    """
+    defaced = load_defaced(deface_folder, method, sid)[0]
+    out = {"defaced": defaced}
+    for name, stored in (("refaced", "sample"), ("refaced_mean", "mean"), ("average", "average"),
+                         ("template_average", "template_average"), ("swapped", "swapped")):
+        out[name] = load_defaced(refaced_folder, f"{method}_{stored}", sid)[0]
+    oracle = _stored(deface_folder, "oracle", sid)
+    if oracle is not None:
+        removal = load_defaced(deface_folder, f"{method}_removal", sid)[0] > 0
+        out["oracle"] = np.where(removal, oracle, defaced).astype(np.float32)
+    return out
+
+
+def _subject_faces(deface_folder: Path, refaced_folder: Path, template: Template, sid: str, test_set: str,
+                   methods, keep_surfaces: bool) -> tuple[list, dict, list]:
+    """MSD rows, face surfaces and test-retest rows of one subject (one worker's share of :func:`face_msd_table`)."""
+    original, affine = load_defaced(deface_folder, "original", sid)
+    region = subject_region(template, deface_folder, sid, original.shape, affine)
+    # one threshold per subject (from its original), so candidates differ only by their voxels
+    threshold = reid.smoothed_threshold(original, 1.0)
+    orig_mesh = reid.face_mesh(original, affine, region, threshold=threshold)
+    # prepared once per subject: the original's triangle index (every candidate's MSD and offset) and
+    # its smoothed image (the offset's inside test, as face_mesh smooths it)
+    target = index_mesh(orig_mesh) if len(orig_mesh.verts) else orig_mesh
+    smoothed = ndimage.gaussian_filter(np.asarray(original, np.float64), 1.0)
+    rows, surfaces, floor = [], {(sid, "original"): orig_mesh.verts}, []
+    retest = _stored(deface_folder, "retest", sid)
+    if retest is not None:
+        floor.append({"subject": sid, "test_set": test_set, "msd_mm": reid.surface_msd(
+            reid.face_mesh(retest, affine, region, threshold=threshold), orig_mesh)})
+    for method in methods:
+        for name, image in candidate_images(deface_folder, refaced_folder, sid, method).items():
+            mesh = reid.face_mesh(image, affine, region, threshold=threshold)
+            if keep_surfaces:
+                surfaces[(sid, f"{method}:{name}")] = mesh.verts
+            rows.append({"subject": sid, "test_set": test_set, "method": method, "candidate": name,
+                         "msd_mm": reid.surface_msd(mesh, target),
+                         "offset_mm": reid.surface_offset(mesh, target, smoothed, affine, threshold=threshold,
+                                                          mask_sigma=0.0)})
+    return rows, surfaces, floor
+
+
+def face_msd_table(deface_folder: Path, refaced_folder: Path, template: Template, subjects: dict[str, str],
+                   methods, *, keep_surfaces: bool = True, progress: bool = True, n_jobs: int | None = None):
+    """MSD (mm) of every candidate face against the original, per subject and method.
+
+    Subjects run in parallel worker processes (``n_jobs``, default
+    :func:`default_jobs`); the result does not depend on their number.
+
+    Parameters
+    ----------
+    subjects : dict participant_id -> test set name
+    n_jobs : int, optional
+        Worker processes; 1 runs in this process.
+
+    Returns
+    -------
+    msd : DataFrame with columns subject, test_set, method, candidate, msd_mm, offset_mm (the mean
+        signed distance of the candidate's surface from the original's, :func:`refacelib.evaluation.reid.surface_offset`:
+        negative when it sits inside the true skin)
+    surfaces : dict (sid, name) -> face vertices (mm), name ``original`` or ``<method>:<candidate>``
+    floor : DataFrame with columns subject, test_set, msd_mm: the test-retest floor, the MSD
+        between the original and a second scan of the same head (phantom only; empty otherwise)
+    """
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    n_jobs = default_jobs() if n_jobs is None else int(n_jobs)
+    tasks = (delayed(_subject_faces)(deface_folder, refaced_folder, template, sid, test_set, list(methods),
+                                     keep_surfaces) for sid, test_set in subjects.items())
+    results = (Parallel(n_jobs=n_jobs, return_as="generator")(tasks) if n_jobs > 1
+               else (fn(*args, **kwargs) for fn, args, kwargs in tasks))
+    rows, surfaces, floor = [], {}, []
+    for sub_rows, sub_surfaces, sub_floor in tqdm(results, total=len(subjects), desc="face surfaces",
+                                                  disable=not progress):
+        rows.extend(sub_rows)
+        surfaces.update(sub_surfaces)
+        floor.extend(sub_floor)
+    return reid.msd_table(rows), surfaces, pd.DataFrame(floor, columns=["subject", "test_set", "msd_mm"])
+
+
+def _subsample(points: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
+    if len(points) <= max_points:
+        return points
+    return points[np.random.default_rng(seed).choice(len(points), max_points, replace=False)]
+
+
+def fast_msd_matrix(candidates: list, originals: list, *, max_points: int = 1500) -> np.ndarray:
+    """Symmetric face MSD of every candidate against every original.
+
+    Each KD-tree is built once, and each surface is represented by at most
+    ``max_points`` of its vertices (a seeded random subset), which keeps the
+    n x n comparison of the matching attack to seconds. Empty surfaces give NaN.
+    """
+    from scipy.spatial import cKDTree
+
+    cands = [_subsample(c, max_points) for c in candidates]
+    origs = [_subsample(o, max_points) for o in originals]
+    c_trees = [cKDTree(c) if len(c) else None for c in cands]
+    o_trees = [cKDTree(o) if len(o) else None for o in origs]
+    out = np.full((len(cands), len(origs)), np.nan)
+    for i, (c, ct) in enumerate(zip(cands, c_trees)):
+        for j, (o, ot) in enumerate(zip(origs, o_trees)):
+            if ct is not None and ot is not None:
+                out[i, j] = 0.5 * (ot.query(c)[0].mean() + ct.query(o)[0].mean())
+    return out
+
+
+def _rank_candidates(cands: list, reference: np.ndarray, originals: list, max_points: int) -> np.ndarray:
+    """Identification ranks of aligned candidate faces among aligned originals."""
+    aligned = [reid.align_rigid(_subsample(v, max_points), reference) if len(v) else v for v in cands]
+    return reid.identification_ranks(fast_msd_matrix(aligned, originals, max_points=max_points))
+
+
+def template_face(template: Template) -> np.ndarray:
+    """Vertices of the template's own face surface: the common reference of the matching attack."""
+    return reid.face_surface(template.data, template.affine, face_region(template))
+
+
+def matching_attack(surfaces: dict, subjects: dict[str, str], methods, *, reference: np.ndarray,
+                    candidates=("refaced", "refaced_mean", "average", "defaced"),
+                    max_points: int = 1500, n_jobs: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """Rank every original test face for each candidate face; top-1/top-5 and CMC curves.
+
+    Candidate ``i`` of a test set belongs to original ``i``. Each face surface is first
+    rigidly aligned (ICP) to ``reference``, the template's face (:func:`template_face`),
+    the same for every subject, so that pose does not decide the match and no test
+    subject is privileged; then every candidate is compared with every original of the
+    same test set by MSD (:func:`fast_msd_matrix`). Method x candidate pairs run in
+    parallel worker processes (``n_jobs``, default :func:`default_jobs`).
+    """
+    from joblib import Parallel, delayed
+
+    n_jobs = default_jobs() if n_jobs is None else int(n_jobs)
+    rows, curves = [], {}
+    for test_set in sorted(set(subjects.values())):
+        ids = [s for s, t in subjects.items() if t == test_set]
+        reference = _subsample(np.asarray(reference, float), max_points)
+        originals = [reid.align_rigid(_subsample(v, max_points), reference) if len(v) else v
+                     for v in (surfaces[(sid, "original")] for sid in ids)]
+        pairs = [(method, cand) for method in methods for cand in candidates]
+        tasks = [delayed(_rank_candidates)([surfaces[(sid, f"{m}:{c}")] for sid in ids], reference, originals,
+                                           max_points) for m, c in pairs]
+        all_ranks = Parallel(n_jobs=n_jobs)(tasks) if n_jobs > 1 else [fn(*a, **kw) for fn, a, kw in tasks]
+        for (method, cand), ranks in zip(pairs, all_ranks):
+            rows.append({"method": method, "test_set": test_set, "candidate": cand, "ranks": ranks})
+            curves[(method, test_set, cand)] = reid.cmc(ranks, len(ids))
+    return reid.reid_table(rows), curves
