@@ -255,9 +255,9 @@ def test_same_chapters_run_on_an_lps_anisotropic_bids_folder(tiny_book, project,
 
 
 def _untrained_models(config):
-    from refacelib.diffusion.cascade import _STAGE_IN_CHANNELS, make_unet
+    from refacelib.diffusion.cascade import STAGE_IN_CHANNELS, make_unet
 
-    return tuple(make_unet(_STAGE_IN_CHANNELS[s], stage=config.stage(s)) for s in (1, 2))
+    return tuple(make_unet(STAGE_IN_CHANNELS[s], stage=config.stage(s)) for s in (1, 2))
 
 
 def test_untrained_cascade_equals_the_matched_baseline_voxel_for_voxel(tiny_book):

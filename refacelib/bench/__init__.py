@@ -3,7 +3,7 @@
 ``python -m refacelib.bench sizes`` writes ``bench/stage_sizes.json``. The modules load on first
 use: ``bench/gpu_bench.py`` runs :mod:`refacelib.bench.throughput` on a machine without imaging packages.
 """
-import importlib
+from refacelib._utils.lazy import attach
 
 #: Each module and the public names it holds; loaded on first use (PEP 562).
 _MODULES = {
@@ -18,18 +18,4 @@ _MODULES = {
         "stage_costs", "BOOK_BUDGET_S", "BOOK_MEMORY_MIB", "WARM_REBUILD_S",
     ],
 }
-_HOME = {name: module for module, names in _MODULES.items() for name in names}
-
-__all__ = [*_MODULES, *_HOME]
-
-
-def __getattr__(name):
-    if name in _MODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name in _HOME:
-        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__, __all__ = attach(__name__, _MODULES)

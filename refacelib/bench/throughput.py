@@ -39,7 +39,7 @@ import torch
 from refacelib._utils.device import resolve_device
 from refacelib._utils.io import atomic_write_text
 from refacelib._utils.machine import cpu_model, ram_gib
-from refacelib.diffusion.cascade import CascadeConfig, _STAGE_IN_CHANNELS, box_slices, make_unet, stage1_inputs
+from refacelib.diffusion.cascade import CascadeConfig, STAGE_IN_CHANNELS, box_slices, make_unet, stage1_inputs
 from refacelib.diffusion.sample import _sample_stage, auto_batch_size, make_sampler, reface
 from refacelib.diffusion.train import train_stage
 from refacelib.pipeline.config import load_profile, project_root, runs_root
@@ -154,7 +154,7 @@ def synthetic_volumes(grid_shape, n: int, *, config: CascadeConfig, seed: int = 
 def _untrained_models(config: CascadeConfig, device) -> tuple:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return tuple(make_unet(_STAGE_IN_CHANNELS[s], stage=config.stage(s)).to(device).eval() for s in (1, 2))
+        return tuple(make_unet(STAGE_IN_CHANNELS[s], stage=config.stage(s)).to(device).eval() for s in (1, 2))
 
 
 def _peak_reset(device) -> None:

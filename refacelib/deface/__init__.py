@@ -1,53 +1,6 @@
 """Defacing: removal regions, methods, brain masks, the cohort-average face and QC.
 """
 from refacelib.deface import methods
-from refacelib.deface.methods import (
-    template_regions,
-    DefaceResult,
-    Registration,
-    ToolNotFoundError,
-    register_template,
-    pydeface_region,
-    fsl_deface_region,
-    mri_deface_region,
-    face_region,
-    deface_pydeface,
-    deface_fsl,
-    deface_mri,
-    deface_quickshear,
-    skullstrip,
-    deepbet_brain_mask,
-    METHODS,
-    REGISTRY,
-    tool_status,
-    method_table,
-    cohort_average,
-    qc,
-    deface_subject,
-)
+from refacelib.deface.methods import *  # noqa: F401,F403
 
-__all__ = [
-    "methods",
-    "template_regions",
-    "DefaceResult",
-    "Registration",
-    "ToolNotFoundError",
-    "register_template",
-    "pydeface_region",
-    "fsl_deface_region",
-    "mri_deface_region",
-    "face_region",
-    "deface_pydeface",
-    "deface_fsl",
-    "deface_mri",
-    "deface_quickshear",
-    "skullstrip",
-    "deepbet_brain_mask",
-    "METHODS",
-    "REGISTRY",
-    "tool_status",
-    "method_table",
-    "cohort_average",
-    "qc",
-    "deface_subject",
-]
+__all__ = [*methods.__all__]

@@ -30,7 +30,6 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +38,7 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 __all__ = [
+    "STAGE_IN_CHANNELS",
     "StageConfig",
     "CascadeConfig",
     "face_box",
@@ -59,7 +59,7 @@ __all__ = [
     "noise_in_mask",
 ]
 
-_STAGE_IN_CHANNELS = {1: 3, 2: 4}
+STAGE_IN_CHANNELS = {1: 3, 2: 4}
 
 
 def _refuse_unknown(cls, data: dict) -> None:

@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from refacelib.diffusion.cascade import (
-    _STAGE_IN_CHANNELS,
+    STAGE_IN_CHANNELS,
     CascadeConfig,
     box_slices,
     conditioning,
@@ -315,7 +315,7 @@ def auto_batch_size(models, config: CascadeConfig | dict, grid_shape: tuple, *, 
     for stage, model in zip((1, 2), models):
         if model is None:
             continue
-        x = torch.zeros((2, _STAGE_IN_CHANNELS[stage], *shapes[stage]), device=device)
+        x = torch.zeros((2, STAGE_IN_CHANNELS[stage], *shapes[stage]), device=device)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)

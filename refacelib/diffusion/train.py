@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from refacelib import __version__
 from refacelib.diffusion.cascade import (
-    _STAGE_IN_CHANNELS,
+    STAGE_IN_CHANNELS,
     CascadeConfig,
     conditioning,
     make_scheduler,
@@ -178,7 +178,7 @@ def _build(stage: int, config: CascadeConfig, device):
     st = config.stage(stage)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + stage)
-        model = make_unet(_STAGE_IN_CHANNELS[stage], stage=st).to(device)
+        model = make_unet(STAGE_IN_CHANNELS[stage], stage=st).to(device)
     ema = _Ema(model, st.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=st.lr)
     return model, ema, optimizer
@@ -360,7 +360,7 @@ def load_stage(checkpoint_path, *, device="auto", weights: str = "ema"):
     saved = dict(ckpt["config"])
     stage = saved.pop("stage")
     config = CascadeConfig.from_dict(saved)
-    model = make_unet(_STAGE_IN_CHANNELS[stage], stage=config.stage(stage)).to(device)
+    model = make_unet(STAGE_IN_CHANNELS[stage], stage=config.stage(stage)).to(device)
     model.load_state_dict(ckpt[weights])
     return model.eval(), config, stage
 

@@ -1,67 +1,7 @@
 """Head masks, head and face surfaces, and their renderings.
 """
-from refacelib.imaging import surface
-from refacelib.imaging.surface import (
-    Mesh,
-    as_mesh,
-    head_mask,
-    iso_surface,
-    compact_mesh,
-    MeshIndex,
-    index_mesh,
-    point_mesh_distance,
-    mesh_msd,
-    extract_surface,
-    restrict_to_region,
-    mean_surface_distance,
-    surface_distance,
-    face_msd,
-    vertex_distance_map,
-)
-from refacelib.imaging import render
-from refacelib.imaging.render import (
-    VIEWS,
-    VIEW_LABELS,
-    ViewGrid,
-    view_grid,
-    camera_axes,
-    depth_map,
-    shade,
-    project_points,
-    estimate_eyes,
-    render_view,
-    render_views,
-    render_grid,
-)
+from refacelib.imaging import surface, render
+from refacelib.imaging.surface import *  # noqa: F401,F403
+from refacelib.imaging.render import *  # noqa: F401,F403
 
-__all__ = [
-    "surface",
-    "Mesh",
-    "as_mesh",
-    "head_mask",
-    "iso_surface",
-    "compact_mesh",
-    "MeshIndex",
-    "index_mesh",
-    "point_mesh_distance",
-    "mesh_msd",
-    "extract_surface",
-    "restrict_to_region",
-    "mean_surface_distance",
-    "surface_distance",
-    "face_msd",
-    "vertex_distance_map",
-    "render",
-    "VIEWS",
-    "VIEW_LABELS",
-    "ViewGrid",
-    "view_grid",
-    "camera_axes",
-    "depth_map",
-    "shade",
-    "project_points",
-    "estimate_eyes",
-    "render_view",
-    "render_views",
-    "render_grid",
-]
+__all__ = [*surface.__all__, *render.__all__]

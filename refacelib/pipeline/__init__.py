@@ -4,7 +4,7 @@ The only layer that knows about run folders, notebooks or the book. ``python -m 
 builds the book (:func:`refacelib.pipeline.book.main`). The modules load on first use, so that
 ``refacelib.pipeline.config`` (profiles) needs no imaging package.
 """
-import importlib
+from refacelib._utils.lazy import attach
 
 #: Each module and the public names it holds; loaded on first use (PEP 562).
 _MODULES = {
@@ -44,18 +44,4 @@ _MODULES = {
         "screenshot", "dump_dom", "page_links", "read_layout", "layout_problems", "check_book", "PageCheck",
     ],
 }
-_HOME = {name: module for module, names in _MODULES.items() for name in names}
-
-__all__ = [*_MODULES, *_HOME]
-
-
-def __getattr__(name):
-    if name in _MODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name in _HOME:
-        return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__, __all__ = attach(__name__, _MODULES)
