@@ -33,16 +33,11 @@ from myst_nb import glue
 from refacelib import report
 from refacelib._utils.io import save_figure, save_table
 from refacelib.data import MUSCLE_COLUMNS
-from refacelib.data.privacy import face_policy
-from refacelib.pipeline import cohort, config
+from refacelib.pipeline import cohort, start_chapter
 from refacelib.report import viz
 from refacelib.report.viz import placeholder_figure
 
-run = config.open_run(profile, dataset)
-chapter_start = time.time()
-note = viz.SIMULATION_NOTE if run.is_phantom else None
-faces = face_policy(run.is_phantom, publish_faces)  # real faces: withheld unless published, then eye-barred
-show_faces = faces.show
+run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces)
 
 
 
@@ -121,7 +116,7 @@ picked = participants.groupby("split", sort=False).head(per_split)
 by_id = {s.participant_id: s for s in ds.subjects}
 glue("montage_per_split", per_split, display=False)
 glue("montage_voxel_mm", run.params["cohort"]["voxel_mm"], display=False)
-if show_faces:
+if faces.show:
     slices = cohort.mid_sagittal_slices([by_id[i] for i in picked["participant_id"]], run.params["cohort"]["voxel_mm"])
     labels = [f"{i}\n{s}" for i, s in zip(picked["participant_id"], picked["split"])]
     fig = viz.plot_montage(slices, labels, note=note)

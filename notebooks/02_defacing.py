@@ -30,28 +30,21 @@ dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
 # %% tags=["hide-input"]
-import time
 
 from IPython.display import Markdown, display
 from myst_nb import glue
 
 from refacelib import deface, report
 from refacelib._utils.io import save_figure, save_table
-from refacelib.data.privacy import face_policy
 from refacelib.imaging import render
 from refacelib.imaging.surface import head_mask
-from refacelib.pipeline import cohort, config, stages
+from refacelib.pipeline import cohort, stages, start_chapter
 from refacelib.report import viz
 from refacelib.report.viz import placeholder_figure
 
-run = config.open_run(profile, dataset)
-chapter_start = time.time()
-note = viz.SIMULATION_NOTE if run.is_phantom else None
-faces = face_policy(run.is_phantom, publish_faces)  # real faces: withheld unless published, then eye-barred
-show_faces = faces.show
+run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces)
 ds = cohort.prepare_dataset(run)
 template = stages.study_template(run)
-glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
 
 
 
@@ -159,7 +152,7 @@ names = ["original", *run.params["deface"]["methods"]]
 names = [n for n in names if (folder / n / f"{sid}.nii.gz").exists()]
 images = {name: stages.load_defaced(folder, name, sid) for name in names}
 glue("example_subject", sid, display=False)
-if show_faces:
+if faces.show:
     fig = viz.plot_mid_sagittal_row(images, note=note)
     save_figure(fig, run.figures / "deface_example_slices.png")
     glue("fig_deface_example_slices", fig, display=False)
@@ -176,7 +169,7 @@ else:
 # ```
 
 # %% tags=["hide-input"]
-if show_faces:
+if faces.show:
     rows = {name: (head_mask(img), aff) for name, (img, aff) in images.items()}
     fig = render.render_grid(rows, labels={n: n.replace("_", " ") for n in rows}, eye_bar=faces.eye_bar,
                              pixel_mm=run.params["deface"]["render_pixel_mm"])

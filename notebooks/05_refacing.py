@@ -27,7 +27,6 @@ dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
 # %% tags=["hide-input"]
-import time
 
 import pandas as pd
 from IPython.display import Markdown, display
@@ -36,24 +35,17 @@ from myst_nb import glue
 from refacelib import report
 from refacelib._utils.device import resolve_device
 from refacelib._utils.io import save_figure, save_table
-from refacelib.data.privacy import face_policy
 from refacelib.imaging import render
 from refacelib.imaging.surface import head_mask
-from refacelib.pipeline import config, refacing, stages
+from refacelib.pipeline import refacing, stages, start_chapter
 from refacelib.report import viz
 from refacelib.report.viz import placeholder_figure
 
-run = config.open_run(profile, dataset)
-chapter_start = time.time()
-note = viz.SIMULATION_NOTE if run.is_phantom else None
-faces = face_policy(run.is_phantom, publish_faces)  # real faces: withheld unless published, then eye-barred
-show_faces = faces.show
-study = refacing.setup(run)
+run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces, study=True)
 ds, template, folder, methods, cfg = study.ds, study.template, study.deface_folder, study.methods, study.config
 settings = run.params["cascade"]
 ckpt_folder, _ = refacing.trained_cascade(run, study)
 device = str(resolve_device(settings.get("device", "auto")))
-glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
 
 
 
@@ -145,8 +137,8 @@ example_methods = list(run.params["refacing"]["example_methods"])
 
 def example_figures(method):
     """Slices and renderings of the example subject under one method (saved to the run's figures)."""
-    if not show_faces:  # real faces are drawn only where the face policy allows it
-        raise RuntimeError("example_figures draws faces: call it only when show_faces is true")
+    if not faces.show:  # real faces are drawn only where the face policy allows it
+        raise RuntimeError("example_figures draws faces: call it only when faces.show is true")
     images = {"original": stages.load_defaced(folder, "original", sid),
               "defaced": stages.load_defaced(folder, method, sid),
               "refaced": stages.load_defaced(refaced, f"{method}_sample", sid),
@@ -164,17 +156,17 @@ def example_figures(method):
 for i in (1, 2):
     method = example_methods[i - 1] if i <= len(example_methods) else None
     glue(f"refacing_method_{i}", method or "none", display=False)
-    if show_faces and method:
+    if faces.show and method:
         slices, rendered = example_figures(method)
     else:
         why = "Withheld (publish_faces is false)." if method else "No such example method in this profile."
         slices, rendered = placeholder_figure(why), placeholder_figure(why)
     glue(f"fig_refacing_{i}_slices", slices, display=False)
     glue(f"fig_refacing_{i}_render", rendered, display=False)
-for method in example_methods[2:] if show_faces else []:
+for method in example_methods[2:] if faces.show else []:
     for fig in example_figures(method):
         display(fig)
-if not show_faces:
+if not faces.show:
     display(Markdown("*Withheld: real faces are not published (`publish_faces` is false).*"))
 
 # %% [markdown]

@@ -37,26 +37,19 @@ from myst_nb import glue
 
 from refacelib import controls, report
 from refacelib._utils.io import save_figure, save_table
-from refacelib.data.privacy import face_policy
 from refacelib.evaluation import reid
 from refacelib.imaging import render
 from refacelib.imaging.surface import head_mask
-from refacelib.pipeline import cohort, config, evaluation, refacing, stages
+from refacelib.pipeline import cohort, evaluation, refacing, stages, start_chapter
 from refacelib.report import paper, reid_plots
-from refacelib.report.viz import SIMULATION_NOTE, placeholder_figure
+from refacelib.report.viz import placeholder_figure
 
-run = config.open_run(profile, dataset)
-chapter_start = time.time()
-note = SIMULATION_NOTE if run.is_phantom else None
-faces = face_policy(run.is_phantom, publish_faces)  # real faces: withheld unless published, then eye-barred
-show_faces = faces.show
-study = refacing.setup(run)
+run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces, study=True)
 ds, template, folder, methods, cfg = study.ds, study.template, study.deface_folder, study.methods, study.config
 settings = run.params["cascade"]
 ckpt_folder, _ = refacing.trained_cascade(run, study)
 subjects = study.test_subjects
 refaced, _ = refacing.refaced_test_set(run, study, ckpt_folder)
-glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
 
 
 
@@ -266,7 +259,7 @@ rows = {"original": original, "defaced": cands["defaced"], "refaced": cands["ref
 labels = {k: k if k == "original" else f"{k}\nMSD {row_msd[k]:.2f} mm" for k in rows}
 glue("render_subject", sid, display=False)
 glue("render_method", method, display=False)
-if show_faces:
+if faces.show:
     fig = render.render_grid({k: (head_mask(v), affine) for k, v in rows.items()}, labels=labels,
                              eye_bar=faces.eye_bar, pixel_mm=run.params["deface"]["render_pixel_mm"])
     save_figure(fig, run.figures / "face_renderings.png")
@@ -291,7 +284,7 @@ else:
 # and for the average face.
 
 # %% tags=["hide-input"]
-if show_faces:
+if faces.show:
     region = evaluation.subject_region(template, folder, sid, original.shape, affine)
     for name in ("refaced", "average"):
         values = reid.vertex_distance_volume(rows[name], original, affine, region)

@@ -37,17 +37,14 @@ from myst_nb import glue
 from refacelib import deface, report
 from refacelib._utils.io import save_figure, save_table
 from refacelib.evaluation import muscle
-from refacelib.pipeline import cohort, config, stages
+from refacelib.pipeline import cohort, stages, start_chapter
 from refacelib.report import paper, viz
 from refacelib.report.viz import placeholder_figure
 
-run = config.open_run(profile, dataset)
-chapter_start = time.time()
-note = viz.SIMULATION_NOTE if run.is_phantom else None
+run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces)
 ds = cohort.prepare_dataset(run)
 settings = run.params["muscle"]
 start = time.perf_counter()
-glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
 glue("has_muscle", "present" if ds.has_muscle else "absent: this chapter is skipped", display=False)
 if not ds.has_muscle:  # the prose below still quotes these keys
     for key in ("n_original_significant", "n_muscles", "n_diff_significant", "n_diff", "n_wilcoxon_significant"):

@@ -28,7 +28,6 @@ dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
 # %% tags=["hide-input"]
-import time
 
 from IPython.display import Markdown, display
 from myst_nb import glue
@@ -36,21 +35,14 @@ from myst_nb import glue
 from refacelib import report
 from refacelib._utils.io import save_figure
 from refacelib.data import privacy
-from refacelib.data.privacy import face_policy
 from refacelib.imaging import render
 from refacelib.imaging.surface import head_mask
-from refacelib.pipeline import config, evaluation, refacing, stages
-from refacelib.pipeline import private_replacements
-from refacelib.report import overview, paper, viz
+from refacelib.pipeline import evaluation, private_replacements, refacing, stages, start_chapter
+from refacelib.report import overview, paper
 
-run = config.open_run(profile, dataset)
-chapter_start = time.time()
-note = viz.SIMULATION_NOTE if run.is_phantom else None
-faces = face_policy(run.is_phantom, publish_faces)  # real faces: withheld unless published, then eye-barred
-show_faces = faces.show
+run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces, study=True)
 estimator = run.params["reid"]["headline_estimator"]
 table = lambda name: report.read_table(run.tables, name)  # noqa: E731  (None when a chapter did not write it)
-glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
 
 # %% [markdown]
 # This chapter ran on {glue:text}`dataset_name`.
@@ -65,7 +57,6 @@ glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a 
 # unless `publish_faces` is true, and renderings carry an eye bar.
 
 # %% tags=["hide-input"]
-study = refacing.setup(run)
 ckpt_folder, _ = refacing.trained_cascade(run, study)
 subjects = study.test_subjects
 refaced, _ = refacing.refaced_test_set(run, study, ckpt_folder)
@@ -77,7 +68,7 @@ masks = {"original": head_mask(original), "defaced": head_mask(cands["defaced"])
 grid = render.view_grid(masks["original"], affine, pixel_mm=run.params["deface"]["render_pixel_mm"])
 eyes = None if run.is_phantom else render.estimate_eyes(masks["original"], affine, grid=grid)
 views = {k: render.render_view(m, affine, azimuth_deg=render.VIEWS["right_3q"], grid=grid, eyes_world=eyes)
-         if show_faces else None for k, m in masks.items()}
+         if faces.show else None for k, m in masks.items()}
 region = evaluation.subject_region(study.template, study.deface_folder, sid, original.shape, affine)
 
 # %% tags=["hide-input"]
@@ -89,10 +80,10 @@ steps = [f"defacing\n({method})",
          f"refacing model:\n3D diffusion cascade\nstage 1 {stage1_mm:g} mm,\nstage 2 {run.params['cascade']['voxel_mm']:g} mm"]
 fig = overview.plot_overview(
     views, steps=steps,
-    face_slice=overview.mid_sagittal(original, masks["original"]) if show_faces else None,
-    face_region=overview.mid_sagittal(region, masks["original"]) if show_faces else None,
+    face_slice=overview.mid_sagittal(original, masks["original"]) if faces.show else None,
+    face_region=overview.mid_sagittal(region, masks["original"]) if faces.show else None,
     eye_bar=(privacy.sagittal_eye_bar(overview.mid_sagittal(masks["original"], masks["original"]) > 0)
-             if show_faces and not run.is_phantom else None),
+             if faces.show and not run.is_phantom else None),
     corr=table("muscle_corr"), labels=paper.IMAGE_LABELS, titles=titles, note=note)
 save_figure(fig, run.figures / "overview.png")
 glue("overview_figure", fig, display=False)

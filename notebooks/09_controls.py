@@ -39,20 +39,17 @@ dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
 # %% tags=["hide-input"]
-import time
 
 from IPython.display import Markdown, display
 from myst_nb import glue
 
 from refacelib import report
 from refacelib._utils.io import save_figure
-from refacelib.pipeline import config
-from refacelib.report import reid_plots, viz
+from refacelib.report import reid_plots
 from refacelib.report.viz import placeholder_figure
+from refacelib.pipeline import start_chapter
 
-run = config.open_run(profile, dataset)
-chapter_start = time.time()
-note = viz.SIMULATION_NOTE if run.is_phantom else None
+run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces)
 controls = report.read_table(run.tables, "controls") if run.is_phantom else None
 offsets = report.read_table(run.tables, "controls_offsets") if run.is_phantom else None
 have = controls is not None and len(controls) > 0
@@ -61,7 +58,6 @@ controls_csv, offsets_csv = run.tables / "controls.csv", run.tables / "controls_
 TEST_COLUMNS = {"method": "Method", "test_set": "Test set", "estimator": "Estimator",
                 "n": "Subjects", ("hl_diff_mm", "ci_low_mm", "ci_high_mm"): "Paired difference (mm) [95% CI]",
                 "p_holm": "Holm p", "rbc": "Rank-biserial", "closer_significant": "Closer, significant"}
-glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
 if not run.is_phantom:
     display(Markdown("*The controls need a dataset whose ground truth is known: they run on the phantom only.*"))
 elif not have:

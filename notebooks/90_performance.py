@@ -37,7 +37,6 @@ paper_sampling_items, paper_sampling_steps = 1, 1
 
 # %% tags=["hide-input"]
 import json
-import time
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -51,14 +50,12 @@ from refacelib._utils.io import save_figure, save_table
 from refacelib.bench import quality as bq
 from refacelib.data.template import load_template
 from refacelib.diffusion.train import load_stage
-from refacelib.pipeline import config, refacing
+from refacelib.pipeline import config, refacing, start_chapter
 from refacelib.pipeline.stages import stage_stats
 
-run = config.open_run(profile, dataset)
-chapter_start = time.time()
+run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces, study=True)
 settings = run.params["cascade"]
 device = resolve_device(settings.get("device", "auto"))
-study = refacing.setup(run)
 ckpt_folder, _ = refacing.trained_cascade(run, study)
 refaced, _ = refacing.refaced_test_set(run, study, ckpt_folder)
 bench_dir = config.project_root() / "bench"
@@ -77,7 +74,6 @@ for key in ("cpu_model", "cpu_cores", "ram_gib", "device"):
     glue(key, info[key], display=False)
 glue("torch_version", info["torch"], display=False)
 glue("profile", run.profile, display=False)
-glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
 report.reader_table(machine, csv_name="bench_machine.csv")
 
 # %% [markdown]

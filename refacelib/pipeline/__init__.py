@@ -35,6 +35,9 @@ _MODULES = {
         "masked_errors", "RefacingSetup", "setup", "trained_cascade", "refaced_test_set", "shipped_root",
         "install_shipped", "training_provenance", "ship",
     ],
+    "chapter": [
+        "Chapter", "dataset_name", "start_chapter",
+    ],
     "book": [
         "ChildrenPeak", "chapter_names", "private_replacements", "build_book", "run_bench", "run_lock",
         "run_lab", "scrub_notebook", "main",

@@ -43,6 +43,7 @@ from refacelib.report import paper
 
 __all__ = [
     "offset_key_values",
+    "gap_key_values",
     "PAPER_METHODS",
     "MUSCLES",
     "NA",
