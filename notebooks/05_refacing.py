@@ -27,7 +27,6 @@ dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
 # %% tags=["hide-input"]
-
 import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue

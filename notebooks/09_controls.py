@@ -39,7 +39,6 @@ dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
 # %% tags=["hide-input"]
-
 from IPython.display import Markdown, display
 from myst_nb import glue
 

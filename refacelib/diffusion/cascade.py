@@ -62,11 +62,15 @@ __all__ = [
 STAGE_IN_CHANNELS = {1: 3, 2: 4}
 
 
-def _refuse_unknown(cls, data: dict) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - known
+def _from_dict(cls, data):
+    """An instance of the dataclass ``cls`` from a plain dict (or itself), refusing unknown keys."""
+    if isinstance(data, cls):
+        return data
+    data = dict(data or {})
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    return cls(**data)
 
 
 @dataclass
@@ -126,11 +130,7 @@ class StageConfig:
     @classmethod
     def from_dict(cls, data: dict | "StageConfig" | None) -> "StageConfig":
         """Build from a plain dict, refusing unknown keys."""
-        if isinstance(data, cls):
-            return data
-        data = dict(data or {})
-        _refuse_unknown(cls, data)
-        return cls(**data)
+        return _from_dict(cls, data)
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (tuples become lists)."""
@@ -186,11 +186,7 @@ class CascadeConfig:
     @classmethod
     def from_dict(cls, data: dict | "CascadeConfig" | None) -> "CascadeConfig":
         """Build from a plain (e.g. JSON) dict, refusing unknown keys."""
-        if isinstance(data, cls):
-            return data
-        data = dict(data or {})
-        _refuse_unknown(cls, data)
-        return cls(**data)
+        return _from_dict(cls, data)
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (only lists, numbers, strings, bools, None)."""

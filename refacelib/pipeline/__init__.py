@@ -44,7 +44,7 @@ _MODULES = {
     ],
     "browser": [
         "CHROMIUM_FLAGS", "LAYOUT_SCRIPT", "find_chromium", "install_chromium", "serve", "open_page",
-        "screenshot", "dump_dom", "page_links", "read_layout", "layout_problems", "check_book", "PageCheck",
+        "screenshot", "page_links", "read_layout", "layout_problems", "check_book", "PageCheck",
     ],
 }
 __getattr__, __dir__, __all__ = attach(__name__, _MODULES)

@@ -37,7 +37,7 @@ from typing import Iterator
 from urllib.parse import unquote, urljoin, urlsplit
 
 __all__ = ["CHROMIUM_FLAGS", "LAYOUT_SCRIPT", "find_chromium", "install_chromium", "serve", "open_page",
-           "screenshot", "dump_dom", "page_links", "read_layout", "layout_problems", "check_book", "PageCheck"]
+           "screenshot", "page_links", "read_layout", "layout_problems", "check_book", "PageCheck"]
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run")
@@ -273,11 +273,6 @@ def screenshot(url: str, path: os.PathLike, **kwargs) -> Path:
     """Save a PNG screenshot of ``url`` (see :func:`open_page` for the options)."""
     open_page(url, screenshot_path=path, **kwargs)
     return Path(path)
-
-
-def dump_dom(url: str, **kwargs) -> str:
-    """The DOM of ``url`` after load, as HTML text."""
-    return open_page(url, **kwargs)
 
 
 class _Links(HTMLParser):
