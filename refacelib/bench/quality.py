@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from refacelib._utils.arrays import bounding_box
 from refacelib._utils.device import resolve_device
 from refacelib.diffusion.cascade import CascadeConfig
 from refacelib.diffusion.sample import auto_batch_size, reface
@@ -238,12 +239,6 @@ def stored_msd(faces: dict, deface_folder: Path, name: str) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- surface distance
-def _face_box(region: np.ndarray, margin: int = 6) -> tuple[slice, ...]:
-    idx = np.nonzero(region)
-    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n))
-                 for i, n in zip(idx, region.shape))
-
-
 def _head_in_box(image: np.ndarray, threshold: float, box) -> np.ndarray:
     """The head mask :func:`refacelib.evaluation.reid.face_surface` contours, on the face region's box."""
     from scipy import ndimage as ndi
@@ -273,7 +268,7 @@ def face_pair_metrics(original: np.ndarray, candidate: np.ndarray, affine: np.nd
     mesh = reid.face_mesh(candidate, affine, region, threshold=threshold)
     msd = reid.surface_msd(mesh, original_surface)
     seconds = time.perf_counter() - start
-    box = _face_box(region)
+    box = bounding_box(region, 6)
     spacing = [float(s) for s in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))]
     face = region[box]
     head_o = _head_in_box(original, threshold, box)

@@ -17,6 +17,7 @@ import numpy as np
 from nibabel.processing import resample_from_to, resample_to_output
 from scipy import ndimage
 
+from refacelib._utils.arrays import bounding_box, largest_component
 from refacelib._utils.io import save_nifti
 
 __all__ = [
@@ -103,12 +104,9 @@ def head_mask_from_intensity(data: np.ndarray, *, threshold: float | None = None
     if threshold is None:
         threshold = 0.15 * float(np.percentile(positive, 99))
     mask = ndimage.gaussian_filter(data, 0.7) > threshold
-    labels, n = ndimage.label(mask)
-    if n == 0:
+    if not mask.any():
         raise ValueError("no voxel above the head threshold")
-    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
-    mask = labels == (1 + int(np.argmax(sizes)))
-    return ndimage.binary_fill_holes(mask)
+    return ndimage.binary_fill_holes(largest_component(mask, connectivity=1))
 
 
 def _template_brain_mask(img: nib.Nifti1Image, cache: Path | None) -> nib.Nifti1Image:
@@ -121,13 +119,6 @@ def _template_brain_mask(img: nib.Nifti1Image, cache: Path | None) -> nib.Nifti1
     if cache is not None:
         save_nifti(mask, cache)
     return mask
-
-
-def _crop_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + margin + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
 def load_template(voxel_mm: float = 2.0, *, cache_dir: Path | None = None, margin_mm: float = 10.0) -> Template:
@@ -148,7 +139,7 @@ def load_template(voxel_mm: float = 2.0, *, cache_dir: Path | None = None, margi
     brain = resample_from_to(nib.Nifti1Image(np.asarray(brain_src.dataobj, np.float32), brain_src.affine), img, order=1)
     data = np.clip(img.get_fdata(dtype=np.float32), 0, None)
     head = head_mask_from_intensity(data)
-    box = _crop_box(head, int(np.ceil(margin_mm / voxel_mm)))
+    box = bounding_box(head, int(np.ceil(margin_mm / voxel_mm)))
     affine = img.affine.copy()
     affine[:3, 3] = nib.affines.apply_affine(img.affine, [s.start for s in box])
     head = head[box]

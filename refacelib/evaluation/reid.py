@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from refacelib._utils.arrays import bounding_box
 from refacelib.imaging.surface import (Mesh, MeshIndex, _default_threshold, as_mesh, compact_mesh, face_msd,
                                        head_mask, index_mesh, iso_surface, mesh_msd, point_mesh_distance,
                                        restrict_to_region)
@@ -64,15 +65,6 @@ def smoothed_threshold(image: np.ndarray, mask_sigma: float) -> float:
     if positive.size == 0:
         raise ValueError("face_mesh: the image has no positive voxels")
     return _default_threshold(positive)
-
-
-def _region_crop(region: np.ndarray, margin_vox: int) -> tuple[slice, ...]:
-    """Slices of the bounding box of ``region`` grown by ``margin_vox`` (clipped)."""
-    idx = np.nonzero(region)
-    if len(idx[0]) == 0:
-        raise ValueError("face_mesh: the face region is empty")
-    return tuple(slice(max(int(i.min()) - margin_vox, 0), min(int(i.max()) + margin_vox + 1, n))
-                 for i, n in zip(idx, region.shape))
 
 
 def _clamped_field(vol: np.ndarray, threshold: float) -> np.ndarray:
@@ -171,7 +163,7 @@ def face_mesh(image: np.ndarray, affine: np.ndarray, region: np.ndarray, *,
         return Mesh.empty()
     if threshold is None:
         threshold = smoothed_threshold(image, mask_sigma)
-    box = _region_crop(region, max(int(margin_vox), 1))
+    box = bounding_box(region, max(int(margin_vox), 1))
     vol = ndi.gaussian_filter(image, mask_sigma)[box] if mask_sigma > 0 else image[box]
     shift = np.eye(4)
     shift[:3, 3] = [s.start for s in box]

@@ -31,6 +31,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from refacelib._utils.arrays import largest_component
+
 __all__ = [
     "Mesh",
     "as_mesh",
@@ -82,16 +84,6 @@ def _default_threshold(values: np.ndarray) -> float:
     from skimage.filters import threshold_otsu
 
     return 0.5 * float(threshold_otsu(values))
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of ``mask`` (empty stays empty)."""
-    labels, n = ndi.label(mask, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        return labels > 0
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
 
 
 def _fill_slices(mask: np.ndarray, axis: int) -> np.ndarray:
@@ -151,7 +143,7 @@ def head_mask(
         if positive.size == 0:
             raise ValueError("head_mask: the volume has no positive voxels")
         threshold = _default_threshold(positive)
-    mask = _largest_component(vol > threshold)
+    mask = largest_component(vol > threshold)
     mask = ndi.binary_fill_holes(mask)
     for axis in fill_axes:
         mask = _fill_slices(mask, axis)
