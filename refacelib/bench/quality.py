@@ -31,7 +31,7 @@ from refacelib.diffusion.sample import auto_batch_size, reface
 from refacelib.evaluation import reid
 from refacelib.imaging.surface import head_mask
 from refacelib.pipeline import refacing
-from refacelib.pipeline.evaluation import candidate_images, subject_region
+from refacelib.pipeline.evaluation import candidate_images, face_msd, original_face, subject_region
 from refacelib.pipeline.stages import load_defaced
 
 __all__ = [
@@ -179,14 +179,7 @@ def subject_faces(deface_folder: Path, template, ids) -> dict:
 
     The same as :func:`refacelib.pipeline.evaluation.face_msd_table` computes them.
     """
-    faces = {}
-    for sid in ids:
-        original, affine = load_defaced(deface_folder, "original", sid)
-        region = subject_region(template, deface_folder, sid, original.shape, affine)
-        threshold = reid.smoothed_threshold(original, 1.0)
-        faces[sid] = {"affine": affine, "region": region, "threshold": threshold,
-                      "original_surface": reid.face_mesh(original, affine, region, threshold=threshold)}
-    return faces
+    return {sid: original_face(deface_folder, template, sid)[1] for sid in ids}
 
 
 def subject_space_msd(faces: dict, refaced, data: dict, *, template, deface_folder: Path) -> np.ndarray:
@@ -222,9 +215,7 @@ def subject_space_msd(faces: dict, refaced, data: dict, *, template, deface_fold
             refacing.write_subject(Path(tmp), deface_folder, template, sid, method, {"sample": volume},
                                     scale=data["scale"][i])
             image = load_defaced(Path(tmp), f"{method}_sample", sid)[0]
-            f = faces[sid]
-            mesh = reid.face_mesh(image, f["affine"], f["region"], threshold=f["threshold"])
-            out.append(reid.surface_msd(mesh, f["original_surface"]))
+            out.append(face_msd(image, faces[sid]))
     return np.asarray(out, float)
 
 
@@ -232,9 +223,8 @@ def stored_msd(faces: dict, deface_folder: Path, name: str) -> pd.DataFrame:
     """Face MSD of a stored candidate (``average``, ``template_average``, a method) per subject."""
     rows = []
     for sid, f in faces.items():
-        image = load_defaced(deface_folder, name, sid)[0]
-        mesh = reid.face_mesh(image, f["affine"], f["region"], threshold=f["threshold"])
-        rows.append({"subject": sid, "candidate": name, "msd_mm": reid.surface_msd(mesh, f["original_surface"])})
+        rows.append({"subject": sid, "candidate": name,
+                     "msd_mm": face_msd(load_defaced(deface_folder, name, sid)[0], f)})
     return pd.DataFrame(rows)
 
 

@@ -25,7 +25,7 @@ _MODULES = {
         "mid_sagittal_slices", "face_variation",
     ],
     "evaluation": [
-        "subject_region", "candidate_images", "default_jobs", "face_msd_table", "fast_msd_matrix",
+        "subject_region", "candidate_images", "original_face", "face_msd", "face_msd_table", "fast_msd_matrix",
         "template_face", "matching_attack",
     ],
     "refacing": [

@@ -23,8 +23,8 @@ from refacelib.pipeline.stages import load_defaced, load_registration
 from refacelib.imaging.surface import index_mesh
 from refacelib.data.template import Template
 
-__all__ = ["subject_region", "candidate_images", "default_jobs", "face_msd_table", "fast_msd_matrix", "template_face",
-           "matching_attack"]
+__all__ = ["subject_region", "candidate_images", "original_face", "face_msd", "face_msd_table", "fast_msd_matrix",
+           "template_face", "matching_attack"]
 
 
 def subject_region(template: Template, deface_folder: Path, sid: str, shape, affine) -> np.ndarray:
@@ -63,14 +63,35 @@ def candidate_images(deface_folder: Path, refaced_folder: Path, sid: str, method
     return out
 
 
+def original_face(deface_folder: Path, template: Template, sid: str) -> tuple[np.ndarray, dict]:
+    """A subject's original image, and what every candidate face of the subject is measured against.
+
+    The dict holds ``affine``, ``region`` (:func:`subject_region`), ``threshold``
+    (one per subject, from its original, so candidates differ only by their voxels)
+    and ``original_surface`` (the original's face mesh).
+    """
+    original, affine = load_defaced(deface_folder, "original", sid)
+    region = subject_region(template, deface_folder, sid, original.shape, affine)
+    threshold = reid.smoothed_threshold(original, 1.0)
+    return original, {"affine": affine, "region": region, "threshold": threshold,
+                      "original_surface": reid.face_mesh(original, affine, region, threshold=threshold)}
+
+
+def face_msd(image: np.ndarray, face: dict, target=None) -> float:
+    """Face MSD (mm) of a candidate image against the original of :func:`original_face`.
+
+    ``target``: the original's surface prepared by :func:`refacelib.imaging.surface.index_mesh`
+    (the same distances, faster for many candidates).
+    """
+    mesh = reid.face_mesh(image, face["affine"], face["region"], threshold=face["threshold"])
+    return reid.surface_msd(mesh, face["original_surface"] if target is None else target)
+
+
 def _subject_faces(deface_folder: Path, refaced_folder: Path, template: Template, sid: str, test_set: str,
                    methods, keep_surfaces: bool) -> tuple[list, dict, list]:
     """MSD rows, face surfaces and test-retest rows of one subject (one worker's share of :func:`face_msd_table`)."""
-    original, affine = load_defaced(deface_folder, "original", sid)
-    region = subject_region(template, deface_folder, sid, original.shape, affine)
-    # one threshold per subject (from its original), so candidates differ only by their voxels
-    threshold = reid.smoothed_threshold(original, 1.0)
-    orig_mesh = reid.face_mesh(original, affine, region, threshold=threshold)
+    original, face = original_face(deface_folder, template, sid)
+    affine, region, threshold, orig_mesh = face["affine"], face["region"], face["threshold"], face["original_surface"]
     # prepared once per subject: the original's triangle index (every candidate's MSD and offset) and
     # its smoothed image (the offset's inside test, as face_mesh smooths it)
     target = index_mesh(orig_mesh) if len(orig_mesh.verts) else orig_mesh
@@ -78,8 +99,7 @@ def _subject_faces(deface_folder: Path, refaced_folder: Path, template: Template
     rows, surfaces, floor = [], {(sid, "original"): orig_mesh.verts}, []
     retest = _stored(deface_folder, "retest", sid)
     if retest is not None:
-        floor.append({"subject": sid, "test_set": test_set, "msd_mm": reid.surface_msd(
-            reid.face_mesh(retest, affine, region, threshold=threshold), orig_mesh)})
+        floor.append({"subject": sid, "test_set": test_set, "msd_mm": face_msd(retest, face)})
     for method in methods:
         for name, image in candidate_images(deface_folder, refaced_folder, sid, method).items():
             mesh = reid.face_mesh(image, affine, region, threshold=threshold)

@@ -369,7 +369,7 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
 
     Sampling runs in this process (batched over subjects); bringing the results
     to each subject's space and writing them runs in ``n_jobs`` worker
-    processes (default :func:`refacelib.pipeline.evaluation.default_jobs`). The files
+    processes (default :func:`refacelib._utils.parallel.default_jobs`). The files
     do not depend on it. ``models`` overrides the trained networks (a test
     passes untrained ones).
 
