@@ -65,9 +65,9 @@ device = str(resolve_device(settings.get("device", "auto")))
 #
 # The cascade generates a *residual over the prior* (the cohort-average head, matched in
 # intensity to the kept head voxels of the defaced image by quantile matching,
-# `refacelib.pipeline.refacing.intensity_match`) on its own grid. Detail finer than that grid is not
+# `refacelib.diffusion.grid.intensity_match`) on its own grid. Detail finer than that grid is not
 # generated: the refaced image is the full-resolution matched average head plus the
-# upsampled residual (`refacelib.pipeline.refacing.full_resolution`). An untrained cascade
+# upsampled residual (`refacelib.diffusion.grid.full_resolution`). An untrained cascade
 # therefore returns exactly the matched average head; this zero-residual output, written
 # through the same path into the same removal mask, is the **matched baseline** of the
 # next chapter, so what separates the refaced face from it is what the model learned.

@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from refacelib.pipeline import refacing
+from refacelib.diffusion import grid
 from refacelib.diffusion.cascade import CascadeConfig
 from refacelib.diffusion.train import load_stage, train_stage
+from refacelib.pipeline import refacing
 
 TINY = dict(channels=[4, 8], train_timesteps=12, beta_schedule="cosine", batch_size=2, steps=3)
 
@@ -64,16 +65,16 @@ def test_full_resolution_adds_the_upsampled_residual_to_the_average():
     average = rng.random((8, 8, 8)).astype(np.float32) + 1
     prior = np.full((4, 4, 4), 0.5, np.float32)
     knots = np.array([[0.0, 2.0], [0.0, 2.4]])  # a ratio of 1.2
-    untrained = refacing.full_resolution(prior, prior, average, T, average_norm=2.0, match=knots)
+    untrained = grid.full_resolution(prior, prior, average, T, average_norm=2.0, match=knots)
     np.testing.assert_allclose(untrained, average / 2.0 * 1.2, rtol=1e-6)  # the average face, full detail
-    shifted = refacing.full_resolution(prior + 0.25, prior, average, T, average_norm=2.0, match=knots)
+    shifted = grid.full_resolution(prior + 0.25, prior, average, T, average_norm=2.0, match=knots)
     np.testing.assert_allclose(shifted - untrained, 0.25, atol=1e-6)
     # outside the mask the cascade's output is the defaced image: its difference from the prior
     # must not reach the full-resolution volume (an untrained cascade = the baseline, exactly)
     mask = np.zeros((4, 4, 4), bool)
     mask[2:] = True
     defaced_outside = np.where(mask, prior, prior + 3.0)
-    masked = refacing.full_resolution(defaced_outside, prior, average, T, average_norm=2.0, match=knots, mask=mask)
+    masked = grid.full_resolution(defaced_outside, prior, average, T, average_norm=2.0, match=knots, mask=mask)
     np.testing.assert_array_equal(masked, untrained)
 
 
@@ -86,14 +87,14 @@ def test_intensity_match_undoes_a_contrast_change_one_ratio_cannot():
     head = np.ones(average.shape, bool)
     mask = np.zeros(average.shape, bool)
     mask[:, :, 8:] = True  # the removed face
-    knots = refacing.intensity_match(np.where(mask, 0, subject), average, head, mask)
-    matched = refacing.apply_match(average, knots)
+    knots = grid.intensity_match(np.where(mask, 0, subject), average, head, mask)
+    matched = grid.apply_match(average, knots)
     ratio = np.median(subject[~mask]) / np.median(average[~mask])
     err_quantile = np.abs(matched[mask] - subject[mask]).mean()
     err_ratio = np.abs(average[mask] * ratio - subject[mask]).mean()
     assert err_quantile < 0.01 < err_ratio
     assert np.all(np.diff(knots[0]) > 0) and np.all(np.diff(knots[1]) >= 0)  # monotone
-    assert refacing.apply_match(np.array([0.0]), knots)[0] == 0.0  # air stays air
+    assert grid.apply_match(np.array([0.0]), knots)[0] == 0.0  # air stays air
 
 
 def test_swap_partners_stay_in_their_test_set():

@@ -26,6 +26,7 @@ import pandas as pd
 
 from refacelib._utils.arrays import bounding_box
 from refacelib._utils.device import resolve_device
+from refacelib.diffusion import grid
 from refacelib.diffusion.cascade import CascadeConfig
 from refacelib.diffusion.sample import auto_batch_size, reface
 from refacelib.evaluation import reid
@@ -187,7 +188,7 @@ def subject_space_msd(faces: dict, refaced, data: dict, *, template, deface_fold
 
     Each volume is brought to full resolution and to the subject's grid, and
     composited inside the subject's removal mask, by the refacing chapter's own
-    steps (:func:`refacelib.pipeline.refacing.full_resolution` and the writer of
+    steps (:func:`refacelib.diffusion.grid.full_resolution` and the writer of
     :func:`refacelib.pipeline.refacing.reface_test_set`, into a temporary folder); its
     face surface is then compared with the original's as in the
     re-identification chapter.
@@ -209,7 +210,7 @@ def subject_space_msd(faces: dict, refaced, data: dict, *, template, deface_fold
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (sid, method) in enumerate(zip(data["subject"], data["method"])):
-            volume = refacing.full_resolution(refaced[i], data["prior"][i], average, template,
+            volume = grid.full_resolution(refaced[i], data["prior"][i], average, template,
                                               average_norm=data["average_norm"], match=data["match"][i],
                                               mask=data["mask"][i])
             refacing.write_subject(Path(tmp), deface_folder, template, sid, method, {"sample": volume},

@@ -40,6 +40,7 @@ from refacelib._utils.device import resolve_device
 from refacelib._utils.io import atomic_write_text
 from refacelib._utils.machine import cpu_model, ram_gib
 from refacelib.diffusion.cascade import CascadeConfig, STAGE_IN_CHANNELS, box_slices, make_unet, stage1_inputs
+from refacelib.diffusion.grid import common_grid
 from refacelib.diffusion.sample import _sample_stage, auto_batch_size, make_sampler, reface
 from refacelib.diffusion.train import train_stage
 from refacelib.pipeline.config import load_profile, project_root, runs_root
@@ -117,7 +118,7 @@ def profile_sizes(params: dict, template) -> dict:
     from refacelib.pipeline import refacing
 
     cfg = refacing.cascade_config(SimpleNamespace(params=params), template)
-    _, _, shape = refacing.common_grid(template, params["cascade"]["voxel_mm"])
+    _, _, shape = common_grid(template, params["cascade"]["voxel_mm"])
     return {"grid": [int(s) for s in shape], "box": [list(b) for b in cfg.box]}
 
 

@@ -2,9 +2,10 @@
 
 Imports neither :mod:`refacelib.data` nor :mod:`refacelib.deface`: arrays in, arrays out.
 """
-from refacelib.diffusion import cascade, train, sample
+from refacelib.diffusion import cascade, grid, train, sample
 from refacelib.diffusion.cascade import *  # noqa: F401,F403
+from refacelib.diffusion.grid import *  # noqa: F401,F403
 from refacelib.diffusion.train import *  # noqa: F401,F403
 from refacelib.diffusion.sample import *  # noqa: F401,F403
 
-__all__ = [*cascade.__all__, *train.__all__, *sample.__all__]
+__all__ = [*cascade.__all__, *grid.__all__, *train.__all__, *sample.__all__]

@@ -405,7 +405,7 @@ def stage1_to_full(x_low: torch.Tensor, *, factor: int, crop: tuple[slice, ...],
     With ``prior_low`` (stage 1's prior), ``prior`` (the full-grid prior, (N, 1, X, Y, Z)) and
     ``mask_low`` (stage 1's mask) the *generated residual* over the prior (zero outside the mask)
     is upsampled and added to the full-resolution prior, as
-    :func:`refacelib.pipeline.refacing.full_resolution` does: a stage 1 that returns its prior then gives
+    :func:`refacelib.diffusion.grid.full_resolution` does: a stage 1 that returns its prior then gives
     the prior exactly, so an untrained cascade reproduces the average-face baseline voxel for voxel.
     """
     if prior_low is None or prior is None:

@@ -1,11 +1,8 @@
-"""Refacing a run's cohort with the cascade: data on the common grid, training, sampling.
+"""The refacing stages of a run: training data on the common grid, the cached training, the refaced test set.
 
-Every subject's images from the defacing stage are on the template grid (its
-affine registration). The cascade works on that grid resampled to
-``cascade.voxel_mm`` (the *common grid*), with intensities divided by
-``INTENSITY_SCALE`` times the median of the brain, which every defacing
-method leaves in place. The prior is the training cohort's average head,
-scaled the same way. Refaced images go back to each subject's own grid
+The grid, the intensity units and the way back to the template grid are
+:mod:`refacelib.diffusion.grid`. The prior is the training cohort's average
+head, scaled the same way. Refaced images go back to each subject's own grid
 through the inverse path and are composited inside that subject's removal
 mask, so every voxel outside it is the defaced input bit for bit.
 """
@@ -20,7 +17,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from refacelib._utils.device import resolve_device
 from refacelib._utils.io import atomic_write_text, load_checkpoint, save_nifti, save_table
@@ -29,6 +25,8 @@ from refacelib._utils.parallel import default_jobs
 from refacelib.data.template import Template
 from refacelib.deface.methods import face_region
 from refacelib.diffusion import cascade as _cascade
+from refacelib.diffusion.grid import (INTENSITY_SCALE, apply_match, common_grid, full_resolution, intensity_match,
+                                      subject_scale, zoom_to_shape)
 from refacelib.diffusion.sample import reface
 from refacelib.diffusion.train import load_stage, train_stage
 from refacelib.pipeline.cohort import prepare_dataset
@@ -36,15 +34,9 @@ from refacelib.pipeline.config import Run, open_run, project_root, stable_hash
 from refacelib.pipeline.stages import deface_cohort, load_defaced, load_registration, study_template
 
 __all__ = [
-    "INTENSITY_SCALE",
     "CASCADE_VERSION",
     "cascade_config",
-    "common_grid",
-    "subject_scale",
-    "intensity_match",
-    "apply_match",
     "build_examples",
-    "full_resolution",
     "REFACED_NAMES",
     "swap_partners",
     "write_subject",
@@ -62,96 +54,15 @@ __all__ = [
     "ship",
 ]
 
-#: Intensities on the common grid are image / (INTENSITY_SCALE * median brain intensity).
-INTENSITY_SCALE = 2.5
-
-
-def common_grid(template: Template, voxel_mm: float) -> tuple[float, np.ndarray, tuple]:
-    """Zoom factor from the template grid to the common grid, its affine and shape."""
-    zoom = template.voxel_mm / float(voxel_mm)
-    shape = tuple(int(round(n * zoom)) for n in template.shape)
-    affine = template.affine.copy()
-    affine[:3, :3] = affine[:3, :3] / zoom
-    affine[:3, 3] += affine[:3, :3] @ np.full(3, (1.0 / zoom - 1.0) / 2.0) * zoom
-    return zoom, affine, shape
-
-
-def _zoom(array: np.ndarray, shape: tuple, *, order: int) -> np.ndarray:
-    if array.shape == tuple(shape):
-        return array
-    factors = [n / m for n, m in zip(shape, array.shape)]
-    out = ndimage.zoom(array.astype(np.float32), factors, order=order, grid_mode=True, mode="nearest")
-    return out
-
-
-def subject_scale(image_tpl: np.ndarray, brain_tpl: np.ndarray) -> float:
-    """Median intensity of the brain (present in every defaced version).
-
-    Examples
-    --------
-    >>> subject_scale(np.full((4, 4, 4), 3.0), np.ones((4, 4, 4), bool))
-    3.0
-    """
-    inside = image_tpl[brain_tpl & (image_tpl > 0)]
-    return float(np.median(inside)) if inside.size else 1.0
-
-
 def cascade_config(run: Run, template: Template) -> _cascade.CascadeConfig:
     """The run's cascade configuration, with the face box computed on the common grid."""
     p = dict(run.params["cascade"])
     zoom, _, shape = common_grid(template, p["voxel_mm"])
-    region = _zoom(face_region(template), shape, order=0) > 0.5
+    region = zoom_to_shape(face_region(template), shape, order=0) > 0.5
     stage2 = _cascade.StageConfig.from_dict(p["stage2"])
     box = _cascade.face_box(region, margin=int(p.get("box_margin", 2)), multiple=stage2.multiple)
     return _cascade.CascadeConfig(stage1=p["stage1"], stage2=p["stage2"], factor=p["factor"], box=box,
                                   per_method=bool(p.get("per_method", False)), seed=int(run.params["seed"]))
-
-
-def intensity_match(defaced: np.ndarray, average: np.ndarray, head: np.ndarray, mask: np.ndarray, *,
-                    n_quantiles: int = 33) -> np.ndarray:
-    """Monotone intensity map from the average head to a defaced head (quantile matching).
-
-    Fitted on the template's head voxels that the method kept (``head & ~mask``,
-    both images on one grid): the ``n_quantiles`` quantiles (2nd to 98th
-    percentile) of the average head are paired with those of the defaced
-    image, so a contrast change that one ratio cannot match (an external
-    site's gamma) is matched too, and brightness is not something a refacing
-    model can win on. Returns a (2, K) array of knots ``(x, y)`` through the
-    origin for :func:`apply_match`.
-
-    Examples
-    --------
-    >>> head = np.ones((4, 4, 4), bool); mask = np.zeros_like(head); mask[0] = True
-    >>> avg = np.linspace(1, 2, 64).reshape(4, 4, 4)
-    >>> knots = intensity_match(3 * avg, avg, head, mask)
-    >>> float(apply_match(np.array([1.5]), knots)[0])
-    4.5
-    """
-    sel = head & ~mask & (average > 0)
-    if not sel.any():
-        return np.array([[0.0, 1.0], [0.0, 1.0]], np.float64)
-    qs = np.linspace(0.02, 0.98, int(n_quantiles))
-    xq, idx = np.unique(np.quantile(average[sel].astype(np.float64), qs), return_index=True)
-    yq = np.maximum.accumulate(np.quantile(defaced[sel].astype(np.float64), qs)[idx])
-    keep = xq > 0
-    return np.stack([np.concatenate([[0.0], xq[keep]]), np.concatenate([[0.0], yq[keep]])])
-
-
-def apply_match(values: np.ndarray, knots: np.ndarray) -> np.ndarray:
-    """Apply :func:`intensity_match`'s map: piecewise linear between knots, proportional beyond the last.
-
-    Examples
-    --------
-    >>> apply_match(np.array([0.5, 4.0]), np.array([[0.0, 1.0, 2.0], [0.0, 2.0, 3.0]])).tolist()
-    [1.0, 6.0]
-    """
-    x, y = np.asarray(knots[0], np.float64), np.asarray(knots[1], np.float64)
-    v = np.asarray(values, np.float64)
-    out = np.interp(v, x, y)
-    beyond = v > x[-1]
-    if beyond.any():
-        out[beyond] = v[beyond] * (y[-1] / x[-1] if x[-1] > 0 else 1.0)
-    return out.astype(np.float32)
 
 
 def _template_space(folder: Path, name: str, sid: str, attacker: bool) -> np.ndarray:
@@ -182,21 +93,21 @@ def build_examples(folder: Path, ids, methods, template: Template, voxel_mm: flo
     if len(ids) == 0:
         return None
     _, _, shape = common_grid(template, voxel_mm)
-    brain = _zoom(template.brain, shape, order=0) > 0.5
-    head = _zoom(template.head, shape, order=0) > 0.5
+    brain = zoom_to_shape(template.brain, shape, order=0) > 0.5
+    head = zoom_to_shape(template.head, shape, order=0) > 0.5
     averages = {"": nib.load(str(Path(folder) / "cohort_average.nii.gz")).get_fdata(dtype=np.float32)}
     if baselines:
         averages["template_"] = template.data.astype(np.float32)
-    averages = {k: _zoom(v, shape, order=1) for k, v in averages.items()}
+    averages = {k: zoom_to_shape(v, shape, order=1) for k, v in averages.items()}
     norms = {k: INTENSITY_SCALE * subject_scale(v, brain) for k, v in averages.items()}
     keys = ["original", "defaced", "mask", "subject", "method", "scale"] + [f"{k}{x}" for k in averages
                                                                             for x in ("prior", "match")]
     out = {k: [] for k in keys}
     for sid in ids:
-        original = _zoom(load_defaced(folder, "original", sid, space="template")[0], shape, order=1)
+        original = zoom_to_shape(load_defaced(folder, "original", sid, space="template")[0], shape, order=1)
         for method in methods:
-            defaced = _zoom(_template_space(folder, method, sid, attacker), shape, order=1)
-            mask = _zoom(_template_space(folder, f"{method}_removal", sid, attacker), shape, order=0) > 0.5
+            defaced = zoom_to_shape(_template_space(folder, method, sid, attacker), shape, order=1)
+            mask = zoom_to_shape(_template_space(folder, f"{method}_removal", sid, attacker), shape, order=0) > 0.5
             scale = INTENSITY_SCALE * subject_scale(defaced, brain)
             out["original"].append(original / scale)
             out["defaced"].append(np.where(mask, 0.0, defaced / scale).astype(np.float32))
@@ -292,37 +203,6 @@ def stage1_coarse(stage1_model, data: dict, config: _cascade.CascadeConfig, *, s
     """
     return reface(data["defaced"], data["mask"], data["prior"], (stage1_model, None), config, steps=steps,
                   n_samples=1, seed=seed, batch_size=batch_size, device=device)["stage1"]
-
-
-def full_resolution(common: np.ndarray, prior: np.ndarray, average_tpl: np.ndarray, template: Template, *,
-                    average_norm: float, match: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """A cascade output on the template grid, in the example's intensity unit.
-
-    The cascade learns a residual over the prior at the common grid's
-    resolution; the detail finer than that grid comes from the full-resolution
-    average head mapped by the example's intensity map:
-    ``apply_match(average_tpl / average_norm, match) + zoom(common - prior)``.
-    An untrained cascade (output = prior) returns exactly the matched average
-    head at full resolution: the average-face baseline is this function with
-    ``common = prior``. With ``mask`` (the removal mask on the common grid) only the generated
-    residual inside it is upsampled: outside it the cascade's output is the defaced image,
-    whose difference from the prior must not bleed into the mask's border by interpolation.
-
-    Examples
-    --------
-    >>> class T: shape = (4, 4, 4)
-    >>> avg = np.full((4, 4, 4), 2.0, np.float32)
-    >>> knots = np.array([[0.0, 1.0], [0.0, 1.5]])
-    >>> out = full_resolution(np.ones((2, 2, 2)), np.ones((2, 2, 2)), avg, T, average_norm=2.0, match=knots)
-    >>> float(out.min()), float(out.max())
-    (1.5, 1.5)
-    """
-    residual = np.asarray(common, np.float32) - np.asarray(prior, np.float32)
-    if mask is not None:
-        residual = np.where(np.asarray(mask, bool), residual, np.float32(0))
-    residual = _zoom(residual, template.shape, order=1)
-    return (apply_match(np.asarray(average_tpl, np.float32) / np.float32(average_norm), match)
-            + residual).astype(np.float32)
 
 
 #: Version of what :func:`reface_test_set` writes (part of its cache key).
