@@ -31,10 +31,9 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from refacelib import report
-from refacelib._utils.io import save_figure, save_table
 from refacelib.data import MUSCLE_COLUMNS
 from refacelib.pipeline import cohort, start_chapter
-from refacelib.report import viz
+from refacelib.report import save_figure, save_table, viz
 from refacelib.report.viz import placeholder_figure
 
 run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces)

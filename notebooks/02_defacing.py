@@ -34,11 +34,10 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from refacelib import deface, report
-from refacelib._utils.io import save_figure, save_table
 from refacelib.imaging import render
 from refacelib.imaging.surface import head_mask
 from refacelib.pipeline import cohort, stages, start_chapter
-from refacelib.report import viz
+from refacelib.report import save_figure, save_table, viz
 from refacelib.report.viz import placeholder_figure
 
 run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces)

@@ -42,11 +42,10 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from refacelib import report
-from refacelib._utils.device import resolve_device
-from refacelib._utils.io import save_figure, save_table
+from refacelib.diffusion import resolve_device
 from refacelib.diffusion.train import validation_trend
 from refacelib.pipeline import config, refacing
-from refacelib.report import viz
+from refacelib.report import save_figure, save_table, viz
 
 run = config.open_run(profile, dataset)
 chapter_start = time.time()

@@ -32,12 +32,11 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from refacelib import report
-from refacelib._utils.device import resolve_device
-from refacelib._utils.io import save_figure, save_table
+from refacelib.diffusion import resolve_device
 from refacelib.imaging import render
 from refacelib.imaging.surface import head_mask
 from refacelib.pipeline import refacing, stages, start_chapter
-from refacelib.report import viz
+from refacelib.report import save_figure, save_table, viz
 from refacelib.report.viz import placeholder_figure
 
 run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces, study=True)

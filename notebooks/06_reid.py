@@ -36,12 +36,11 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from refacelib import controls, report
-from refacelib._utils.io import save_figure, save_table
 from refacelib.evaluation import reid
 from refacelib.imaging import render
 from refacelib.imaging.surface import head_mask
 from refacelib.pipeline import cohort, evaluation, refacing, stages, start_chapter
-from refacelib.report import paper, reid_plots
+from refacelib.report import paper, reid_plots, save_figure, save_table
 from refacelib.report.viz import placeholder_figure
 
 run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces, study=True)

@@ -32,12 +32,11 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from refacelib import report
-from refacelib._utils.io import save_figure
 from refacelib.data import privacy
 from refacelib.imaging import render
 from refacelib.imaging.surface import head_mask
 from refacelib.pipeline import evaluation, private_replacements, refacing, stages, start_chapter
-from refacelib.report import overview, paper
+from refacelib.report import overview, paper, save_figure
 
 run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces, study=True)
 estimator = run.params["reid"]["headline_estimator"]

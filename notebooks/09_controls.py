@@ -43,10 +43,9 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from refacelib import report
-from refacelib._utils.io import save_figure
-from refacelib.report import reid_plots
-from refacelib.report.viz import placeholder_figure
 from refacelib.pipeline import start_chapter
+from refacelib.report import reid_plots, save_figure
+from refacelib.report.viz import placeholder_figure
 
 run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces)
 controls = report.read_table(run.tables, "controls") if run.is_phantom else None

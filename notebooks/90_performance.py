@@ -45,13 +45,13 @@ from IPython.display import Image, Markdown, display
 from myst_nb import glue
 
 from refacelib import bench, report
-from refacelib._utils.device import resolve_device
-from refacelib._utils.io import save_figure, save_table
 from refacelib.bench import quality as bq
 from refacelib.data.template import load_template
+from refacelib.diffusion import resolve_device
 from refacelib.diffusion.train import load_stage
 from refacelib.pipeline import config, refacing, start_chapter
 from refacelib.pipeline.stages import stage_stats
+from refacelib.report import save_figure, save_table
 
 run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces, study=True)
 settings = run.params["cascade"]

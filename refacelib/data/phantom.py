@@ -72,7 +72,6 @@ SPLITS = ("train", "val", "test_internal", "test_external")
 # Version of what a written cohort contains. It is a field of PhantomParams, so it
 # enters the cache key of the cohort folder (refacelib.pipeline.cohort.phantom_folder): bump it
 # whenever the files written change, so that an older cohort is not reused.
-# 2: oracle and retest scans of the test subjects.
 COHORT_VERSION = 2
 
 

@@ -8,4 +8,6 @@ from refacelib.diffusion.grid import *  # noqa: F401,F403
 from refacelib.diffusion.train import *  # noqa: F401,F403
 from refacelib.diffusion.sample import *  # noqa: F401,F403
 
-__all__ = [*cascade.__all__, *grid.__all__, *train.__all__, *sample.__all__]
+from refacelib._utils.device import autocast_context, resolve_device  # where the cascade computes
+
+__all__ = ["resolve_device", "autocast_context", *cascade.__all__, *grid.__all__, *train.__all__, *sample.__all__]

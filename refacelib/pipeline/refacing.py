@@ -127,8 +127,6 @@ def build_examples(folder: Path, ids, methods, template: Template, voxel_mm: flo
 
 
 #: Version of the training data and output composition; part of every cascade cache key.
-#: 2: per-example loss weight, prior matched outside the mask, full-resolution composition.
-#: 3: quantile intensity match, stage-1 residual upsampling, leak-free defacing.
 CASCADE_VERSION = 3
 
 #: Steps between two validation losses (each costs about two training steps on a CPU;
@@ -206,7 +204,6 @@ def stage1_coarse(stage1_model, data: dict, config: _cascade.CascadeConfig, *, s
 
 
 #: Version of what :func:`reface_test_set` writes (part of its cache key).
-#: 2: only the generated residual, inside the mask, reaches full resolution.
 REFACE_VERSION = 2
 
 #: What :func:`reface_test_set` writes per method: the cascade's estimators, the matched

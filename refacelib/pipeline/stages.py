@@ -27,8 +27,8 @@ from refacelib.data.template import Template, head_mask_from_intensity, load_tem
 __all__ = ["study_template", "image_fingerprint", "subject_brain_mask", "deface_cohort", "load_defaced", "load_registration", "attacker_registration", "phantom_truth",
            "cohort_average_from_folder", "face_features", "stage_stats", "qc_summary"]
 
-#: Bump when what a stage writes changes, so that old caches are not reused.
-STAGE_VERSION = 4  # 4: leak-free removal regions, attacker registrations, no fixed-region average faces
+#: Version of what the defacing stage writes; part of its cache key: raise it when that changes.
+STAGE_VERSION = 4
 
 
 

@@ -7,4 +7,7 @@ from refacelib.report.viz import *  # noqa: F401,F403
 from refacelib.report.reid_plots import *  # noqa: F401,F403
 from refacelib.report.overview import *  # noqa: F401,F403
 
-__all__ = [*paper.__all__, *values.__all__, *viz.__all__, *reid_plots.__all__, *overview.__all__]
+from refacelib._utils.io import save_figure, save_table  # the writers of the chapters' figures and tables
+
+__all__ = ["save_figure", "save_table", *paper.__all__, *values.__all__, *viz.__all__, *reid_plots.__all__,
+           *overview.__all__]
