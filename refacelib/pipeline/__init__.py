@@ -15,6 +15,9 @@ _MODULES = {
         "ConfigError", "Run", "project_root", "runs_root", "list_profiles", "load_profile", "dataset_label",
         "open_run", "stable_hash", "parse_flag", "check_parameters", "validate_params",
     ],
+    "cache": [
+        "stage_folder", "is_done", "read_done", "mark_done",
+    ],
     "stages": [
         "study_template", "image_fingerprint", "subject_brain_mask", "deface_cohort", "load_defaced",
         "load_registration", "attacker_registration", "phantom_truth", "cohort_average_from_folder",

@@ -16,7 +16,8 @@ from refacelib.data.phantom import PhantomParams, build_basis, face_normal_sd, g
 from refacelib.data.privacy import dataset_key, pseudonymize_dataset
 from refacelib.data.template import head_mask_from_intensity, load_template, pydeface_version
 from refacelib.evaluation.reid import candidate_msd
-from refacelib.pipeline.config import Run, stable_hash
+from refacelib.pipeline.cache import stage_folder
+from refacelib.pipeline.config import Run
 
 __all__ = [
     "phantom_params",
@@ -38,8 +39,7 @@ def phantom_params(run: Run) -> PhantomParams:
 
 def phantom_folder(run: Run) -> Path:
     """Cache folder of the phantom cohort, keyed by its parameters and the template version."""
-    key = stable_hash({"phantom": asdict(phantom_params(run)), "pydeface": pydeface_version()})
-    return run.artifacts / f"phantom-{key}"
+    return stage_folder(run, "phantom", {"phantom": asdict(phantom_params(run)), "pydeface": pydeface_version()})
 
 
 def prepare_dataset(run: Run, *, progress: bool = True) -> BIDSDataset:

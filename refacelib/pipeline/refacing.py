@@ -29,6 +29,7 @@ from refacelib.diffusion.grid import (INTENSITY_SCALE, apply_match, common_grid,
                                       subject_scale, zoom_to_shape)
 from refacelib.diffusion.sample import reface
 from refacelib.diffusion.train import load_stage, train_stage
+from refacelib.pipeline.cache import is_done, mark_done, stage_folder
 from refacelib.pipeline.cohort import prepare_dataset
 from refacelib.pipeline.config import Run, open_run, project_root, stable_hash
 from refacelib.pipeline.stages import deface_cohort, load_defaced, load_registration, study_template
@@ -146,7 +147,7 @@ STAGE2_COARSE = ("stage1_samples", "downsampled_truth")
 
 def _checkpoint_folder(run: Run, config: _cascade.CascadeConfig, data_key: str) -> Path:
     training = {k: run.params["cascade"].get(k) for k in TRAINING_KEYS}
-    return run.artifacts / f"cascade-{stable_hash([config.to_dict(), data_key, training, CASCADE_VERSION])}"
+    return stage_folder(run, "cascade", [config.to_dict(), data_key, training, CASCADE_VERSION])
 
 
 def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.CascadeConfig, *, data_key: str,
@@ -162,7 +163,7 @@ def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.Casc
     for stage in (1, 2):
         ckpt = folder / f"stage{stage}.pt"
         hist_path = folder / f"stage{stage}_history.csv"
-        if (folder / f"stage{stage}.done").exists():
+        if is_done(folder, f"stage{stage}.done"):
             histories.append(pd.read_csv(hist_path))
             continue
         keys = ("original", "defaced", "mask", "prior")
@@ -183,7 +184,7 @@ def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.Casc
         # a stage's wall time includes making its inputs (stage 1's samples, for stage 2)
         history = history.assign(stage=stage, seconds=history["seconds"] + prep_seconds)
         save_table(history, hist_path)
-        atomic_write_text(folder / f"stage{stage}.done", json.dumps({"steps": int(history["step"].max())}))
+        mark_done(folder, {"steps": int(history["step"].max())}, f"stage{stage}.done")
         histories.append(history)
     return folder, pd.concat(histories, ignore_index=True)
 
@@ -258,8 +259,8 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
     test_sets = list(test_sets) if test_sets is not None else ["test"] * len(test_ids)
     key = [CASCADE_VERSION, REFACE_VERSION, ckpt_folder.name, p["sampler"], p["sample_steps"], p["n_samples"], list(test_ids),
            test_sets, models is None]
-    out = run.artifacts / f"refaced-{stable_hash(key)}"
-    if (out / "done.json").exists():
+    out = stage_folder(run, "refaced", key)
+    if is_done(out):
         return out, pd.read_csv(out / "timings.csv")
     if models is None:
         models = tuple(load_stage(ckpt_folder / f"stage{s}.pt", device=p.get("device", "auto"))[0] for s in (1, 2))
@@ -294,7 +295,7 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
         rows.append({"step": f"reface {method}", "seconds": round(time.perf_counter() - start, 1), "n": len(test_ids)})
     timings = pd.DataFrame(rows)
     save_table(timings, out / "timings.csv")
-    atomic_write_text(out / "done.json", json.dumps({"n": len(test_ids)}))
+    mark_done(out, {"n": len(test_ids)})
     return out, timings
 
 
@@ -389,9 +390,9 @@ def setup(run: Run) -> RefacingSetup:
 def trained_cascade(run: Run, study: RefacingSetup, *, progress: bool = True) -> tuple[Path, pd.DataFrame]:
     """Checkpoints of both stages: trained now, or loaded from the cache without rebuilding the data."""
     folder = _checkpoint_folder(run, study.config, study.data_key)
-    if not all((folder / f"stage{s}.done").exists() for s in (1, 2)):
+    if not all(is_done(folder, f"stage{s}.done") for s in (1, 2)):
         install_shipped(folder)
-    if all((folder / f"stage{s}.done").exists() for s in (1, 2)):
+    if all(is_done(folder, f"stage{s}.done") for s in (1, 2)):
         return folder, pd.concat([pd.read_csv(folder / f"stage{s}_history.csv") for s in (1, 2)], ignore_index=True)
     voxel = run.params["cascade"]["voxel_mm"]
     train = build_examples(study.deface_folder, study.ids["train"], study.methods, study.template, voxel)
@@ -448,7 +449,7 @@ def training_plan(run: Run) -> str | None:
     study = setup(run)
     folder = _checkpoint_folder(run, study.config, study.data_key)
     shipped = Path(shipped_root()) / folder.name
-    if all((folder / f"stage{s}.done").exists() for s in (1, 2)) or (shipped / "training.json").is_file():
+    if all(is_done(folder, f"stage{s}.done") for s in (1, 2)) or (shipped / "training.json").is_file():
         return None
     p = run.params["cascade"]
     training = {k: p.get(k) for k in TRAINING_KEYS}
@@ -506,7 +507,7 @@ def install_shipped(folder: Path, *, root: Path | None = None) -> bool:
             tmp.replace(folder / f"stage{s}{ext}")
     atomic_write_text(folder / "shipped.json", json.dumps(info, indent=2))
     for s in (1, 2):
-        atomic_write_text(folder / f"stage{s}.done", json.dumps({"steps": info["stages"][str(s)]["steps"], "shipped": True}))
+        mark_done(folder, {"steps": info["stages"][str(s)]["steps"], "shipped": True}, f"stage{s}.done")
     return True
 
 

@@ -7,7 +7,6 @@ subject by subject.
 """
 from __future__ import annotations
 
-import json
 import resource
 import time
 from pathlib import Path
@@ -18,9 +17,10 @@ import pandas as pd
 from nibabel.processing import resample_from_to
 
 from refacelib.deface import methods as deface
-from refacelib.pipeline.config import Run, stable_hash
+from refacelib.pipeline.cache import is_done, mark_done, read_done, stage_folder
+from refacelib.pipeline.config import Run
 from refacelib.data.bids import BIDSDataset, Subject, load_subject_array
-from refacelib._utils.io import atomic_write_text, save_nifti, save_table
+from refacelib._utils.io import save_nifti, save_table
 from refacelib._utils.parallel import default_jobs
 from refacelib.data.template import Template, head_mask_from_intensity, load_template
 
@@ -75,7 +75,7 @@ def _stage_folder(run: Run, ds: BIDSDataset) -> Path:
            "methods": deface.method_table().to_dict("records")}
     if not run.is_phantom:
         key["images"] = image_fingerprint(ds)
-    return run.artifacts / f"defaced-{stable_hash(key)}"
+    return stage_folder(run, "defaced", key)
 
 
 def _mkdir(path: Path) -> Path:
@@ -172,7 +172,7 @@ def deface_cohort(run: Run, ds: BIDSDataset, template: Template, *, progress: bo
     from tqdm.auto import tqdm
 
     folder = _stage_folder(run, ds)
-    if (folder / "done.json").exists():
+    if is_done(folder):
         return folder, pd.read_csv(folder / "qc.csv")
     methods = tuple(run.params["deface"]["methods"])
     start = time.perf_counter()
@@ -194,7 +194,7 @@ def deface_cohort(run: Run, ds: BIDSDataset, template: Template, *, progress: bo
     stats = {"seconds": round(time.perf_counter() - start, 1), "n_subjects": len(ds.subjects),
              "n_train_for_average": len(train), "n_jobs": n_jobs,
              "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    atomic_write_text(folder / "done.json", json.dumps(stats))
+    mark_done(folder, stats)
     return folder, qc
 
 
@@ -263,7 +263,7 @@ def face_features(folder: Path, ids, name: str, *, region: np.ndarray, brain: np
 
 def stage_stats(folder: Path) -> dict:
     """Time and peak memory of the defacing stage, as recorded when it ran."""
-    return json.loads((Path(folder) / "done.json").read_text())
+    return read_done(folder)
 
 
 def qc_summary(qc: pd.DataFrame) -> pd.DataFrame:

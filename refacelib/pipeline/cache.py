@@ -1,0 +1,48 @@
+"""The cache of a run's stages: a folder named by a hash of what the stage depends on, complete once its record exists.
+
+A stage's key holds what changes its files: the parameters that matter, the
+dataset (the phantom by its parameters, a real dataset by its images' names,
+sizes and times) and the stage's code version. The record is written last,
+atomically (:func:`refacelib._utils.io.atomic_write_text`), so a folder without
+it is an interrupted stage that runs again.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from refacelib._utils.hashing import stable_hash
+from refacelib._utils.io import atomic_write_text
+
+__all__ = ["stage_folder", "is_done", "read_done", "mark_done"]
+
+#: The record of a complete stage (a cascade stage's is ``stage<N>.done``).
+DONE = "done.json"
+
+
+def stage_folder(run, kind: str, key: Any) -> Path:
+    """``<run>/artifacts/<kind>-<hash of key>``: the folder of a stage's files.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> stage_folder(SimpleNamespace(artifacts=Path("a")), "defaced", {"x": 1}).as_posix()
+    'a/defaced-613fe5aa65'
+    """
+    return Path(run.artifacts) / f"{kind}-{stable_hash(key)}"
+
+
+def is_done(folder: Path, record: str = DONE) -> bool:
+    """Whether the stage in ``folder`` completed (its record exists)."""
+    return (Path(folder) / record).exists()
+
+
+def read_done(folder: Path, record: str = DONE) -> dict:
+    """What a complete stage recorded about itself."""
+    return json.loads((Path(folder) / record).read_text())
+
+
+def mark_done(folder: Path, info: dict, record: str = DONE) -> None:
+    """Record the stage in ``folder`` as complete (atomically, last of its files)."""
+    atomic_write_text(Path(folder) / record, json.dumps(info))
