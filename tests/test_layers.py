@@ -183,3 +183,16 @@ def test_names_in_the_docs_resolve(doc):
         else:
             unresolved.append(dotted)
     assert not unresolved, f"{doc} names what does not exist: {unresolved}"
+
+
+def test_every_subpackage_ships():
+    """pyproject.toml's package list finds every subpackage (a wheel or a plain install carries them)."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = setup["packages"] if isinstance(setup.get("packages"), list) else find_packages(
+        str(ROOT), include=setup["packages"]["find"]["include"])
+    wanted = {".".join(p.relative_to(ROOT).parts) for p in LIB.rglob("*") if (p / "__init__.py").is_file()} | {"refacelib"}
+    assert wanted <= set(found)
