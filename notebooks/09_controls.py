@@ -44,7 +44,8 @@ import time
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import config, report, reid_plots, viz
+from refacelib import config, refacing, report, reid_plots, viz
+from refacelib import controls as controls_lib
 from refacelib.io import save_figure
 from refacelib.viz import placeholder_figure
 
@@ -53,6 +54,10 @@ chapter_start = time.time()
 note = viz.SIMULATION_NOTE if run.is_phantom else None
 controls = report.read_table(run.tables, "controls") if run.is_phantom else None
 offsets = report.read_table(run.tables, "controls_offsets") if run.is_phantom else None
+# only couplings whose cascade was trained with this book's recipe enter the dose response
+recipe = refacing.recipe_id(run)
+controls, stale = controls_lib.same_recipe(controls, recipe)
+offsets, _ = controls_lib.same_recipe(offsets, recipe)
 have = controls is not None and len(controls) > 0
 have_offsets = offsets is not None and len(offsets) > 0 and bool((offsets["coupling"] == 0).any())
 controls_csv, offsets_csv = run.tables / "controls.csv", run.tables / "controls_offsets.csv"
@@ -65,6 +70,9 @@ if not run.is_phantom:
 elif not have:
     display(Markdown(f"*The controls have not been run for this book: `make controls PROFILE={profile}` runs "
                      "them (one full study per coupling) and rebuilds the book with this chapter filled in.*"))
+if stale:
+    display(Markdown(f"*Couplings {', '.join(f'{c:g}' for c in stale)} were run with another training recipe than "
+                     f"this book's cascade and are left out: `make controls PROFILE={profile}` reruns them.*"))
 
 
 

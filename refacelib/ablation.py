@@ -42,7 +42,7 @@ __all__ = ["SELECT_BY", "variants", "variant_run", "evaluate_variant", "summaris
            "table_for_run", "main"]
 
 #: The candidate tried for every recipe, and its baseline (the matched average face).
-CANDIDATES = ("refaced_mean", "refaced", "swapped")
+CANDIDATES = ("refaced_mean", "refaced", "swapped", "linear")
 BASELINE = "average"
 
 
@@ -55,7 +55,7 @@ def variants(params: dict) -> dict[str, dict]:
     twice the channels, stage 2 on the grid the faces are measured on
     (``deface.voxel_mm``; stage 1 keeps its resolution) when the cascade's grid
     is coarser, and stage 2 trained on the downsampled original instead of
-    stage 1's samples.
+    stage 1's samples, and the linear prior (:mod:`refacelib.linear`) under the cascade.
 
     Examples
     --------
@@ -84,6 +84,8 @@ def variants(params: dict) -> dict[str, dict]:
                                               "cascade.factor": int(c.get("factor", 2) * ratio)}
     if c.get("stage2_coarse", refacing.STAGE2_COARSE[0]) == "stage1_samples":
         out["stage 2 on the downsampled original"] = {"cascade.stage2_coarse": "downsampled_truth"}
+    if c.get("prior", "average") == "average":
+        out["linear (ridge) prior"] = {"cascade.prior": "ridge"}
     return out
 
 

@@ -344,6 +344,9 @@ def test_controls_table_from_the_cached_run(tiny_book):
     assert set(table["coupling"]) == {own}
     assert {"refaced", "refaced_mean", "swapped", "oracle"} <= set(table["estimator"])
     assert {"hl_diff_mm", "ci_low_mm", "ci_high_mm", "p_holm", "rbc"} <= set(table.columns)
+    from refacelib import refacing as _refacing
+
+    assert set(table["recipe"]) == {_refacing.recipe_id(config.open_run("tiny", "phantom"))}
     # a control's cascade ships like the book's (make controls on a fresh clone then skips its training)
     from refacelib import refacing
 
@@ -367,13 +370,16 @@ def test_controls_chapter_renders_the_tables_of_make_controls(tiny_book):
             path = run.tables / name
             saved[path] = path.read_bytes()
             table = pd.read_csv(path)
-            pd.concat([table, table.assign(coupling=0.0)]).to_csv(path, index=False)
+            # coupling 1 trained with another recipe: left out of the chapter, with a note
+            pd.concat([table, table.assign(coupling=0.0), table.assign(coupling=1.0, recipe="other")]).to_csv(
+                path, index=False)
         rows = pipeline.execute_chapters(run, ["09_controls"], force=True, log=lambda *a: None)
         assert [r["chapter"] for r in rows] == ["09_controls"]
         for name in ("controls_dose_response.png", "controls_offsets.png", "controls_person_specific.png"):
             assert (run.figures / name).stat().st_size > 5_000, name
         text = (run.folder / "notebooks" / "09_controls.ipynb").read_text()
         assert "Negative control (coupling 0)" in text and "Traceback" not in text
+        assert "Couplings 1 were run with another training recipe" in text
     finally:
         for path, data in saved.items():
             path.write_bytes(data)
@@ -407,3 +413,33 @@ def test_training_recipe_ablation_on_the_validation_split(tiny_book):
         assert "gained most for the person on the validation split" in text and "Traceback" not in text
     finally:
         (run.tables / "ablation.csv").unlink()
+
+
+def test_ridge_prior_cascade_end_to_end(tiny_book, tmp_path):
+    """cascade.prior: ridge trains on out-of-fold linear priors, refaces with the linear prior
+    (written as its own candidate, measured like the others) and ships the record its refit needs."""
+    import json
+
+    from refacelib import ablation, config, evaluation, refacing
+
+    run = ablation.variant_run(config.open_run("tiny", "phantom"), {"cascade.prior": "ridge"})
+    study = refacing.setup(run)
+    ckpt, _ = refacing.trained_cascade(run, study, progress=False)
+    assert ckpt != refacing._checkpoint_folder(config.open_run("tiny", "phantom"), study.config, study.data_key)
+    record = json.loads((ckpt / refacing.LINEAR_RECORD).read_text())
+    assert set(record["methods"]) == set(study.methods) and record["train_subjects"] == study.ids["train"]
+    ids, method = list(study.test_subjects)[:2], study.methods[0]
+    out, _ = refacing.reface_test_set(run, study.deface_folder, ckpt, ids, [method], study.template,
+                                      study.config, progress=False, n_jobs=1)
+    msd, _, _ = evaluation.face_msd_table(study.deface_folder, out, study.template,
+                                          {sid: study.test_subjects[sid] for sid in ids}, [method],
+                                          keep_surfaces=False, progress=False, n_jobs=1)
+    assert {"linear", "refaced_mean", "average"} <= set(msd["candidate"])
+    linear_img = nib.load(str(out / f"{method}_linear" / f"{ids[0]}.nii.gz")).get_fdata()
+    average_img = nib.load(str(out / f"{method}_average" / f"{ids[0]}.nii.gz")).get_fdata()
+    assert not np.allclose(linear_img, average_img)  # the linear prior changed the face
+    shipped = refacing.ship(ckpt, root=tmp_path / "ship")
+    assert json.loads((shipped / refacing.LINEAR_RECORD).read_text()) == record
+    target = tmp_path / "installed" / ckpt.name
+    assert refacing.install_shipped(target, root=tmp_path / "ship")
+    assert (target / refacing.LINEAR_RECORD).is_file()
