@@ -33,7 +33,7 @@ from .config import Run, open_run
 from .io import save_table
 
 __all__ = ["COUPLINGS", "ESTIMATORS", "control_overrides", "control_run", "face_tests", "run_control", "controls_table", "offsets_table",
-           "upsert_coupling", "same_recipe", "ship_control", "main"]
+           "upsert_coupling", "same_recipe", "permutation_run", "PERMUTATION", "ship_control", "main"]
 
 #: Couplings of the dose response (the profile's own value is its main run).
 COUPLINGS = (0.0, 0.5, 0.8, 1.0)
@@ -74,6 +74,23 @@ def control_run(profile: str, coupling: float) -> Run:
         return open_run(profile, "phantom")
     suffix = "null" if float(coupling) == 0.0 else f"coupling-{float(coupling):g}"
     return open_run(profile, "phantom", overrides=control_overrides(coupling), suffix=suffix)
+
+
+#: The permutation control's parameter (the main run's recipe, trained on shuffled faces).
+PERMUTATION = {"cascade.shuffle_faces": True}
+
+
+def permutation_run(run: Run) -> Run:
+    """``run`` with its cascade trained on shuffled faces (:func:`refacelib.refacing.shuffle_faces`).
+
+    Same folder, cohort, defacing and recipe; only the training pairs differ: each training
+    subject's removed voxels come from another subject. Nothing the attacker sees then
+    predicts the face the model learns, whatever the dataset (real data included), so the
+    refaced face must not beat the swap check: a person-specific "gain" here is a leak.
+    """
+    from .ablation import variant_run
+
+    return variant_run(run, PERMUTATION)
 
 
 def face_tests(msd: pd.DataFrame) -> pd.DataFrame:
@@ -186,12 +203,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated face couplings (default: %(default)s)")
     parser.add_argument("--ship", action="store_true",
                         help="export each control's trained cascade to checkpoints/ (for fresh clones)")
+    parser.add_argument("--permutation", choices=("yes", "no", "only"), default="yes",
+                        help="also run the permutation control (training faces shuffled); 'only': nothing else")
     args = parser.parse_args(argv)
-    couplings = [float(c) for c in args.couplings.split(",") if c.strip()]
+    couplings = [float(c) for c in args.couplings.split(",") if c.strip()] if args.permutation != "only" else []
     if any(not 0.0 <= c <= 1.0 for c in couplings):
         parser.error(f"couplings must lie in [0, 1], got {couplings}")
     main_run = open_run(args.profile, "phantom")
     path = main_run.tables / "controls.csv"
+    if args.permutation != "no":
+        run = permutation_run(main_run)
+        start = time.perf_counter()
+        print(f"control: permutation (training faces shuffled) in runs/{run.label} ...", flush=True)
+        with run_lock(run, holder="permutation control (make controls)"):
+            _, tests = run_control(run)
+        save_table(tests.assign(recipe=refacing.recipe_id(main_run)), main_run.tables / "controls_permutation.csv")
+        print(f"control: permutation done in {time.perf_counter() - start:.0f} s", flush=True)
+        if args.ship:
+            shipped = ship_control(run, command=f"python -m refacelib.controls --profile {args.profile} "
+                                                "--permutation only --ship")
+            print(f"control: shipped {shipped}" if shipped else "control: its cascade came from checkpoints/")
     for c in couplings:
         run = control_run(args.profile, c)
         start = time.perf_counter()

@@ -52,6 +52,7 @@ __all__ = [
     "refaced_test_set",
     "cascade_prior",
     "training_recipe",
+    "shuffle_faces",
     "recipe_id",
     "linear_models",
     "LINEAR_RECORD",
@@ -249,7 +250,39 @@ def training_recipe(run: Run) -> dict:
     training = {k: run.params["cascade"].get(k) for k in TRAINING_KEYS}
     if cascade_prior(run) != "average":  # only then: the keys of cascades trained before it existed stay
         training["prior"] = cascade_prior(run)
+    if run.params["cascade"].get("shuffle_faces"):
+        training["shuffle_faces"] = True
     return training
+
+
+def shuffle_faces(data: dict | None) -> dict | None:
+    """The permutation control's training data: each example's removed voxels from another subject.
+
+    Per method, example ``i`` keeps its own defaced image, mask and prior, but its original
+    inside the removal mask becomes that of the next subject (in order, cyclically): what the
+    attacker sees no longer predicts the face it is trained to produce, so a model trained on
+    it can learn only what is common to faces. (``cascade.shuffle_faces``; the test subjects
+    are never shuffled.)
+
+    Examples
+    --------
+    >>> d = {"original": np.arange(3, dtype=np.float32)[:, None] * np.ones((3, 2), np.float32),
+    ...      "mask": np.array([[True, False]] * 3), "method": ["m"] * 3, "subject": ["a", "b", "c"]}
+    >>> shuffle_faces(d)["original"].tolist()
+    [[1.0, 0.0], [2.0, 1.0], [0.0, 2.0]]
+    """
+    if data is None:
+        return None
+    original = np.array(data["original"], copy=True)
+    methods = np.asarray(data["method"])
+    for method in dict.fromkeys(data["method"]):
+        idx = np.flatnonzero(methods == method)
+        if len(idx) < 2:
+            raise ValueError(f"shuffling faces needs at least 2 subjects per method, {method!r} has {len(idx)}")
+        partner = np.roll(idx, -1)
+        mask = np.asarray(data["mask"])[idx]
+        original[idx] = np.where(mask, np.asarray(data["original"])[partner], np.asarray(data["original"])[idx])
+    return {**data, "original": original}
 
 
 def recipe_id(run: Run) -> str:
@@ -269,6 +302,8 @@ def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.Casc
     folder = _checkpoint_folder(run, config, data_key)
     folder.mkdir(parents=True, exist_ok=True)
     p = run.params["cascade"]
+    if p.get("shuffle_faces"):  # the permutation control: trained on faces that are not the head's own
+        train, val = shuffle_faces(train), shuffle_faces(val)
     histories, budget = [], p.get("max_seconds_per_stage")
     coarse_from = p.get("stage2_coarse", STAGE2_COARSE[0])
     if coarse_from not in STAGE2_COARSE:

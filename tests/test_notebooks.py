@@ -373,6 +373,11 @@ def test_controls_chapter_renders_the_tables_of_make_controls(tiny_book):
             # coupling 1 trained with another recipe: left out of the chapter, with a note
             pd.concat([table, table.assign(coupling=0.0), table.assign(coupling=1.0, recipe="other")]).to_csv(
                 path, index=False)
+        # the permutation control's table (here the coupling-0.8 tests stand in for it)
+        perm_path = run.tables / "controls_permutation.csv"
+        saved[perm_path] = perm_path.read_bytes() if perm_path.exists() else None
+        pd.read_csv(run.tables / "controls.csv").query("coupling == 0.8").drop(columns="coupling").to_csv(
+            perm_path, index=False)
         rows = pipeline.execute_chapters(run, ["09_controls"], force=True, log=lambda *a: None)
         assert [r["chapter"] for r in rows] == ["09_controls"]
         for name in ("controls_dose_response.png", "controls_offsets.png", "controls_person_specific.png"):
@@ -380,9 +385,13 @@ def test_controls_chapter_renders_the_tables_of_make_controls(tiny_book):
         text = (run.folder / "notebooks" / "09_controls.ipynb").read_text()
         assert "Negative control (coupling 0)" in text and "Traceback" not in text
         assert "Couplings 1 were run with another training recipe" in text
+        assert "Trained on shuffled faces, the refaced face was significantly closer than the swap check" in text
     finally:
         for path, data in saved.items():
-            path.write_bytes(data)
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(data)
 
 
 def test_training_recipe_ablation_on_the_validation_split(tiny_book):
