@@ -431,10 +431,12 @@ def test_ridge_prior_cascade_end_to_end(tiny_book, tmp_path):
 
     from refacelib import ablation, config, evaluation, refacing
 
-    run = ablation.variant_run(config.open_run("tiny", "phantom"), {"cascade.prior": "ridge"})
+    run = config.open_run("tiny", "phantom")
+    assert run.params["cascade"]["prior"] == "ridge"  # the profiles' recipe: the book built with it
     study = refacing.setup(run)
     ckpt, _ = refacing.trained_cascade(run, study, progress=False)
-    assert ckpt != refacing._checkpoint_folder(config.open_run("tiny", "phantom"), study.config, study.data_key)
+    plain = ablation.variant_run(run, {"cascade.prior": "average"})
+    assert ckpt != refacing._checkpoint_folder(plain, study.config, study.data_key)
     record = json.loads((ckpt / refacing.LINEAR_RECORD).read_text())
     assert set(record["methods"]) == set(study.methods) and record["train_subjects"] == study.ids["train"]
     ids, method = list(study.test_subjects)[:2], study.methods[0]
