@@ -24,7 +24,7 @@
 #
 # Both predict the clean image as a difference from the training cohort's average head,
 # scaled to the subject's intensity; noise is added, and the loss computed, only inside the
-# removal mask (see the methods in `refacelib.cascade` and `refacelib.train`).
+# removal mask (see the methods in `refacelib.diffusion.cascade` and `refacelib.diffusion.train`).
 
 # %% tags=["parameters"]
 # Defaults; `make book` injects its own values, `make lab` sets them through the environment.
@@ -35,6 +35,7 @@ dataset = os.environ.get("REFACE_DATASET", "phantom")
 publish_faces = False
 
 # %% tags=["hide-input"]
+import json
 import time
 
 import pandas as pd
@@ -57,7 +58,7 @@ device = str(resolve_device(settings.get("device", "auto")))
 glue("dataset_name", "the phantom cohort (simulated)" if run.is_phantom else "a user-supplied dataset", display=False)
 
 # %% [markdown]
-# This chapter ran on {glue:text}`dataset_name`, on device `{glue:text}`device``.
+# This chapter ran on {glue:text}`dataset_name`, on device {glue:text}`device`.
 #
 # ## Training data
 #
@@ -155,6 +156,42 @@ for s in (1, 2):  # "n/a" without a validation loss (no validation subjects)
 # while the validation loss was still falling (a longer training would likely help).
 
 # %% [markdown]
+# ## The prior under the cascade
+#
+# The networks learn a residual over a prior (`cascade.prior`). With `average`, the prior
+# is the cohort's average head matched to each defaced image. With `ridge`, a linear
+# predictor is added to it inside the removal mask (`refacelib.diffusion.linear`): per defacing
+# method, kernel ridge regression from the defaced image's visible voxels (common grid) to
+# the original's residual over the matched average inside the removed region, fitted on the
+# training subjects only, its penalty chosen on the validation subjects. Training examples
+# receive out-of-fold predictions (5 folds over subjects), so the residual the networks
+# learn is as large as on an unseen subject. It uses only what an attacker has: the defaced
+# image, and the training cohort.
+
+# %% tags=["hide-input"]
+linear_record = ckpt_folder / refacing.LINEAR_RECORD
+if linear_record.is_file():
+    record = json.loads(linear_record.read_text())["methods"]
+    rows = [{"method": m, "lambda": r["lambda"], **{f"val_{k}": v for k, v in r["val_masked_mse"].items()}}
+            for m, r in record.items()]
+    glue("prior_status", Markdown(
+        f"This run's cascade uses the **linear (ridge) prior**, fitted on {len(study.ids['train'])} training "
+        "subjects; the penalty of each method (relative to the kernel's mean diagonal) was chosen by the "
+        "validation subjects' mean squared error inside the removal mask (intensity unit squared), below."),
+        display=False)
+    report.reader_table(pd.DataFrame(rows), csv_name="linear_prior.csv",
+                        columns={"method": "Method", "lambda": "Chosen penalty",
+                                 **{f"val_{k}": f"Validation error, penalty {k}" for k in
+                                    next(iter(record.values()))["val_masked_mse"]}},
+                        formats={f"val_{k}": 6 for k in next(iter(record.values()))["val_masked_mse"]})
+else:
+    glue("prior_status", Markdown("This run's cascade uses the **matched average head** as its prior "
+                                  "(`cascade.prior: average`)."), display=False)
+
+# %% [markdown]
+# {glue:md}`prior_status`
+
+# %% [markdown]
 # ## Choosing the recipe on the validation split
 #
 # `make ablation` trains the cascade under a few recipes (the base recipe, the profile's when
@@ -196,6 +233,7 @@ else:
         "refaced_mean_minus_average_mm": "Mean of samples - average face (mm)",
         "refaced_minus_average_mm": "One sample - average face (mm)",
         "swapped_minus_average_mm": "Swap check - average face (mm)",
+        "linear_minus_average_mm": "Linear prior alone - average face (mm)",
         "refaced_mean_minus_swapped_mm": "Mean of samples - swap check (mm)",
         "refaced_mean_closer": "Share of pairs closer (mean)", "train_seconds": "Training time (s)",
         "selected": "Selected"})

@@ -74,8 +74,10 @@ stage1_mm = run.params["cascade"]["voxel_mm"] * run.params["cascade"]["factor"]
 msd = table("face_msd")
 row_msd = msd[(msd["subject"] == sid) & (msd["method"] == method)].set_index("candidate")["msd_mm"]
 titles = {k: f"{k}\nMSD {report.fmt_mm(row_msd[k])} mm to the original" for k in ("defaced", "refaced") if k in row_msd}
+linear_prior = run.params["cascade"].get("prior", "average") == "ridge"
 steps = [f"defacing\n({method})",
-         f"refacing model:\n3D diffusion cascade\nstage 1 {stage1_mm:g} mm,\nstage 2 {run.params['cascade']['voxel_mm']:g} mm"]
+         "refacing model:\n" + ("linear prior +\n" if linear_prior else "")
+         + f"3D diffusion cascade\nstage 1 {stage1_mm:g} mm,\nstage 2 {run.params['cascade']['voxel_mm']:g} mm"]
 fig = overview.plot_overview(
     views, steps=steps,
     face_slice=overview.mid_sagittal(original, masks["original"]) if faces.show else None,
@@ -94,7 +96,8 @@ glue("overview_method", method, display=False)
 #
 # The study at a glance, drawn from this run. Top: test subject {glue:text}`overview_subject`'s
 # original head, the same head defaced by {glue:text}`overview_method`, and refaced by the
-# diffusion cascade (a single sample), rendered as surfaces, with each face's MSD to the
+# refacing model (one sample of the diffusion cascade over its prior), rendered as
+# surfaces, with each face's MSD to the
 # original. Bottom: the facial voxels the muscle model reads, and Spearman's rho between the
 # predicted and the true CT muscle radiodensity from the original and from each defaced
 # image, mean and 95% interval (half-samples that refit the model).

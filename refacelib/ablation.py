@@ -4,7 +4,7 @@
 cascade of a profile under each recipe of :func:`variants` (the profile's own
 recipe and deviations from it, one setting at a time), refaces the
 *validation* subjects with it under every defacing method, and measures their
-faces with the re-identification chapter's code (:func:`refacelib.evaluation.face_msd_table`):
+faces with the re-identification chapter's code (:func:`refacelib.pipeline.evaluation.face_msd_table`):
 
 * the last validation loss of each stage (masked x0 error, EMA weights, fixed noise);
 * the paired face distance (MSD, mm) of the mean of samples and of one sample
@@ -43,7 +43,7 @@ __all__ = ["SELECT_BY", "variants", "variant_run", "evaluate_variant", "summaris
            "table_for_run", "main"]
 
 #: The candidate tried for every recipe, and its baseline (the matched average face).
-CANDIDATES = ("refaced_mean", "refaced", "swapped")
+CANDIDATES = ("refaced_mean", "refaced", "swapped", "linear")
 BASELINE = "average"
 
 
@@ -56,7 +56,7 @@ def variants(params: dict) -> dict[str, dict]:
     twice the channels, stage 2 on the grid the faces are measured on
     (``deface.voxel_mm``; stage 1 keeps its resolution) when the cascade's grid
     is coarser, and stage 2 trained on the downsampled original instead of
-    stage 1's samples.
+    stage 1's samples, and the linear prior (:mod:`refacelib.diffusion.linear`) under the cascade.
 
     Examples
     --------
@@ -85,6 +85,8 @@ def variants(params: dict) -> dict[str, dict]:
                                               "cascade.factor": int(c.get("factor", 2) * ratio)}
     if c.get("stage2_coarse", refacing.STAGE2_COARSE[0]) == "stage1_samples":
         out["stage 2 on the downsampled original"] = {"cascade.stage2_coarse": "downsampled_truth"}
+    if c.get("prior", "average") == "average":
+        out["linear (ridge) prior"] = {"cascade.prior": "ridge"}
     return out
 
 
@@ -111,11 +113,11 @@ def evaluate_variant(run: Run, *, progress: bool = True) -> tuple[dict, pd.DataF
         ``checkpoint`` (the cascade's cache folder name), ``stage1_steps``,
         ``stage2_steps``, ``stage1_val_loss``, ``stage2_val_loss``,
         ``stage1_val_tail_pct``, ``stage2_val_tail_pct`` (change of the validation
-        loss over the last quarter of the steps, :func:`refacelib.train.validation_trend`),
+        loss over the last quarter of the steps, :func:`refacelib.diffusion.train.validation_trend`),
         ``train_seconds`` (measured when the checkpoints were made),
         ``n_subjects``, ``n_pairs``.
     msd : DataFrame
-        The face table of the validation subjects (:func:`refacelib.evaluation.face_msd_table`).
+        The face table of the validation subjects (:func:`refacelib.pipeline.evaluation.face_msd_table`).
     """
     study = refacing.setup(run)
     ckpt, history = refacing.trained_cascade(run, study, progress=progress)

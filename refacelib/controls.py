@@ -36,12 +36,12 @@ from refacelib.pipeline.book import run_lock
 from refacelib.pipeline.config import Run, open_run
 
 __all__ = ["COUPLINGS", "ESTIMATORS", "control_overrides", "control_run", "face_tests", "run_control", "controls_table", "offsets_table",
-           "upsert_coupling", "ship_control", "main"]
+           "upsert_coupling", "same_recipe", "permutation_run", "PERMUTATION", "ship_control", "main"]
 
 #: Couplings of the dose response (the profile's own value is its main run).
 COUPLINGS = (0.0, 0.5, 0.8, 1.0)
 #: Candidates tested against the matched baselines in every run.
-ESTIMATORS = ("refaced", "refaced_mean", "swapped", "oracle")
+ESTIMATORS = ("refaced", "refaced_mean", "linear", "swapped", "oracle")
 BASELINES = ("average", "template_average")
 
 
@@ -79,13 +79,33 @@ def control_run(profile: str, coupling: float) -> Run:
     return open_run(profile, "phantom", overrides=control_overrides(coupling), suffix=suffix)
 
 
+#: The permutation control's parameter (the main run's recipe, trained on shuffled faces).
+PERMUTATION = {"cascade.shuffle_faces": True}
+
+
+def permutation_run(run: Run) -> Run:
+    """``run`` with its cascade trained on shuffled faces (:func:`refacelib.pipeline.refacing.shuffle_faces`).
+
+    Same folder, cohort, defacing and recipe; only the training pairs differ: each training
+    subject's removed voxels come from another subject. Nothing the attacker sees then
+    predicts the face the model learns, whatever the dataset (real data included), so the
+    refaced face must not beat the swap check: a person-specific "gain" here is a leak.
+    """
+    from .ablation import variant_run
+
+    return variant_run(run, PERMUTATION)
+
+
 def face_tests(msd: pd.DataFrame) -> pd.DataFrame:
     """Paired tests of every estimator in :data:`ESTIMATORS` present in ``msd`` against both matched
-    baselines, and of the refaced estimators against the swap check (the person-specific part)."""
+    baselines, of the refaced estimators against the swap check (the person-specific part) and,
+    when the cascade has a linear prior (``linear`` rows), against that prior alone."""
     present = [e for e in ESTIMATORS if e in set(msd["candidate"])]
     out = [reid.wilcoxon_tests(msd, baseline=BASELINES, estimators=present)]
     if "swapped" in present:
         out.append(reid.wilcoxon_tests(msd, baseline="swapped", estimators=("refaced", "refaced_mean")))
+    if "linear" in present:  # what the diffusion stages add to the linear prior they refine
+        out.append(reid.wilcoxon_tests(msd, baseline="linear", estimators=("refaced", "refaced_mean")))
     return pd.concat(out, ignore_index=True)
 
 
@@ -111,7 +131,7 @@ def ship_control(run: Run, *, command: str = "") -> Path | None:
         return None
     p = run.params["cascade"]
     return refacing.ship(folder, device=str(resolve_device(p.get("device", "auto"))), command=command,
-                         training={k: p.get(k) for k in refacing.TRAINING_KEYS})
+                         training=refacing.training_recipe(run))
 
 
 def controls_table(results: dict[float, pd.DataFrame]) -> pd.DataFrame:
@@ -144,6 +164,25 @@ def offsets_table(msd: pd.DataFrame) -> pd.DataFrame:
     return out.assign(n=msd.groupby(keys)["msd_mm"].count().astype(float)).reset_index()
 
 
+def same_recipe(table: pd.DataFrame | None, recipe: str) -> tuple[pd.DataFrame | None, list]:
+    """The rows of ``table`` whose cascade was trained with ``recipe``, and the couplings left out.
+
+    A coupling run with another recipe (or before recipes were recorded) would mix two models
+    in one dose response.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"coupling": [0.0, 0.8, 1.0], "recipe": ["a", "a", "b"]})
+    >>> kept, stale = same_recipe(t, "a")
+    >>> kept["coupling"].tolist(), stale
+    ([0.0, 0.8], [1.0])
+    """
+    if table is None or len(table) == 0:
+        return table, []
+    same = table["recipe"].astype(str) == recipe if "recipe" in table else pd.Series(False, index=table.index)
+    return table[same].reset_index(drop=True), sorted(float(c) for c in set(table.loc[~same, "coupling"]))
+
+
 def upsert_coupling(path, coupling: float, table: pd.DataFrame) -> pd.DataFrame:
     """Replace the rows of ``coupling`` in the CSV at ``path`` (kept rows of other couplings), save, return it."""
     table = controls_table({coupling: table})
@@ -163,21 +202,38 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated face couplings (default: %(default)s)")
     parser.add_argument("--ship", action="store_true",
                         help="export each control's trained cascade to checkpoints/ (for fresh clones)")
+    parser.add_argument("--permutation", choices=("yes", "no", "only"), default="yes",
+                        help="also run the permutation control (training faces shuffled); 'only': nothing else")
     args = parser.parse_args(argv)
-    couplings = [float(c) for c in args.couplings.split(",") if c.strip()]
+    couplings = [float(c) for c in args.couplings.split(",") if c.strip()] if args.permutation != "only" else []
     if any(not 0.0 <= c <= 1.0 for c in couplings):
         parser.error(f"couplings must lie in [0, 1], got {couplings}")
     main_run = open_run(args.profile, "phantom")
     path = main_run.tables / "controls.csv"
+    if args.permutation != "no":
+        run = permutation_run(main_run)
+        start = time.perf_counter()
+        print(f"control: permutation (training faces shuffled) in runs/{run.label} ...", flush=True)
+        with run_lock(run, holder="permutation control (make controls)"):
+            _, tests = run_control(run)
+        save_table(tests.assign(recipe=refacing.recipe_id(main_run)), main_run.tables / "controls_permutation.csv")
+        print(f"control: permutation done in {time.perf_counter() - start:.0f} s", flush=True)
+        if args.ship:
+            shipped = ship_control(run, command=f"python -m refacelib.controls --profile {args.profile} "
+                                                "--permutation only --ship")
+            print(f"control: shipped {shipped}" if shipped else "control: its cascade came from checkpoints/")
     for c in couplings:
         run = control_run(args.profile, c)
         start = time.perf_counter()
         print(f"control: face_coupling {c:g} in runs/{run.label} ...", flush=True)
         with run_lock(run):
             msd, tests = run_control(run)
-        upsert_coupling(path, c, tests)
+        # the recipe the control's cascade was trained with: the chapter uses only the couplings trained
+        # like the main run's cascade
+        upsert_coupling(path, c, tests.assign(recipe=refacing.recipe_id(run)))
         if "offset_mm" in msd:
-            upsert_coupling(main_run.tables / "controls_offsets.csv", c, offsets_table(msd))
+            upsert_coupling(main_run.tables / "controls_offsets.csv", c,
+                            offsets_table(msd).assign(recipe=refacing.recipe_id(run)))
         print(f"control: face_coupling {c:g} done in {time.perf_counter() - start:.0f} s", flush=True)
         if args.ship:
             shipped = ship_control(run, command=f"python -m refacelib.controls --profile {args.profile} "

@@ -113,3 +113,25 @@ def test_shipped_ablation_table_enters_the_training_chapters_cache_key(runs_root
     (tmp_path / "checkpoints").mkdir()
     _table(["cascade-a"], [0.0]).to_csv(tmp_path / "checkpoints" / "ablation-tiny.csv", index=False)
     assert pipeline._inputs_digest(run, "04_training") != before
+
+
+def test_recipe_ids_separate_prior_and_permutation_but_not_data(runs_root):
+    """The controls table keeps a coupling only when its cascade was trained like the book's: the recipe id
+    changes with the prior and the face shuffling, not with the phantom's coupling; old checkpoints keep
+    their keys (average prior, no shuffling)."""
+    from refacelib import controls
+
+    run = config.open_run("tiny", "phantom", create=False)
+    cfg = cascade.CascadeConfig.from_dict({"stage1": run.params["cascade"]["stage1"],
+                                           "stage2": run.params["cascade"]["stage2"]})
+    average = ablation.variant_run(run, {"cascade.prior": "average"})
+    assert "prior" not in refacing.training_recipe(average)
+    ridge = ablation.variant_run(run, {"cascade.prior": "ridge"})
+    perm = controls.permutation_run(ridge)
+    assert perm.params["cascade"]["shuffle_faces"] is True and refacing.training_recipe(perm)["shuffle_faces"]
+    ids = {refacing.recipe_id(r) for r in (average, ridge, perm)}
+    assert len(ids) == 3
+    folders = {refacing._checkpoint_folder(r, cfg, "data").name for r in (average, ridge, perm)}
+    assert len(folders) == 3
+    null = controls.control_run("tiny", 0.0)
+    assert refacing.recipe_id(null) == refacing.recipe_id(run)  # another coupling, the same recipe

@@ -119,6 +119,15 @@ def test_zero_printed_with_four_decimals_is_reported(chromium, tmp_path):
         "table 1 (model | p): row 5, column 2 (p) reads '\u22120.00000'"]
 
 
+def test_myst_role_left_as_text_is_reported(chromium, tmp_path):
+    html = tmp_path / "html"
+    bad = _page(html, "book/bad.html", "<p>on device <code>{glue:text}</code>device``.</p>")
+    good = _page(html, "book/good.html", "<p>on device <strong>cpu</strong>.</p>")
+    problems = _problems(html, [bad, good], chromium)
+    assert problems[good] == [] and len(problems[bad]) == 1
+    assert problems[bad][0].startswith("MyST role shown as text, not rendered: {glue:text}")
+
+
 def test_chapter_figures_need_a_numbered_caption(chromium, tmp_path):
     html = tmp_path / "html"
     (html / "_images").mkdir(parents=True)

@@ -347,6 +347,9 @@ def test_controls_table_from_the_cached_run(tiny_book):
     assert set(table["coupling"]) == {own}
     assert {"refaced", "refaced_mean", "swapped", "oracle"} <= set(table["estimator"])
     assert {"hl_diff_mm", "ci_low_mm", "ci_high_mm", "p_holm", "rbc"} <= set(table.columns)
+    from refacelib.pipeline import refacing as _refacing
+
+    assert set(table["recipe"]) == {_refacing.recipe_id(config.open_run("tiny", "phantom"))}
     # a control's cascade ships like the book's (make controls on a fresh clone then skips its training)
     from refacelib.pipeline import refacing
 
@@ -372,16 +375,28 @@ def test_controls_chapter_renders_the_tables_of_make_controls(tiny_book):
             path = run.tables / name
             saved[path] = path.read_bytes()
             table = pd.read_csv(path)
-            pd.concat([table, table.assign(coupling=0.0)]).to_csv(path, index=False)
+            # coupling 1 trained with another recipe: left out of the chapter, with a note
+            pd.concat([table, table.assign(coupling=0.0), table.assign(coupling=1.0, recipe="other")]).to_csv(
+                path, index=False)
+        # the permutation control's table (here the coupling-0.8 tests stand in for it)
+        perm_path = run.tables / "controls_permutation.csv"
+        saved[perm_path] = perm_path.read_bytes() if perm_path.exists() else None
+        pd.read_csv(run.tables / "controls.csv").query("coupling == 0.8").drop(columns="coupling").to_csv(
+            perm_path, index=False)
         rows = pipeline.execute_chapters(run, ["09_controls"], force=True, log=lambda *a: None)
         assert [r["chapter"] for r in rows] == ["09_controls"]
         for name in ("controls_dose_response.png", "controls_offsets.png", "controls_person_specific.png"):
             assert (run.figures / name).stat().st_size > 5_000, name
         text = (run.folder / "notebooks" / "09_controls.ipynb").read_text()
         assert "Negative control (coupling 0)" in text and "Traceback" not in text
+        assert "Couplings 1 were run with another training recipe" in text
+        assert "Trained on shuffled faces, the refaced face was significantly closer than the swap check" in text
     finally:
         for path, data in saved.items():
-            path.write_bytes(data)
+            if data is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(data)
 
 
 def test_training_recipe_ablation_on_the_validation_split(tiny_book):
@@ -414,3 +429,36 @@ def test_training_recipe_ablation_on_the_validation_split(tiny_book):
         assert "gained most for the person on the validation split" in text and "Traceback" not in text
     finally:
         (run.tables / "ablation.csv").unlink()
+
+
+def test_ridge_prior_cascade_end_to_end(tiny_book, tmp_path):
+    """cascade.prior: ridge trains on out-of-fold linear priors, refaces with the linear prior
+    (written as its own candidate, measured like the others) and ships the record its refit needs."""
+    import json
+
+    from refacelib import ablation
+    from refacelib.pipeline import config, evaluation, refacing
+
+    run = config.open_run("tiny", "phantom")
+    assert run.params["cascade"]["prior"] == "ridge"  # the profiles' recipe: the book built with it
+    study = refacing.setup(run)
+    ckpt, _ = refacing.trained_cascade(run, study, progress=False)
+    plain = ablation.variant_run(run, {"cascade.prior": "average"})
+    assert ckpt != refacing._checkpoint_folder(plain, study.config, study.data_key)
+    record = json.loads((ckpt / refacing.LINEAR_RECORD).read_text())
+    assert set(record["methods"]) == set(study.methods) and record["train_subjects"] == study.ids["train"]
+    ids, method = list(study.test_subjects)[:2], study.methods[0]
+    out, _ = refacing.reface_test_set(run, study.deface_folder, ckpt, ids, [method], study.template,
+                                      study.config, progress=False, n_jobs=1)
+    msd, _, _ = evaluation.face_msd_table(study.deface_folder, out, study.template,
+                                          {sid: study.test_subjects[sid] for sid in ids}, [method],
+                                          keep_surfaces=False, progress=False, n_jobs=1)
+    assert {"linear", "refaced_mean", "average"} <= set(msd["candidate"])
+    linear_img = nib.load(str(out / f"{method}_linear" / f"{ids[0]}.nii.gz")).get_fdata()
+    average_img = nib.load(str(out / f"{method}_average" / f"{ids[0]}.nii.gz")).get_fdata()
+    assert not np.allclose(linear_img, average_img)  # the linear prior changed the face
+    shipped = refacing.ship(ckpt, root=tmp_path / "ship")
+    assert json.loads((shipped / refacing.LINEAR_RECORD).read_text()) == record
+    target = tmp_path / "installed" / ckpt.name
+    assert refacing.install_shipped(target, root=tmp_path / "ship")
+    assert (target / refacing.LINEAR_RECORD).is_file()

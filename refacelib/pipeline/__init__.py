@@ -36,7 +36,8 @@ _MODULES = {
         "intensity_match", "apply_match", "build_examples", "full_resolution", "REFACED_NAMES",
         "swap_partners", "write_subject", "train_cascade", "reface_test_set", "record_timings",
         "masked_errors", "RefacingSetup", "setup", "trained_cascade", "refaced_test_set", "shipped_root",
-        "install_shipped", "training_provenance", "ship",
+        "install_shipped", "training_provenance", "ship", "cascade_prior", "training_recipe", "shuffle_faces",
+        "recipe_id", "linear_models", "LINEAR_RECORD",
     ],
     "chapter": [
         "Chapter", "dataset_name", "start_chapter",

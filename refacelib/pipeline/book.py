@@ -87,7 +87,8 @@ book with this appendix filled in.
 #: writes ``tables/controls.csv``, ``make ablation`` ``tables/ablation.csv``): their content enters the
 #: chapter's cache key. Paths are relative to the run folder; ``project:`` ones to the project root
 #: (the ablation table shipped beside the checkpoints), with ``{profile}`` filled in.
-CHAPTER_INPUTS = {"09_controls": ("tables/controls.csv", "tables/controls_offsets.csv"),
+CHAPTER_INPUTS = {"09_controls": ("tables/controls.csv", "tables/controls_offsets.csv",
+                                  "tables/controls_permutation.csv"),
                   "04_training": ("tables/ablation.csv", "project:checkpoints/ablation-{profile}.csv")}
 
 

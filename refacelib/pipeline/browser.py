@@ -41,6 +41,9 @@ __all__ = ["CHROMIUM_FLAGS", "LAYOUT_SCRIPT", "find_chromium", "install_chromium
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run")
+#: A MyST role that reached the reader as text (e.g. a glue role inside backticks).
+_UNRENDERED_ROLE = re.compile(r"\{(?:glue(?::\w+)?|numref|cite(?::\w+)?|ref|doc)\}\S{0,40}")
+
 _FIGURE_AS_TEXT = re.compile(r"&lt;Figure size [0-9x]+ with \d+ Axes&gt;|<Figure size [0-9x]+ with \d+ Axes>")
 # a cell that prints a zero with 4+ decimals: a p-value (or effect) rounded to nothing
 _ZERO_CELL = re.compile(r"[-+\u2212]?0\.0{4,}")
@@ -542,6 +545,8 @@ def check_book(html_folder: os.PathLike, *, screenshots: os.PathLike | None = No
             check.images, check.links = len(images), len(links)
             for text in sorted(set(_FIGURE_AS_TEXT.findall(dom))):
                 check.problems.append(f"figure shown as text, not as an image: {html_lib.unescape(text)}")
+            for text in sorted(set(_UNRENDERED_ROLE.findall(html_lib.unescape(re.sub(r"<[^>]+>", "", dom))))):
+                check.problems.append(f"MyST role shown as text, not rendered: {text}")
             for src in images:
                 path = _internal(src, page_url, base)
                 if path is not None and served.get("/" + path) != 200:

@@ -46,7 +46,8 @@ def candidate_images(deface_folder: Path, refaced_folder: Path, sid: str, method
     ``defaced``; the cascade's ``refaced`` (one sample) and ``refaced_mean``;
     the matched baselines ``average`` and ``template_average`` (the same path
     as the cascade with a zero residual, in the same removal mask); ``swapped``
-    (the swap check, :func:`refacelib.pipeline.refacing.reface_test_set`); and, for the
+    (the swap check, :func:`refacelib.pipeline.refacing.reface_test_set`); ``linear``, the
+    linear prior alone, when the cascade has one (:mod:`refacelib.diffusion.linear`); and, for the
     phantom, ``oracle``: the subject's head regenerated with its face latents
     replaced by their expectation given the rest of the head, composited into
     the same removal mask (the best any model could do).
@@ -56,6 +57,9 @@ def candidate_images(deface_folder: Path, refaced_folder: Path, sid: str, method
     for name, stored in (("refaced", "sample"), ("refaced_mean", "mean"), ("average", "average"),
                          ("template_average", "template_average"), ("swapped", "swapped")):
         out[name] = load_defaced(refaced_folder, f"{method}_{stored}", sid)[0]
+    linear = _stored(refaced_folder, f"{method}_linear", sid)
+    if linear is not None:  # cascade.prior: ridge: the linear prior alone, through the same path
+        out["linear"] = linear
     oracle = _stored(deface_folder, "oracle", sid)
     if oracle is not None:
         removal = load_defaced(deface_folder, f"{method}_removal", sid)[0] > 0

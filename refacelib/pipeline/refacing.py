@@ -25,6 +25,7 @@ from refacelib._utils.parallel import default_jobs
 from refacelib.data.template import Template
 from refacelib.deface.methods import face_region
 from refacelib.diffusion import cascade as _cascade
+from refacelib.diffusion import linear as _linear
 from refacelib.diffusion.grid import (INTENSITY_SCALE, apply_match, common_grid, full_resolution, intensity_match,
                                       subject_scale, zoom_to_shape)
 from refacelib.diffusion.sample import reface
@@ -49,6 +50,12 @@ __all__ = [
     "setup",
     "trained_cascade",
     "refaced_test_set",
+    "cascade_prior",
+    "training_recipe",
+    "shuffle_faces",
+    "recipe_id",
+    "linear_models",
+    "LINEAR_RECORD",
     "shipped_root",
     "install_shipped",
     "training_provenance",
@@ -145,9 +152,61 @@ TRAINING_KEYS = ("voxel_mm", "factor", "box_margin", "per_method", "stage1", "st
 STAGE2_COARSE = ("stage1_samples", "downsampled_truth")
 
 
-def _checkpoint_folder(run: Run, config: _cascade.CascadeConfig, data_key: str) -> Path:
+def cascade_prior(run: Run) -> str:
+    """``cascade.prior``: ``average`` (the matched cohort average) or ``ridge`` (plus :mod:`refacelib.diffusion.linear`)."""
+    prior = run.params["cascade"].get("prior", "average")
+    if prior not in _linear.PRIORS:
+        raise ValueError(f"cascade.prior must be one of {_linear.PRIORS}, got {prior!r}")
+    return prior
+
+
+def training_recipe(run: Run) -> dict:
+    """The run's cascade parameters that change the trained models (:data:`TRAINING_KEYS`, and the prior)."""
     training = {k: run.params["cascade"].get(k) for k in TRAINING_KEYS}
-    return stage_folder(run, "cascade", [config.to_dict(), data_key, training, CASCADE_VERSION])
+    if cascade_prior(run) != "average":  # only then: the keys of cascades trained before it existed stay
+        training["prior"] = cascade_prior(run)
+    if run.params["cascade"].get("shuffle_faces"):
+        training["shuffle_faces"] = True
+    return training
+
+
+def shuffle_faces(data: dict | None) -> dict | None:
+    """The permutation control's training data: each example's removed voxels from another subject.
+
+    Per method, example ``i`` keeps its own defaced image, mask and prior, but its original
+    inside the removal mask becomes that of the next subject (in order, cyclically): what the
+    attacker sees no longer predicts the face it is trained to produce, so a model trained on
+    it can learn only what is common to faces. (``cascade.shuffle_faces``; the test subjects
+    are never shuffled.)
+
+    Examples
+    --------
+    >>> d = {"original": np.arange(3, dtype=np.float32)[:, None] * np.ones((3, 2), np.float32),
+    ...      "mask": np.array([[True, False]] * 3), "method": ["m"] * 3, "subject": ["a", "b", "c"]}
+    >>> shuffle_faces(d)["original"].tolist()
+    [[1.0, 0.0], [2.0, 1.0], [0.0, 2.0]]
+    """
+    if data is None:
+        return None
+    original = np.array(data["original"], copy=True)
+    methods = np.asarray(data["method"])
+    for method in dict.fromkeys(data["method"]):
+        idx = np.flatnonzero(methods == method)
+        if len(idx) < 2:
+            raise ValueError(f"shuffling faces needs at least 2 subjects per method, {method!r} has {len(idx)}")
+        partner = np.roll(idx, -1)
+        mask = np.asarray(data["mask"])[idx]
+        original[idx] = np.where(mask, np.asarray(data["original"])[partner], np.asarray(data["original"])[idx])
+    return {**data, "original": original}
+
+
+def recipe_id(run: Run) -> str:
+    """A short name of the training recipe, the same for runs that differ only in their data (controls)."""
+    return stable_hash([training_recipe(run), CASCADE_VERSION])
+
+
+def _checkpoint_folder(run: Run, config: _cascade.CascadeConfig, data_key: str) -> Path:
+    return stage_folder(run, "cascade", [config.to_dict(), data_key, training_recipe(run), CASCADE_VERSION])
 
 
 def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.CascadeConfig, *, data_key: str,
@@ -156,19 +215,28 @@ def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.Casc
     folder = _checkpoint_folder(run, config, data_key)
     folder.mkdir(parents=True, exist_ok=True)
     p = run.params["cascade"]
+    if p.get("shuffle_faces"):  # the permutation control: trained on faces that are not the head's own
+        train, val = shuffle_faces(train), shuffle_faces(val)
     histories, budget = [], p.get("max_seconds_per_stage")
     coarse_from = p.get("stage2_coarse", STAGE2_COARSE[0])
     if coarse_from not in STAGE2_COARSE:
         raise ValueError(f"cascade.stage2_coarse must be one of {STAGE2_COARSE}, got {coarse_from!r}")
+    train_prior, val_prior = train["prior"], None if val is None else val["prior"]
+    if cascade_prior(run) == "ridge" and not all((folder / f"stage{s}.done").exists() for s in (1, 2)):
+        models, record = _linear.fit_methods(train, val)
+        train_prior = _linear.model_prior(train, models, training=True)
+        val_prior = None if val is None else _linear.model_prior(val, models)
+        atomic_write_text(folder / LINEAR_RECORD, json.dumps(
+            {"train_subjects": list(dict.fromkeys(train["subject"])), "methods": record}, indent=2))
     for stage in (1, 2):
         ckpt = folder / f"stage{stage}.pt"
         hist_path = folder / f"stage{stage}_history.csv"
         if is_done(folder, f"stage{stage}.done"):
             histories.append(pd.read_csv(hist_path))
             continue
-        keys = ("original", "defaced", "mask", "prior")
-        train_data = {k: train[k] for k in keys}
-        val_data = None if val is None else {k: val[k] for k in keys}
+        keys = ("original", "defaced", "mask")
+        train_data = {**{k: train[k] for k in keys}, "prior": train_prior}
+        val_data = None if val is None else {**{k: val[k] for k in keys}, "prior": val_prior}
         prep_start = time.perf_counter()
         if stage == 2 and coarse_from == "stage1_samples":
             stage1 = load_stage(folder / "stage1.pt", device=p.get("device", "auto"))[0]
@@ -187,6 +255,45 @@ def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.Casc
         mark_done(folder, {"steps": int(history["step"].max())}, f"stage{stage}.done")
         histories.append(history)
     return folder, pd.concat(histories, ignore_index=True)
+
+
+#: The linear prior's record in a cascade folder (``cascade.prior: ridge``): the training subjects
+#: and each method's ridge penalty, from which :func:`linear_models` refits it.
+LINEAR_RECORD = "linear_prior.json"
+
+
+def linear_models(ckpt_folder: Path, deface_folder: Path, template: Template, voxel_mm: float,
+                  methods) -> dict | None:
+    """The fitted linear priors of a cascade trained with ``cascade.prior: ridge`` (None otherwise).
+
+    Refitted from the training cohort's examples and the penalties recorded at
+    training (:data:`LINEAR_RECORD`): the fit is deterministic, and its
+    inputs (tens of MB) need not ship with the checkpoint.
+    """
+    path = Path(ckpt_folder) / LINEAR_RECORD
+    if not path.is_file():
+        return None
+    key = (str(Path(ckpt_folder).resolve()), str(Path(deface_folder).resolve()), float(voxel_mm), tuple(methods),
+           path.read_text())
+    if key not in _LINEAR_CACHE:  # a process that refaces several times (the sampler benchmark) refits once
+        _LINEAR_CACHE.clear()
+        _LINEAR_CACHE[key] = _fit_linear(path, deface_folder, template, voxel_mm, methods)
+    return _LINEAR_CACHE[key]
+
+
+_LINEAR_CACHE: dict = {}
+
+
+def _fit_linear(path: Path, deface_folder: Path, template: Template, voxel_mm: float, methods) -> dict:
+    record = json.loads(path.read_text())
+    lambdas = {m: r["lambda"] for m, r in record["methods"].items()}
+    models = {}
+    for method in methods:
+        if method not in lambdas:
+            raise ValueError(f"{path.name} has no linear prior for {method!r} (it has {sorted(lambdas)})")
+        train = build_examples(deface_folder, record["train_subjects"], [method], template, voxel_mm)
+        models.update(_linear.fit_methods(train, lambdas=lambdas)[0])
+    return models
 
 
 def stage1_coarse(stage1_model, data: dict, config: _cascade.CascadeConfig, *, steps: int, seed: int,
@@ -264,6 +371,7 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
         return out, pd.read_csv(out / "timings.csv")
     if models is None:
         models = tuple(load_stage(ckpt_folder / f"stage{s}.pt", device=p.get("device", "auto"))[0] for s in (1, 2))
+    linear = linear_models(ckpt_folder, deface_folder, template, p["voxel_mm"], methods)
     averages = {"": nib.load(str(Path(deface_folder) / "cohort_average.nii.gz")).get_fdata(dtype=np.float32),
                 "template_": template.data.astype(np.float32)}
     partners = swap_partners(list(test_ids), test_sets)
@@ -273,7 +381,9 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
         start = time.perf_counter()
         data = build_examples(deface_folder, test_ids, [method], template, p["voxel_mm"], attacker=True,
                               baselines=True)
-        result = reface(data["defaced"], data["mask"], data["prior"], models, config, sampler=p["sampler"],
+        # the cascade's prior: the matched average, plus the linear prediction with cascade.prior: ridge
+        model_prior = data["prior"] if linear is None else _linear.model_prior(data, linear)
+        result = reface(data["defaced"], data["mask"], model_prior, models, config, sampler=p["sampler"],
                         steps=p["sample_steps"], n_samples=p["n_samples"], seed=int(run.params["seed"]),
                         batch_size=p.get("sample_batch", 8), device=p.get("device", "auto"), progress=progress)
         tasks = []
@@ -284,6 +394,8 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
             volumes = {"sample": (result["sample"][i], ""), "mean": (result["mean"][i], ""),
                        "average": (data["prior"][i], ""), "swapped": (swapped, ""),
                        "template_average": (data["template_prior"][i], "template_")}
+            if linear is not None:  # the linear prior alone: what the diffusion stages add is measured against it
+                volumes["linear"] = (model_prior[i], "")
             specs = {name: (common, data[f"{k}prior"][i], averages[k], data[f"{k or 'average_'}norm"],
                             data[f"{k}match"][i], data["mask"][i]) for name, (common, k) in volumes.items()}
             tasks.append((out, deface_folder, template, sid, method, specs, float(data["scale"][i])))
@@ -452,7 +564,7 @@ def training_plan(run: Run) -> str | None:
     if all(is_done(folder, f"stage{s}.done") for s in (1, 2)) or (shipped / "training.json").is_file():
         return None
     p = run.params["cascade"]
-    training = {k: p.get(k) for k in TRAINING_KEYS}
+    training = training_recipe(run)
     steps = f"{p['stage1']['steps']} + {p['stage2']['steps']} steps"
     estimate = training_estimate(training)
     if estimate is None:
@@ -506,6 +618,8 @@ def install_shipped(folder: Path, *, root: Path | None = None) -> bool:
             shutil.copyfile(src / f"stage{s}{ext}", tmp)
             tmp.replace(folder / f"stage{s}{ext}")
     atomic_write_text(folder / "shipped.json", json.dumps(info, indent=2))
+    if (src / LINEAR_RECORD).is_file():
+        shutil.copyfile(src / LINEAR_RECORD, folder / LINEAR_RECORD)
     for s in (1, 2):
         mark_done(folder, {"steps": info["stages"][str(s)]["steps"], "shipped": True}, f"stage{s}.done")
     return True
@@ -546,6 +660,8 @@ def ship(folder: Path, *, root: Path | None = None, device: str = "cpu", command
         history = pd.read_csv(folder / f"stage{s}_history.csv")
         save_table(history, dst / f"stage{s}_history.csv")
         stages[str(s)] = {"steps": int(history["step"].max()), "seconds": round(float(history["seconds"].max()), 1)}
+    if (folder / LINEAR_RECORD).is_file():  # the linear prior's penalties and training subjects (a few kB)
+        atomic_write_text(dst / LINEAR_RECORD, (folder / LINEAR_RECORD).read_text())
     info = {"stages": stages, "device": device, "torch": torch.__version__,
             "machine": f"{cpu_model()}, {os.cpu_count()} CPUs" if device == "cpu" else platform.machine(),
             "date": datetime.date.today().isoformat(), "command": command, "training": training}
@@ -570,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = str(resolve_device(run.params["cascade"].get("device", "auto")))
     dst = ship(folder, device=device, command=f"python -m refacelib.pipeline.refacing ship --profile {args.profile}",
-               training={k: run.params["cascade"].get(k) for k in TRAINING_KEYS})
+               training=training_recipe(run))
     print(f"shipped {dst}")
     return 0
 

@@ -136,6 +136,8 @@ PROFILE_SCHEMA = _section({
         "per_method": Spec("bool", optional=True),
         "stage1": _section(_STAGE), "stage2": _section(_STAGE),
         "stage2_coarse": _one_of("stage1_samples", "downsampled_truth", optional=True),
+        "prior": _one_of("average", "ridge", optional=True),
+        "shuffle_faces": Spec("bool", optional=True),
         "max_seconds_per_stage": _pos(optional=True, nullable=True),
         "sampler": _one_of("ddim", "ddpm"), "sample_steps": _int(1), "n_samples": _int(1),
         "sample_batch": _int(1, optional=True), "device": Spec("str", optional=True),

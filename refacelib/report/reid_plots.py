@@ -27,6 +27,7 @@ CANDIDATE_LABELS = {
     "average": "cohort average face",
     "template_average": "template average face",
     "defaced": "defaced",
+    "linear": "linear prior alone (ridge)",
     "swapped": "swap check (another subject's residual)",
     "oracle": "oracle face (phantom's E[face | rest of head])",
 }

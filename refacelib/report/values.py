@@ -490,6 +490,9 @@ def gap_key_values(gap: pd.DataFrame | None, *, exclude=("skullstrip",)) -> dict
     True
     >>> gap_key_values(None)["key_gap_closed"].startswith("This dataset has no oracle")
     True
+    >>> g2 = pd.concat([g, g.iloc[:1].assign(candidate="linear", fraction=0.4)])
+    >>> gap_key_values(g2)["key_gap_closed"].endswith("linear prior alone (before the diffusion stages) closes a median 40% (range 40% to 40%).")
+    True
     """
     if gap is None or len(gap) == 0:
         return {"key_gap_closed": "This dataset has no oracle face (real data), so the attainable gain is unknown."}
@@ -503,7 +506,16 @@ def gap_key_values(gap: pd.DataFrame | None, *, exclude=("skullstrip",)) -> dict
         f"(range {mean['fraction'].min():.0%} to {mean['fraction'].max():.0%}; half or more in "
         f"{int((mean['fraction'] >= 0.5).sum())} of {len(mean)} method x test-set cells), and a single sample "
         f"a median {one['fraction'].median():.0%} (a quarter or more in {int((one['fraction'] >= 0.25).sum())} "
-        f"of {len(one)}).")}
+        f"of {len(one)})." + _linear_gap_sentence(kept))}
+
+
+def _linear_gap_sentence(kept: pd.DataFrame) -> str:
+    """With a linear prior under the cascade (``linear`` rows): the share the prior alone closes."""
+    lin = kept[kept["candidate"] == "linear"]
+    if lin.empty:
+        return ""
+    return (f" The linear prior alone (before the diffusion stages) closes a median {lin['fraction'].median():.0%} "
+            f"(range {lin['fraction'].min():.0%} to {lin['fraction'].max():.0%}).")
 
 
 def floor_key_values(floor: pd.DataFrame | None) -> dict[str, str]:
