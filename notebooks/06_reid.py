@@ -159,9 +159,12 @@ report.reader_table(shown, csv=tests_csv, summary=discussed, formats={"rbc": 2},
 # comparisons. **Is that gain about the person?** The swap check (a subject's baseline plus
 # another subject's learned correction) is significantly closer than the baseline in
 # {glue:text}`n_swap_closer` of those comparisons, and the refaced face is significantly
-# closer than the swap check in {glue:text}`n_person_closer`: only that last part of the
-# gain carries information about the individual face; the rest is a correction the model
-# applies to everyone (for example, sharpening the blur of an averaged head).
+# closer than the swap check in {glue:text}`n_person_closer`. The swap check is a
+# handicapped baseline, though: another subject's residual misfits this subject's removal
+# mask and registration, so a model that knows nothing about the person can beat it too.
+# The permutation control ([Controls](09_controls.ipynb): the same model trained on
+# shuffled faces) is the person-independent baseline; the gain over it is what the
+# person's own face contributes.
 #
 # {glue:md}`linear_text`
 #
