@@ -6,6 +6,12 @@ PROFILE ?= quick
 DATASET ?= phantom
 PUBLISH_FACES ?= 0
 PYTEST_ARGS ?=
+# where the per-subject loops run (refacelib._utils.parallel): loky (this machine) or dask
+# (a dask.distributed cluster: the scheduler at SCHEDULER, or a LocalCluster); no cache key changes
+BACKEND ?= $(or $(REFACE_BACKEND),loky)
+SCHEDULER ?= $(REFACE_SCHEDULER)
+export REFACE_BACKEND := $(BACKEND)
+export REFACE_SCHEDULER := $(SCHEDULER)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LAB_STAMP := $(VENV)/.installed-lab
@@ -21,6 +27,8 @@ help: ## list the targets and the parameters they take
 	@echo "  PROFILE=tiny|quick|paper   values in params/<profile>.yaml (default: quick)"
 	@echo "  DATASET=phantom|<folder>   the simulated cohort or a BIDS-style folder (default: phantom)"
 	@echo "  PUBLISH_FACES=0|1          show real subjects' faces in the HTML (default: 0; phantom always shown)"
+	@echo "  BACKEND=loky|dask          per-subject workers on this machine or a dask cluster (default: loky)"
+	@echo "  SCHEDULER=tcp://host:8786  with BACKEND=dask: the scheduler (default: a LocalCluster here)"
 	@echo "  PYTHON=python3.11          interpreter used to create $(VENV)"
 	@echo "  PYTEST_ARGS='-m \"not slow\"'  extra arguments for make test"
 	@echo "  ABLATION_ARGS='--variants \"cosine schedule\" --ship'  for make ablation (--ship: beside the checkpoints)"
@@ -28,8 +36,8 @@ help: ## list the targets and the parameters they take
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || { echo "error: Python 3.11 not found (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-cache-dir --upgrade pip
+	$(BIN)/python -m pip install --quiet --no-cache-dir -c constraints.txt -e '.[test]'
 	@touch $@
 
 setup: $(STAMP) ## create .venv with the pinned dependencies
@@ -67,7 +75,7 @@ test: $(STAMP) ## run the tests (including a tiny-profile build of every chapter
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 $(LAB_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,lab]'
+	$(BIN)/python -m pip install --quiet --no-cache-dir -c constraints.txt -e '.[test,lab]'
 	@touch $@
 
 # JupyterLab holds the run's lock until it exits: `make book` of the same PROFILE and DATASET

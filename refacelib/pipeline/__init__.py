@@ -37,7 +37,7 @@ _MODULES = {
         "swap_partners", "write_subject", "train_cascade", "reface_test_set", "record_timings",
         "masked_errors", "RefacingSetup", "setup", "trained_cascade", "refaced_test_set", "shipped_root",
         "install_shipped", "training_provenance", "ship", "cascade_prior", "training_recipe", "shuffle_faces",
-        "recipe_id", "linear_models", "LINEAR_RECORD",
+        "recipe_id", "linear_models", "refit_linear", "LINEAR_CANDIDATES", "LINEAR_RECORD",
     ],
     "chapter": [
         "Chapter", "dataset_name", "start_chapter",
