@@ -34,6 +34,9 @@ max_subjects = int(os.environ["REFACE_BENCH_SUBJECTS"]) if os.environ.get("REFAC
 train_steps, train_warmup = 3, 1  # timed and untimed training steps per stage and precision
 paper_cpu_batch = 1  # batch of the paper-size steps timed on a CPU (scaled linearly to the profile's)
 paper_sampling_items, paper_sampling_steps = 1, 1
+# shipped cost curves shown (bench/results/costs-<profile>.csv; default: this profile's, else quick's, else tiny's)
+costs_profile = None
+costs_cores = 16  # the larger machine of the cost projection
 
 # %% tags=["hide-input"]
 import json
@@ -47,6 +50,7 @@ from myst_nb import glue
 from refacelib import bench, report
 from refacelib.bench import quality as bq
 from refacelib.data.template import load_template
+from refacelib.deface.methods import DICE_SUCCESS
 from refacelib.diffusion import resolve_device
 from refacelib.diffusion.train import load_stage
 from refacelib.pipeline import config, refacing, start_chapter
@@ -135,6 +139,139 @@ glue("warm_target", bq.WARM_REBUILD_S, display=False)
 glue("warm_executed", int(warm["chapters_executed"]) if warm is not None else "n/a", display=False)
 if rebuild is not None:
     display(report.reader_table(rebuild, csv=rebuild_path))
+
+# %% [markdown]
+# ## Registration: cheaper settings
+#
+# The defacing stage registers pydeface's template to every subject with ANTsPy's affine
+# (`refacelib.deface.methods.register_template`, the setting called `current` below:
+# {glue:text}`reg_current_setting`): once to the original, the data owner's side, and, for
+# every test subject, once more to each defaced image with its removal mask left out, the
+# attacker's side and most of the registration cost. On the phantom the true map from the
+# template to a subject is known (`refacelib.data.phantom.pose_affine` and
+# `template_positions`): its pose (rotation, translation, scale) and a smooth deformation of
+# head and face, which no affine reproduces. `python -m refacelib.bench registration` runs
+# each setting below on {glue:text}`reg_n_subjects` test subjects of the
+# {glue:text}`reg_profile` phantom (internal and external site alternating), the owner's
+# registration of the original and the attacker's of its {glue:text}`reg_method` image, and
+# measures the RMS distance between where the estimated affine and the truth put the
+# template's head voxels (leaving out those where the phantom's warp folds, at most
+# {glue:text}`reg_folded` of a subject's). No affine gets closer than the deformation's
+# non-affine part, a median floor of {glue:text}`reg_floor` mm; the error against the pose
+# alone is listed too.
+# The cost is the CPU time of the whole call (resampling, ANTs, the Dice check),
+# single-threaded. The machine was shared with other jobs (load average
+# {glue:text}`reg_load` on {glue:text}`reg_cpus` CPUs), so CPU time, not wall time, ranks
+# the settings, and both are only comparable within this table. The measurement is shipped
+# in `bench/results/`, so this section needs no run of its own.
+
+# %% tags=["hide-input"]
+reg_results = next((r for r in (bench.load_registration_results(bench_dir / "results", p)
+                                for p in dict.fromkeys([run.profile, "quick"])) if r is not None), None)
+reg_summary = bench.registration_summary(reg_results[0]) if reg_results else None
+book_setting = bench.SETTINGS[0].describe()
+glue("reg_current_setting", f"both images resampled to {book_setting['voxel_mm']:g} mm, iterations "
+     f"{book_setting['iterations']} at shrink factors {book_setting['shrink_factors']}", display=False)
+if reg_results:
+    reg_table, reg_meta = reg_results
+    reg_verdict = bench.registration_verdict(reg_summary)
+    reg_pose_verdict = bench.registration_verdict(bench.registration_summary(reg_table, error="pose_rms_mm"),
+                                                  error="pose_rms_mm")
+    reg_csv = save_table(reg_summary, run.tables / "bench_registration_summary.csv")
+    glue("reg_profile", f"`{reg_meta.get('profile', '?')}`", display=False)
+    glue("reg_n_subjects", reg_table["subject"].nunique(), display=False)
+    glue("reg_method", reg_meta.get("method", "defaced"), display=False)
+    per_subject = reg_table.drop_duplicates("subject")
+    glue("reg_floor", f"{per_subject['floor_mm'].median():.2f}", display=False)
+    glue("reg_folded", f"{100 * (1 - per_subject['resolved'].min()):.2f}%", display=False)
+    load, load_end = reg_meta.get("load_before", {}), reg_meta.get("load_after", {})
+    glue("reg_load", f"{load.get('load_1min', float('nan')):.1f} (1 min) and {load.get('load_15min', float('nan')):.1f} "
+         f"(15 min) at the start, {load_end.get('load_1min', float('nan')):.1f} (1 min) at the end", display=False)
+    glue("reg_cpus", load.get("cpus", "?"), display=False)
+    display(report.reader_table(
+        reg_summary, max_rows=len(reg_summary), csv=[reg_csv, bench_dir / "results" / f"registration-{reg_meta['profile']}.csv"],
+        columns={"setting": "Setting", "side": "Side", "voxel_mm": "Resampled to (mm)", "iterations": "Iterations",
+                 "shrink_factors": "Shrink factors",
+                 "initial": "Start", "cpu_seconds": "CPU s (median)", "seconds": "Wall s (median)",
+                 ("rms_mm", "rms_q1", "rms_q3"): "Error (mm), median [IQR]", "change_mm": "Change vs current (mm)",
+                 "pose_rms_mm": "Error vs pose (mm)", "max_mm": "Worst point (mm)", "dice": "Lowest Dice",
+                 "failed": "Failed", "speedup": "Speed-up (both sides)", "chosen": "Chosen"},
+        formats={"voxel_mm": 0, "cpu_seconds": 2, "seconds": 2, "speedup": 2, "dice": 3}))
+else:
+    for key in ("reg_profile", "reg_n_subjects", "reg_method", "reg_floor", "reg_folded", "reg_load", "reg_cpus"):
+        glue(key, "n/a", display=False)
+    display(Markdown("No measurement stored: run `python -m refacelib.bench registration --profile quick "
+                     "--subjects 8` (a few minutes on one core) and commit `bench/results/registration-quick.csv`."))
+
+# %% tags=["hide-input"]
+def plot_registration_tradeoff(summary, *, tolerance_mm):
+    """Median error (IQR bars) against median CPU seconds, one marker per setting, owner's and attacker's side."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    markers = dict(zip(summary["setting"].unique(), "osD^v<>Pp*hX"))
+    for ax, side in zip(axes, ("owner", "attacker")):
+        s = summary[summary["side"] == side]
+        for _, r in s.iterrows():
+            ax.errorbar(r["cpu_seconds"], r["rms_mm"], yerr=[[r["rms_mm"] - r["rms_q1"]], [r["rms_q3"] - r["rms_mm"]]],
+                        fmt=markers[r["setting"]], capsize=3, label=r["setting"] + (" (chosen)" if r["chosen"] else ""),
+                        mfc="none" if not r["chosen"] else None)
+        ref = s[s["setting"] == bench.REFERENCE].iloc[0]
+        ax.axhline(ref["rms_mm"] + tolerance_mm, color="grey", ls="--", lw=1, label="current + tolerance")
+        ax.axhline(s["floor_mm"].median(), color="grey", ls=":", lw=1, label="affine floor (median)")
+        # a failed registration is centimetres off: the frame stops at twice the current error
+        ax.set_ylim(0.8 * s["floor_mm"].median(), 2 * ref["rms_mm"])
+        ax.margins(x=0.1)
+        ax.set(title=f"{side}'s registration", xlabel="CPU seconds per registration (median)")
+    axes[0].set_ylabel("error (mm), median and IQR")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    return fig
+
+
+if reg_summary is not None:
+    fig = plot_registration_tradeoff(reg_summary, tolerance_mm=bench.TOLERANCE_MM)
+    path = save_figure(fig, run.figures / "bench_registration_tradeoff.png")
+    plt.close(fig)
+    display(Image(filename=str(path)))
+
+# %% tags=["hide-input"]
+if reg_summary is not None:
+    glue("reg_tolerance", bench.TOLERANCE_MM, display=False)
+    current = reg_summary[reg_summary["setting"] == bench.REFERENCE].set_index("side")
+    glue("reg_current", f"{current.loc['owner', 'rms_mm']:.2f} mm (owner) and {current.loc['attacker', 'rms_mm']:.2f} "
+         "mm (attacker)", display=False)
+    glue("reg_verdict", bench.verdict_text(reg_verdict), display=False)
+    glue("reg_pose_verdict", "the same" if reg_pose_verdict["chosen"] == reg_verdict["chosen"]
+         else bench.verdict_text(reg_pose_verdict), display=False)
+    fails = reg_summary.groupby("setting", sort=False)[["failed", "n"]].sum()
+    fails = fails[fails["failed"] > 0]
+    glue("reg_failures", "; ".join(f"`{name}` {int(r.failed)} of {int(r.n)}" for name, r in fails.iterrows())
+         if len(fails) else "none", display=False)
+    glue("reg_dice", DICE_SUCCESS, display=False)
+    glue("reg_accuracy", "The current setting is also the most accurate one measured."
+         if reg_verdict["reference_most_accurate"] else
+         f"The current setting is not the most accurate one measured: `{reg_verdict['most_accurate']}` has a lower "
+         "median error (mean of both sides).", display=False)
+else:
+    for key in ("reg_tolerance", "reg_current", "reg_verdict", "reg_pose_verdict", "reg_failures", "reg_dice",
+                "reg_accuracy"):
+        glue(key, "n/a", display=False)
+
+# %% [markdown]
+# The current setting's median error is {glue:text}`reg_current`. Registrations the pipeline
+# flags as failed (Dice of the warped template head and the subject's at most
+# {glue:text}`reg_dice`; they are centimetres off, above the figure's frame), per setting:
+# {glue:text}`reg_failures`. The cheapest setting within {glue:text}`reg_tolerance` mm of the
+# current median error on both sides, failing no more often, is {glue:text}`reg_verdict`.
+# Judged by the error against the pose alone, the choice is {glue:text}`reg_pose_verdict`.
+# {glue:text}`reg_accuracy`
+#
+# The book's defacing keeps the current setting: a registration decides where
+# every emulated method's removal region lands and how every image is brought onto the
+# template grid, so changing it would change every defaced image, and with them the training
+# data of the shipped checkpoint and every number of the book. A new profile could adopt a
+# cheaper setting (the keywords of `register_template`; as a profile parameter they would
+# enter the defacing stage's cache key) and would then train its own model.
 
 # %% [markdown]
 # ## Sampler cost against face quality
@@ -270,7 +407,177 @@ report.reader_table(agreement, csv=[agreement_csv, surface_csv])
 # r = {glue:text}`monai_r` and Spearman rho = {glue:text}`monai_rho`, and differ by a median
 # {glue:text}`monai_diff` mm ({glue:text}`monai_rel`% of MONAI's value): a smoothed mesh
 # against voxel edges.
+
+# %% [markdown]
+# ## Cost curves
 #
+# How the per-subject stages grow with the cohort. `python -m refacelib.bench costs`
+# (`refacelib.bench.costs`) generates phantom cohorts of several sizes, each the `paper`
+# profile's cohort scaled down with the same fraction of subjects in every split (a test
+# subject costs more than a training subject: the attacker's registrations, refacing and
+# evaluation are the test subjects' alone, so only the paper's own mix extrapolates to it),
+# and times each stage cold, as the book runs it, with its own worker processes: phantom
+# generation, defacing, refacing in three parts (its networks; the rest of its work in one
+# process: the examples on the common grid, the linear prior refitted on the cohort's training
+# subjects, the sampler's own steps; and the worker processes that bring the results back to
+# each subject and write them), the face evaluation (surface distances) and the matching
+# attack. The refacing networks are the profile's shipped checkpoint, not trained per size:
+# their cost does not depend on the cohort. Each stage is fitted as a fixed part plus a cost per subject (per
+# test subject from refacing on); the matching attack also compares every pair of test
+# subjects of a test set, a cost timed apart that grows with the square of the test set.
+# The measurement ships with the project, so this section recomputes nothing:
+# {glue:text}`cost_status`.
+
+# %% tags=["hide-input"]
+cost_dir = bench_dir / "results"
+cost_found = {p: bench.load_costs(cost_dir, p)
+              for p in ([costs_profile] if costs_profile else dict.fromkeys([run.profile, "quick", "tiny"]))}
+cost_shown = next((p for p, found in cost_found.items() if found is not None), None)
+paper_params = config.load_profile("paper")
+paper_units = bench.stage_units(paper_params["phantom"])
+stored_gpu = bench.load_results(cost_dir, profile="paper") if cost_dir.is_dir() else {}
+if cost_shown is not None:
+    cost_measured, cost_meta = cost_found[cost_shown]
+    cost_fit = bench.fit_costs(cost_measured)
+    gpu_setting = None
+    if "sampling" in stored_gpu:  # the refacing networks at the paper's sizes and sampler on a measured GPU
+        gpu_row = stored_gpu["sampling"].iloc[0]
+        gpu_cores = int(stored_gpu["machine"].set_index("card").loc[gpu_row["card"], "cpu_cores"])
+        gpu_steps, gpu_samples = paper_params["cascade"]["sample_steps"], paper_params["cascade"]["n_samples"]
+        gpu_setting = {"label": f"{gpu_row['card']} + {gpu_cores} cores", "cores": gpu_cores,
+                       "stage": "refacing (networks)",
+                       "seconds": bench.gpu_network_seconds(float(gpu_row["seconds_per_item_step"]), paper_params,
+                                                            paper_units["test subjects"]),
+                       "basis": f"paper networks and sampler: {paper_units['test subjects']} test subjects x "
+                                f"{len(paper_params['deface']['methods'])} methods x {gpu_samples} samples x "
+                                f"{2 * gpu_steps + 1} evaluations x {float(gpu_row['seconds_per_item_step']):.3g} s "
+                                f"({gpu_row['card']}, {gpu_row['date']})"}
+    cost_projection = bench.project_costs(cost_fit, paper_units, cores=(int(cost_meta["n_jobs"]), costs_cores),
+                                          gpu=gpu_setting)
+    if gpu_setting:  # like for like: the same GPU at the measured profile's sampler (its networks are no larger)
+        shown_params = config.load_profile(cost_shown)
+        like_s = bench.gpu_network_seconds(float(gpu_row["seconds_per_item_step"]), shown_params,
+                                           paper_units["test subjects"])
+        nfe_ratio = gpu_setting["seconds"] / like_s * len(shown_params["deface"]["methods"]) / len(
+            paper_params["deface"]["methods"])
+        glue("cost_gpu_note", f"{nfe_ratio:.0f} times the network evaluations per subject and method of the "
+             f"`{cost_shown}` profile's sampler, through larger networks; at the `{cost_shown}` sampler the same GPU "
+             f"would spend about {like_s / 3600:.2f} h or less in the networks", display=False)
+    else:
+        glue("cost_gpu_note", "no GPU measurement is stored in `bench/results/`", display=False)
+    # the fitted lines of the figure: the same projection along cohorts scaled like the measured ones
+    line_sizes = np.unique(np.geomspace(cost_measured["n_subjects"].min(), paper_units["subjects"], 30).round())
+    line_units = {int(n): bench.stage_units(bench.scaled_splits(int(n), cost_meta["reference"])) for n in line_sizes}
+    cost_lines = pd.concat([bench.project_costs(cost_fit, units, cores=(int(cost_meta["n_jobs"]),)).assign(n_subjects=n)
+                            for n, units in line_units.items()])
+    cost_csvs = [save_table(t, run.tables / f"bench_costs_{name}.csv")
+                 for name, t in (("projection", cost_projection), ("fit", cost_fit), ("measured", cost_measured))]
+    totals = cost_projection[cost_projection["stage"] == "total"].set_index("setting")["hours"]
+    settings_shown = list(dict.fromkeys(cost_projection["setting"]))
+    glue("cost_status", f"shown here is `bench/results/costs-{cost_shown}.csv`, measured on "
+         f"{cost_meta.get('date', '?')} ({cost_meta.get('command', 'python -m refacelib.bench costs')})", display=False)
+    glue("cost_measured", f"the `{cost_shown}` profile at {', '.join(map(str, cost_meta['sizes']))} subjects, "
+         f"{cost_meta['n_jobs']} worker processes and {cost_meta.get('torch_threads', 1)} torch thread(s) on "
+         f"{cost_meta['cpu_model']} ({cost_meta['cpu_count']} CPUs), {cost_meta['seconds'] / 60:.0f} min in all",
+         display=False)
+    glue("cost_load", f"{cost_measured['load1_before'].min():.1f} to {cost_measured['load1_after'].max():.1f} "
+         f"(1-minute averages around the stages; {cost_meta['cpu_count']} CPUs)", display=False)
+    glue("cost_exponents", "; ".join(f"{r.stage} {r.loglog_exponent:.2f}" for r in cost_fit.itertuples()),
+         display=False)
+    for key, setting in (("paper_cost_measured", settings_shown[0]), ("paper_cost_more", settings_shown[1])):
+        glue(key, f"{totals[setting]:,.1f}", display=False)
+    glue("paper_cost_gpu", f"{totals[gpu_setting['label']]:,.1f}" if gpu_setting else "n/a (no GPU result stored)",
+         display=False)
+    glue("cost_gpu_label", gpu_setting["label"] if gpu_setting else "a GPU", display=False)
+    cost_top = cost_projection[(cost_projection["setting"] == settings_shown[0])
+                               & (cost_projection["stage"] != "total")].sort_values("seconds").iloc[-1]
+    glue("cost_dominant", f"{cost_top['stage']} ({cost_top['hours']:,.1f} h)", display=False)
+else:
+    cost_measured = cost_fit = cost_projection = cost_lines = None
+    glue("cost_status", "no measurement is shipped yet: run `python -m refacelib.bench costs --profile quick "
+         "--sizes 6,12,24` (20 to 40 minutes on 2 shared CPU cores) and commit `bench/results/costs-quick.csv` and "
+         "`costs-quick.json`", display=False)
+    for key in ("cost_measured", "cost_load", "cost_exponents", "paper_cost_measured", "paper_cost_more",
+                "paper_cost_gpu", "cost_dominant", "cost_gpu_note"):
+        glue(key, "n/a (not measured)", display=False)
+    glue("cost_gpu_label", "a GPU", display=False)
+glue("cost_paper_cohort", f"{paper_units['subjects']} subjects, {paper_units['test subjects']} of them test subjects",
+     display=False)
+glue("costs_cores", costs_cores, display=False)
+
+
+# %% tags=["hide-input"]
+def plot_cost_curves(measured, lines, paper_n, cores):
+    """Wall seconds of each stage against the cohort: measured points, fitted lines out to the paper's cohort."""
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for i, (stage, g) in enumerate(measured.groupby("stage", sort=False)):
+        line = lines[lines["stage"] == stage]
+        ax.plot(g["n_subjects"], g["seconds"], "o", color=f"C{i}", label=stage)
+        ax.plot(line["n_subjects"], line["seconds"], "-", color=f"C{i}", lw=1)
+        ax.plot([paper_n], [line["seconds"].iloc[-1]], "*", color=f"C{i}", ms=9)
+    ax.set(xscale="log", yscale="log", xlabel="cohort size (subjects, in the paper's split proportions)",
+           ylabel=f"wall time on {cores} cores (s)",
+           title="points: measured; lines: fitted; stars: the paper's cohort, projected")
+    ax.axvline(paper_n, color="grey", ls=":", lw=1)
+    ax.annotate("paper cohort", (paper_n, 0.02), xycoords=("data", "axes fraction"), xytext=(-4, 0),
+                textcoords="offset points", ha="right", fontsize=8, color="grey")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+if cost_measured is not None:
+    fig = plot_cost_curves(cost_measured, cost_lines, paper_units["subjects"], int(cost_meta["n_jobs"]))
+    path = save_figure(fig, run.figures / "bench_cost_curves.png")
+    plt.close(fig)
+    display(Image(filename=str(path)))
+
+# %% [markdown]
+# Measured (the points, and the fit's fixed part and cost per unit below): {glue:text}`cost_measured`.
+# The machine was shared with other jobs while it ran; the load average was
+# {glue:text}`cost_load`, the measurement's own workers included, so these are the times of a
+# loaded machine and overstate a quiet one. Exponents of the growth on log-log axes
+# (1: linear; below 1 while a fixed part still counts): {glue:text}`cost_exponents`.
+
+# %% tags=["hide-input"]
+if cost_fit is not None:
+    display(report.reader_table(cost_fit, csv=cost_csvs[1:], columns={
+        "stage": "stage", "unit": "per", "cores": "cores", "n_sizes": "sizes", "a_s": "fixed (s)",
+        "b_s": "per unit (s)", "pair_core_s": "per pair of test subjects (core-s)", "r2": "R²",
+        "loglog_exponent": "log-log exponent"}, formats={"a_s": 1, "b_s": 2, "pair_core_s": 3, "r2": 3,
+                                                          "loglog_exponent": 2}))
+
+# %% [markdown]
+# Projected, not measured: the paper's cohort ({glue:text}`cost_paper_cohort`) at the measured
+# profile's settings would take {glue:text}`paper_cost_measured` hours on the measured cores,
+# {glue:text}`paper_cost_more` hours on {glue:text}`costs_cores` cores, and
+# {glue:text}`paper_cost_gpu` hours on {glue:text}`cost_gpu_label`; on the measured cores the
+# largest stage is {glue:text}`cost_dominant`. The assumptions: a stage's fixed part does not
+# shrink with more cores; the per-subject part of a stage that runs in worker processes
+# divides evenly among the cores (a lower bound: memory, disk and the machine's load are as
+# they were; and it takes {glue:text}`costs_cores` worker processes, where the pipeline's
+# default stops at 8); phantom generation and the refacing networks run in one process and are kept
+# as measured on any CPU machine; the matching attack's pairs are divided among the cores.
+# On the GPU, every stage is that of the GPU machine's cores except the refacing networks,
+# which take the GPU's measured seconds per network evaluation at the `paper` profile's
+# networks, sampler and samples (`bench/results/`, see *Stored GPU measurements*): that is
+# {glue:text}`cost_gpu_note`. The CPU columns keep the measured profile's grid, networks and
+# sampler (the `paper` networks on this CPU are projected in *Projection of the `paper`
+# profile*). No column changes the image grid: at the `paper` profile's finer grid every
+# per-subject stage costs more.
+
+# %% tags=["hide-input"]
+if cost_projection is not None:
+    cost_order = [s for s, _, _ in bench.STAGES] + ["total"]
+    cost_hours = (cost_projection.pivot(index="stage", columns="setting", values="hours")
+                  .reindex(index=cost_order, columns=settings_shown).reset_index())
+    display(report.reader_table(cost_hours, csv=cost_csvs, formats={s: 2 for s in settings_shown},
+                                caption="Hours for the paper's cohort, projected from the fit above (the GPU "
+                                        "column refaces with the paper's networks and sampler); the CSV holds "
+                                        "every projection's basis."))
+
+# %% [markdown]
 # ## The GPU path
 #
 # Sampling runs under bf16 autocast on CUDA, sizes its batch to the free GPU memory when

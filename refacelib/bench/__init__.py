@@ -1,7 +1,10 @@
 """Measurements behind the Performance appendix.
 
-``python -m refacelib.bench sizes`` writes ``bench/stage_sizes.json``. The modules load on first
-use: ``bench/gpu_bench.py`` runs :mod:`refacelib.bench.throughput` on a machine without imaging packages.
+``python -m refacelib.bench sizes`` writes ``bench/stage_sizes.json``; ``python -m refacelib.bench
+registration`` measures cheaper ANTs settings on the phantom (``bench/results/registration-<profile>.csv``);
+``python -m refacelib.bench costs`` writes ``bench/results/costs-<profile>.csv`` (:mod:`refacelib.bench.costs`).
+The modules load on first use: ``bench/gpu_bench.py`` runs :mod:`refacelib.bench.throughput` on a machine
+without imaging packages.
 """
 from refacelib._utils.lazy import attach
 
@@ -16,6 +19,16 @@ _MODULES = {
         "sampler_specs", "sampler_benchmark", "sampler_summary", "subject_faces", "subject_space_msd",
         "stored_msd", "face_pair_metrics", "surface_benchmark", "surface_agreement", "chapter_costs",
         "stage_costs", "BOOK_BUDGET_S", "BOOK_MEMORY_MIB", "WARM_REBUILD_S",
+    ],
+    "registration": [
+        "RegistrationSetting", "SETTINGS", "REFERENCE", "TOLERANCE_MM", "benchmark_indices", "phantom_subject",
+        "head_points", "registration_matrix", "position_error", "deformation_floor", "registration_benchmark",
+        "registration_summary", "registration_verdict", "verdict_text", "machine_load", "results_paths",
+        "load_registration_results",
+    ],
+    "costs": [
+        "SPLITS", "STAGES", "scaled_splits", "stage_units", "measure_costs", "fit_costs", "gpu_network_seconds",
+        "project_costs", "write_costs", "load_costs",
     ],
 }
 __getattr__, __dir__, __all__ = attach(__name__, _MODULES)

@@ -396,11 +396,16 @@ def load_results(folder: Path, *, profile: str | None = None) -> dict[str, pd.Da
     """Every ``*.json`` of :func:`write_results` in ``folder``, tables stacked with a ``card`` column.
 
     The card is the GPU name (the device otherwise) of the file's machine;
-    ``profile`` keeps only the files measured at that profile's sizes.
+    ``profile`` keeps only the files measured at that profile's sizes. A JSON
+    without a ``machine`` section is another measurement's (the metadata of
+    ``registration-<profile>.csv``, the record of the cost curves
+    ``costs-<profile>.json``) and is skipped.
     """
     stacked: dict[str, list] = {}
     for path in sorted(Path(folder).glob("*.json")):
         data = json.loads(path.read_text())
+        if "machine" not in data:
+            continue
         if profile is not None and data.get("meta", {}).get("profile") != profile:
             continue
         machine = data.get("machine", {})
