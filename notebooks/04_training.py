@@ -204,7 +204,9 @@ else:
 # negative means closer to the true face. The swap check (another validation subject's
 # learned residual added to the same baseline) shows what a recipe gains without knowing
 # the person, so the recipe is chosen by the mean of samples minus the swap check: what it
-# gains *for the person*, which is what re-identification needs.
+# gains *for the person*, which is what re-identification needs. That reading of the swap
+# check is itself tested on the test sets by the permutation control (chapter Controls): a
+# model trained on shuffled faces, which cannot know the person, must not beat it.
 
 # %% tags=["hide-input"]
 from refacelib import ablation

@@ -66,6 +66,10 @@ controls_csv, offsets_csv = run.tables / "controls.csv", run.tables / "controls_
 TEST_COLUMNS = {"method": "Method", "test_set": "Test set", "estimator": "Estimator",
                 "n": "Subjects", ("hl_diff_mm", "ci_low_mm", "ci_high_mm"): "Paired difference (mm) [95% CI]",
                 "p_holm": "Holm p", "rbc": "Rank-biserial", "closer_significant": "Closer, significant"}
+TEST_COLUMNS_PAIRED = {"method": "Method", "test_set": "Test set", "estimator": "Estimator", "n": "Subjects",
+                       "n_closer": "Closer (subjects)",
+                       ("hl_diff_mm", "ci_low_mm", "ci_high_mm"): "Paired difference (mm) [95% CI]",
+                       "p_holm": "Holm p", "rbc": "Rank-biserial"}
 if not run.is_phantom:
     display(Markdown("*The controls need a dataset whose ground truth is known: they run on the phantom only.*"))
 elif not have:
@@ -110,6 +114,7 @@ else:
 # ```
 
 # %% tags=["hide-input"]
+null = person = None  # the negative control's summaries, when it ran (also for the landing page)
 if have:
     null = report.negative_control_summary(controls)
     person = report.negative_control_summary(controls, baseline="swapped")
@@ -175,20 +180,48 @@ if perm_ok:
            "fits each subject's own removal mask, registration and intensity misfits another subject, so the swap "
            "check (a partner's residual) is a handicapped baseline, not a person-independent one. The permutation "
            "model is the person-independent baseline: " if n_swap else
-           "The swap check found nothing where nothing could be learned. Against the permutation model, ")
-        + f"it gains a median {report.fmt_mm(-perm_gain)} mm over the matched average face for the face-removal "
-        f"methods, the book's model {report.fmt_mm(-own_gain)} mm (Hodges–Lehmann, median over methods and test "
-        "sets): only the difference can come from the person's own face. A paired test of the two models per "
-        "subject is not in this book yet."), display=False)
+           "The swap check found nothing where nothing could be learned, as it should. The permutation model is "
+           "the person-independent baseline: ")
+        + f"its face MSD minus the matched average face's is a median {perm_gain:+.2f} mm for the face-removal "
+        f"methods, the book's model's {own_gain:+.2f} mm (Hodges–Lehmann, median over methods and test "
+        "sets; negative: closer): only the difference can come from the person's own face."), display=False)
     display(report.reader_table(vs_swap, csv=run.tables / "controls_permutation.csv", columns=TEST_COLUMNS,
                                 formats={"rbc": 2},
                                 caption="Permutation control: mean of samples vs the swap check."))
 else:
     glue("perm_text", Markdown("*The permutation control has not been run with this book's training recipe: "
                                f"`make controls PROFILE={profile}` runs it.*"), display=False)
+perm_msd = report.read_table(run.tables, "controls_permutation_msd")
+own_msd = report.read_table(run.tables, "face_msd")
+if perm_ok and perm_msd is not None and own_msd is not None and "recipe" in perm_msd \
+        and bool((perm_msd["recipe"].astype(str) == recipe).all()):
+    paired = controls_lib.permutation_tests(own_msd, perm_msd)
+    paired_csv = report.save_table(paired, run.tables / "controls_permutation_paired.csv")
+    main_est = paired[paired["estimator"] == "refaced_mean"]
+    fr = ~main_est["method"].eq("skullstrip")
+    n_person = int(((main_est["p_holm"] < 0.05) & (main_est["hl_diff_mm"] < 0))[fr].sum())
+    # (significant wins, comparisons, median shift in mm) over the face-removal methods; also for the landing page
+    perm_landing = (n_person, int(fr.sum()), float(main_est.loc[fr, "hl_diff_mm"].median()))
+    glue("perm_paired_text", Markdown(
+        f"**The book's model against the permutation model, subject by subject.** Both models reface the same "
+        f"test subjects under the same methods; they differ only in whether each training head was paired with "
+        f"its own face. The book's mean of samples is significantly closer than the permutation model's in "
+        f"**{perm_landing[0]} of {perm_landing[1]}** face-removal method × test-set comparisons (median shift "
+        f"{perm_landing[2]:+.2f} mm; Wilcoxon signed-rank, Holm across methods). This "
+        f"is the test of whether the model learned something about the person; the rows for the single sample "
+        f"and the linear prior alone are in the table."), display=False)
+    display(report.reader_table(paired, csv=paired_csv, columns=TEST_COLUMNS_PAIRED, formats={"rbc": 2},
+                                caption="Book's model minus permutation model, paired by subject (mm)."))
+else:
+    glue("perm_paired_text", Markdown("*No per-subject table of the permutation control with this book's recipe "
+                                      f"(`tables/controls_permutation_msd.csv`): `make controls PROFILE={profile}` "
+                                      "writes it.*"), display=False)
+    perm_landing = None
 
 # %% [markdown]
 # {glue:md}`perm_text`
+#
+# {glue:md}`perm_paired_text`
 #
 # ## Where a null "gain" comes from: the signed surface offset
 #
@@ -213,6 +246,10 @@ for cand in ("average", "refaced_mean", "swapped", "oracle"):
     for test_set in ("internal", "external"):
         key = f"offset_{cand}_{test_set}"
         glue(key, keys.get(key, "not run"), display=False)
+# the landing page's sentences on the controls, complete whether or not each control ran
+for key, text in report.landing_controls_text(null, person, keys, perm_landing, profile=profile,
+                                              is_phantom=run.is_phantom).items():
+    glue(key, text, display=False)
 
 # %% [markdown]
 # ```{glue:figure} fig_controls_offsets

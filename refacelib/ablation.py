@@ -43,7 +43,7 @@ __all__ = ["SELECT_BY", "variants", "variant_run", "evaluate_variant", "summaris
            "table_for_run", "main"]
 
 #: The candidate tried for every recipe, and its baseline (the matched average face).
-CANDIDATES = ("refaced_mean", "refaced", "swapped", "linear")
+CANDIDATES = ("refaced_mean", "refaced", "swapped", "linear", "linear_permuted")
 BASELINE = "average"
 
 
@@ -125,7 +125,8 @@ def evaluate_variant(run: Run, *, progress: bool = True) -> tuple[dict, pd.DataF
     if not val_ids:
         raise ValueError("the ablation needs validation subjects (split 'val'); this dataset has none")
     refaced, _ = refacing.reface_test_set(run, study.deface_folder, ckpt, val_ids, study.methods, study.template,
-                                          study.config, progress=progress, test_sets=["val"] * len(val_ids))
+                                          study.config, progress=progress, test_sets=["val"] * len(val_ids),
+                                          val_ids=val_ids)
     msd, _, _ = evaluation.face_msd_table(study.deface_folder, refaced, study.template,
                                           {sid: "val" for sid in val_ids}, study.methods, keep_surfaces=False,
                                           progress=progress)
@@ -156,7 +157,7 @@ def summarise(msd: pd.DataFrame) -> dict:
     """
     wide = msd.pivot_table(index=["subject", "method"], columns="candidate", values="msd_mm")
     out = {"average_msd_mm": float(wide[BASELINE].median())}
-    pairs = [(cand, BASELINE) for cand in CANDIDATES] + [("refaced_mean", "swapped")]
+    pairs = [(cand, BASELINE) for cand in CANDIDATES] + [("refaced_mean", "swapped"), ("refaced_mean", "linear_permuted")]
     for cand, base in pairs:
         if cand in wide and base in wide:
             diff = (wide[cand] - wide[base]).dropna()

@@ -36,12 +36,13 @@ from refacelib.pipeline.book import run_lock
 from refacelib.pipeline.config import Run, open_run
 
 __all__ = ["COUPLINGS", "ESTIMATORS", "control_overrides", "control_run", "face_tests", "run_control", "controls_table", "offsets_table",
-           "upsert_coupling", "same_recipe", "permutation_run", "PERMUTATION", "ship_control", "main"]
+           "upsert_coupling", "same_recipe", "permutation_run", "PERMUTATION", "permutation_tests",
+           "PERMUTATION_MSD_COLUMNS", "ship_control", "main"]
 
 #: Couplings of the dose response (the profile's own value is its main run).
 COUPLINGS = (0.0, 0.5, 0.8, 1.0)
 #: Candidates tested against the matched baselines in every run.
-ESTIMATORS = ("refaced", "refaced_mean", "linear", "swapped", "oracle")
+ESTIMATORS = ("refaced", "refaced_mean", "linear", "linear_permuted", "swapped", "oracle")
 BASELINES = ("average", "template_average")
 
 
@@ -96,16 +97,56 @@ def permutation_run(run: Run) -> Run:
     return variant_run(run, PERMUTATION)
 
 
+#: Columns of ``tables/controls_permutation_msd.csv`` (the permutation model's face distances).
+PERMUTATION_MSD_COLUMNS = ["subject", "test_set", "method", "candidate", "msd_mm"]
+
+
+def permutation_tests(msd: pd.DataFrame, permuted: pd.DataFrame, *,
+                      estimators=("refaced", "refaced_mean", "linear")) -> pd.DataFrame:
+    """The book's model against the permutation model, paired by subject, method and test set.
+
+    ``msd``: the book's face table; ``permuted``: the same candidates of the model trained on
+    shuffled faces (``tables/controls_permutation_msd.csv``). For each estimator, a Wilcoxon test
+    of its MSD against the same estimator of the permutation model (:func:`refacelib.evaluation.reid.wilcoxon_tests`,
+    ``baseline`` reads ``permutation``): the two differ only in whether each training head was
+    paired with its own face, so a significant negative shift is the part of the gain that
+    needs the person's own face.
+
+    Examples
+    --------
+    >>> rows = [{"subject": f"s{i}", "test_set": "t", "method": "m", "candidate": "refaced_mean", "msd_mm": 1.0 + i}
+    ...         for i in range(8)]
+    >>> msd, perm = pd.DataFrame(rows), pd.DataFrame(rows).assign(msd_mm=lambda d: d["msd_mm"] + 0.5)
+    >>> t = permutation_tests(msd, perm)
+    >>> t[["estimator", "baseline", "n", "n_closer", "hl_diff_mm"]].values.tolist()
+    [['refaced_mean', 'permutation', 8, 8, -0.5]]
+    """
+    out = []
+    for est in estimators:
+        own, other = msd[msd["candidate"] == est], permuted[permuted["candidate"] == est]
+        if own.empty or other.empty:
+            continue
+        both = pd.concat([own[PERMUTATION_MSD_COLUMNS], other[PERMUTATION_MSD_COLUMNS].assign(candidate="permutation")])
+        out.append(reid.wilcoxon_tests(both, baseline="permutation", estimators=(est,)))
+    if not out:
+        raise ValueError(f"permutation_tests: no estimator of {list(estimators)} in both tables")
+    return pd.concat(out, ignore_index=True)
+
+
 def face_tests(msd: pd.DataFrame) -> pd.DataFrame:
     """Paired tests of every estimator in :data:`ESTIMATORS` present in ``msd`` against both matched
-    baselines, of the refaced estimators against the swap check (the person-specific part) and,
-    when the cascade has a linear prior (``linear`` rows), against that prior alone."""
+    baselines, of the refaced estimators against the swap check and, when the cascade has a
+    linear prior (``linear`` rows), against that prior alone; with ``linear_permuted`` rows (the
+    same prior fitted to shuffled faces) the refaced estimators and the linear prior against it:
+    the part of the gain that needs the person's own face."""
     present = [e for e in ESTIMATORS if e in set(msd["candidate"])]
     out = [reid.wilcoxon_tests(msd, baseline=BASELINES, estimators=present)]
     if "swapped" in present:
         out.append(reid.wilcoxon_tests(msd, baseline="swapped", estimators=("refaced", "refaced_mean")))
     if "linear" in present:  # what the diffusion stages add to the linear prior they refine
         out.append(reid.wilcoxon_tests(msd, baseline="linear", estimators=("refaced", "refaced_mean")))
+    if "linear_permuted" in present:  # the person's part: against the same prior fitted to shuffled faces
+        out.append(reid.wilcoxon_tests(msd, baseline="linear_permuted", estimators=("refaced", "refaced_mean", "linear")))
     return pd.concat(out, ignore_index=True)
 
 
@@ -123,11 +164,13 @@ def ship_control(run: Run, *, command: str = "") -> Path | None:
     """Export the trained cascade of a control run to ``checkpoints/`` (as :func:`refacelib.pipeline.refacing.ship`).
 
     Shipped checkpoints of the controls let ``make controls`` skip their training on a fresh
-    clone. Returns the shipped folder, or None when the run's cascade came from one already.
+    clone. Returns the shipped folder, or None when the run's cascade came from one, or is
+    shipped already (the main run's cascade, whose provenance must not be overwritten by a
+    control's command).
     """
     study = refacing.setup(run)
     folder, _ = refacing.trained_cascade(run, study, progress=False)
-    if refacing.training_provenance(folder) is not None:
+    if refacing.training_provenance(folder) is not None or (refacing.shipped_root() / folder.name).is_dir():
         return None
     p = run.params["cascade"]
     return refacing.ship(folder, device=str(resolve_device(p.get("device", "auto"))), command=command,
@@ -215,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         print(f"control: permutation (training faces shuffled) in runs/{run.label} ...", flush=True)
         with run_lock(run, holder="permutation control (make controls)"):
-            _, tests = run_control(run)
-        save_table(tests.assign(recipe=refacing.recipe_id(main_run)), main_run.tables / "controls_permutation.csv")
+            msd, tests = run_control(run)
+        recipe = refacing.recipe_id(main_run)
+        save_table(tests.assign(recipe=recipe), main_run.tables / "controls_permutation.csv")
+        # per subject, so that the book's model can be tested against this one subject by subject
+        save_table(msd[PERMUTATION_MSD_COLUMNS].assign(recipe=recipe), main_run.tables / "controls_permutation_msd.csv")
         print(f"control: permutation done in {time.perf_counter() - start:.0f} s", flush=True)
         if args.ship:
             shipped = ship_control(run, command=f"python -m refacelib.controls --profile {args.profile} "

@@ -82,13 +82,14 @@ def test_tiny_book_builds_with_real_figures_and_tables(tiny_book, project):
     assert list(msd.columns) == ["subject", "test_set", "method", "candidate", "msd_mm", "offset_mm"]
     assert msd.loc[msd["candidate"] == "oracle", "offset_mm"].abs().median() < 0.5  # the oracle sits on the skin
     # the profiles' cascade refines a linear prior, measured as its own candidate
-    candidates = {"refaced", "refaced_mean", "linear", "average", "template_average", "defaced", "swapped", "oracle"}
+    candidates = {"refaced", "refaced_mean", "linear", "linear_permuted", "average", "template_average", "defaced",
+                  "swapped", "oracle"}
     assert set(msd["candidate"]) == candidates
     assert len(msd) == 5 * len(candidates) * (summary.set_index("split")["n"].filter(like="test").sum())
     tests = pd.read_csv(run / "tables" / "face_tests.csv")
     assert {"method", "test_set", "estimator", "baseline", "n", "p_holm", "rbc", "hl_diff_mm", "ci_low_mm",
             "ci_high_mm"} <= set(tests.columns)
-    assert set(tests["baseline"]) == {"average", "template_average", "swapped", "linear"}
+    assert set(tests["baseline"]) == {"average", "template_average", "swapped", "linear", "linear_permuted"}
     floor = pd.read_csv(run / "tables" / "face_floor.csv")
     assert len(floor) == len(msd["subject"].unique()) and (floor["msd_mm"] > 0).all()
     reid = pd.read_csv(run / "tables" / "reid.csv")
@@ -155,7 +156,8 @@ def test_refaced_files_do_not_depend_on_the_number_of_writer_processes(tiny_book
         out, _ = refacing.reface_test_set(run, study.deface_folder, ckpt, ids, methods, study.template,
                                           study.config, progress=False, n_jobs=n_jobs)
         files = sorted(out.rglob("*.nii.gz"))
-        names = len(refacing.REFACED_NAMES) + (run.params["cascade"].get("prior") == "ridge")  # + the linear prior
+        # + the linear prior and its person-independent twin fitted to shuffled faces
+        names = len(refacing.REFACED_NAMES) + len(refacing.LINEAR_CANDIDATES) * (run.params["cascade"].get("prior") == "ridge")
         assert len(files) == len(ids) * len(methods) * names
         digests.append({f.relative_to(out): hashlib.sha256(nib.load(str(f)).get_fdata().tobytes()).hexdigest()
                         for f in files})
@@ -359,6 +361,9 @@ def test_controls_table_from_the_cached_run(tiny_book):
 
     shipped = controls.ship_control(config.open_run("tiny", "phantom"))
     assert shipped.parent == refacing.shipped_root() and (shipped / "training.json").is_file()
+    provenance = (shipped / "training.json").read_text()
+    assert controls.ship_control(config.open_run("tiny", "phantom"), command="again") is None  # shipped already
+    assert (shipped / "training.json").read_text() == provenance
     assert refacing.install_shipped(shipped.parent.parent / "elsewhere" / shipped.name)
     shutil.rmtree(shipped)
 
@@ -457,7 +462,7 @@ def test_ridge_prior_cascade_end_to_end(tiny_book, tmp_path):
     msd, _, _ = evaluation.face_msd_table(study.deface_folder, out, study.template,
                                           {sid: study.test_subjects[sid] for sid in ids}, [method],
                                           keep_surfaces=False, progress=False, n_jobs=1)
-    assert {"linear", "refaced_mean", "average"} <= set(msd["candidate"])
+    assert {"linear", "linear_permuted", "refaced_mean", "average"} <= set(msd["candidate"])
     linear_img = nib.load(str(out / f"{method}_linear" / f"{ids[0]}.nii.gz")).get_fdata()
     average_img = nib.load(str(out / f"{method}_average" / f"{ids[0]}.nii.gz")).get_fdata()
     assert not np.allclose(linear_img, average_img)  # the linear prior changed the face

@@ -232,7 +232,7 @@ def test_write_cohort_writes_reference_scans_of_test_subjects_and_resumes(templa
         for path, key in zip(refs, ("oracle", "retest")):
             data, affine = _nifti(path)
             assert data.shape == t1w.shape and np.array_equal(affine, t1w_affine)
-            expected = phantom._stored(s, s[key], params)
+            expected = phantom.stored_image(s, s[key], params)
             assert np.array_equal(data, np.asanyarray(expected.dataobj))
         if s["site"] == "site-B":
             assert nib.aff2axcodes(t1w_affine) == ("L", "P", "S") and t1w.shape[2] < template.shape[2]

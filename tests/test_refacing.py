@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from refacelib.diffusion import grid
@@ -139,3 +140,60 @@ def test_stage1_coarse_is_what_refacing_feeds_stage2(tmp_path):
     np.testing.assert_array_equal(a, b)
     assert np.abs(a[:, mask]).sum() > 0 and np.abs(data["defaced"][:, mask]).sum() == 0  # generated inside the mask
     np.testing.assert_array_equal(a[:, ~mask], data["defaced"][:, ~mask])  # kept outside it
+
+
+def _linear_cohort(n, seed=0):
+    """Heads whose masked face is a linear function of a visible latent, for one method."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal(n).astype(np.float32)
+    original = 1 + z[:, None, None, None] * np.linspace(1, 2, 4, dtype=np.float32)[None, :, None, None] \
+        * np.ones((n, 4, 3, 3), np.float32)
+    mask = np.zeros(original.shape, bool)
+    mask[:, :1] = True
+    return {"original": original, "defaced": np.where(mask, 0, original), "mask": mask,
+            "prior": np.ones_like(original), "method": ["m"] * n, "subject": [f"s{i}" for i in range(n)]}
+
+
+def test_a_cascade_trained_on_shuffled_faces_gets_its_linear_prior_refitted_on_shuffled_faces():
+    """The permutation control's prior must not be refitted on the true pairs at refacing time."""
+    from refacelib.diffusion import linear
+
+    train, record = _linear_cohort(16), {"methods": {"m": {"lambda": 0.01}}}
+    true_fit = refacing.refit_linear(record, train, None)
+    for shuffled_fit in (refacing.refit_linear(record, train, None, shuffled=True),
+                         refacing.refit_linear({**record, "shuffle_faces": True}, train, None)):
+        assert set(shuffled_fit) == {"linear"}  # no permuted twin of a model that is already permuted
+        expected = linear.fit_methods(refacing.shuffle_faces(train), lambdas={"m": 0.01})[0]["m"]
+        np.testing.assert_array_equal(shuffled_fit["linear"]["m"].alpha, expected.alpha)
+        assert not np.allclose(shuffled_fit["linear"]["m"].alpha, true_fit["linear"]["m"].alpha)
+    assert set(true_fit) == {"linear", "linear_permuted"}
+
+
+def test_the_permuted_linear_baseline_knows_no_person_and_chooses_its_penalty_on_shuffled_validation():
+    from refacelib.diffusion import linear
+
+    train, val, test = _linear_cohort(30, 1), _linear_cohort(8, 2), _linear_cohort(10, 3)
+    fits = refacing.refit_linear({"methods": {"m": {"lambda": 0.01}}}, train, val)
+    _, scores = linear.select_lambda(*(linear._subset(refacing.shuffle_faces(d), "m")[0] for d in (train, val)))
+    assert fits["linear_permuted"]["m"].lam == min(scores, key=scores.get)
+    inside = test["mask"]
+    err = {k: float(np.mean((linear.model_prior(test, fits[k]) - test["original"])[inside] ** 2)) for k in fits}
+    assert err["linear"] < 0.1 * err["linear_permuted"]  # only the true pairs predict each subject's face
+    with pytest.raises(ValueError, match="no linear prior for"):
+        refacing.refit_linear({"methods": {"other": {"lambda": 0.1}}}, train, None)
+
+
+def test_permutation_tests_pair_subjects_and_name_a_missing_estimator():
+    from refacelib import controls
+
+    rows = [{"subject": f"s{i}", "test_set": t, "method": "m", "candidate": c, "msd_mm": 1.0 + i}
+            for i in range(8) for t in ("a", "b") for c in ("refaced_mean", "linear")]
+    own = pd.DataFrame(rows)
+    other = own.assign(msd_mm=own["msd_mm"] + np.where(own["test_set"] == "a", 0.3, -0.3))
+    other = other.sample(frac=1.0, random_state=0)  # row order must not matter: pairs are by subject
+    t = controls.permutation_tests(own, other).set_index(["estimator", "test_set"])
+    assert t.loc[("refaced_mean", "a"), "hl_diff_mm"] == pytest.approx(-0.3)
+    assert t.loc[("refaced_mean", "b"), "hl_diff_mm"] == pytest.approx(0.3)
+    assert (t["baseline"] == "permutation").all() and (t["n"] == 8).all()
+    with pytest.raises(ValueError, match="no estimator"):
+        controls.permutation_tests(own, other, estimators=("oracle",))

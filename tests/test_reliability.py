@@ -569,3 +569,15 @@ def test_defacing_cache_key_sees_an_image_replaced_in_place(tmp_path):
     after = {r.dataset: stages._stage_folder(r, ds) for r in (real, phantom)}
     assert after[real.dataset] != before[real.dataset]
     assert after[phantom.dataset] == before[phantom.dataset]
+
+
+def test_the_book_digest_reads_files_only_and_sees_a_stylesheet_change(tmp_path):
+    """book/ holds a folder (_static/); the HTML key's digest must skip it, and still change with its files."""
+    from refacelib.pipeline import book as pipeline_book
+
+    (tmp_path / "_static").mkdir()
+    (tmp_path / "intro.md").write_text("# Intro\n")
+    (tmp_path / "_static" / "custom.css").write_text("span { font-weight: inherit; }\n")
+    before = pipeline_book._source_digest(tmp_path, "*")
+    (tmp_path / "_static" / "custom.css").write_text("span { font-weight: bold; }\n")
+    assert pipeline_book._source_digest(tmp_path, "*") != before

@@ -205,6 +205,7 @@ def test_every_glue_key_the_landing_page_quotes_is_produced(face_tables):
         | set(report.person_key_values(face_tables[1].assign(hl_diff_mm=-0.1), estimator="refaced_mean"))
         | set(report.gap_key_values(None)),
         "07_muscle": set(report.muscle_key_values(None)),
+        "09_controls": set(report.landing_controls_text(None, None, {}, None, profile="tiny")),
     }
     assert {doc for doc, _ in quoted} == set(made)
     for doc, key in quoted:
@@ -216,7 +217,7 @@ def _glue_text_without_format_spec(text: str) -> list[str]:
 
     myst-nb splits ``{glue:text}`` at its last colon: ``path::key`` alone reads as key ``path:``.
     """
-    refs = re.findall(r"\{glue:text\}`([^`]*::[^`]*)`", text)
+    refs = re.findall(r"\{glue:(?:text|md)\}`([^`]*::[^`]*)`", text)
     return [ref for ref in refs if not re.fullmatch(r"[^:]+::\w+:[^:]+", ref)]
 
 
@@ -228,6 +229,13 @@ def test_the_format_spec_check_finds_a_bare_key():
     good = "{glue:text}`../chapters/06_reid.ipynb::key_floor:s`"
     bare = "{glue:text}`../chapters/06_reid.ipynb::key_floor`"
     assert _glue_text_without_format_spec(f"a {good} b {bare}.") == ["../chapters/06_reid.ipynb::key_floor"]
+
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "book").glob("*.md")))
+def test_no_page_pastes_markdown_from_another_document(page):
+    """myst-nb's glue:md looks its key up in the page's own notebook only: across documents it fails the build."""
+    assert not re.findall(r"\{glue:md\}`[^`]*::", (ROOT / "book" / page).read_text())
     assert {"intro.md", "methods.md"} <= set(GLUE_TEXT_PAGES)  # the pages the check below reads
 
 

@@ -60,6 +60,9 @@ __all__ = [
     "oracle_latents",
     "retest_seed",
     "generate_with_references",
+    "pose_affine",
+    "template_positions",
+    "stored_image",
     "write_cohort",
     "face_normal_sd",
     "REFERENCE_FACE_SD_MM",
@@ -320,6 +323,70 @@ def _pose_coords(tpl: Template, latents: dict) -> np.ndarray:
     return inv[:3, :3] @ src_world + inv[:3, 3:4]
 
 
+def pose_affine(latents: dict, template: Template) -> np.ndarray:
+    """The true affine part of a subject's geometry: template world -> subject world (RAS mm, 4x4).
+
+    A subject is drawn on the template's grid by a backward warp
+    (:func:`_source_coords`): the output voxel at world point ``w`` shows the
+    template at ``x = y - u(y)`` with ``y = A^-1 w`` and
+    ``A x = s R (x - c) + c + t`` (``R``: :func:`_rotation` of ``rotation_deg``,
+    ``s``: ``scale``, ``t``: ``translation_mm``, ``c``: the centre of the template
+    grid ``template``, which must be the cohort's). This returns ``A``, the pose
+    and scale alone. Not included: ``u`` (:func:`_displacement`: the cranial,
+    face and soft-tissue deformations, smooth and not affine, so no affine
+    registration reproduces it; its best affine fit may also differ from ``A``),
+    and intensity, bias and noise, which move nothing. The external site's
+    storage (:func:`_thick_slices`: thicker slices, LPS) changes the voxel grid
+    but not world coordinates, so ``A`` holds for either site and after
+    resampling to any grid. :func:`template_positions` is the whole map, ``u``
+    included; measured against it, the non-affine part of ``u`` sets a floor
+    under the error of any affine registration
+    (:func:`refacelib.bench.registration.deformation_floor`).
+
+    Examples
+    --------
+    >>> tpl = Template(np.zeros((4, 4, 4)), *(np.zeros((4, 4, 4), bool),) * 3, np.eye(4), {})
+    >>> lat = {"rotation_deg": np.zeros(3), "translation_mm": np.array([1.0, 2.0, 3.0]), "scale": 2.0}
+    >>> pose_affine(lat, tpl)[:3].tolist()  # centre (2, 2, 2): x -> 2 (x - 2) + 2 + t
+    [[2.0, 0.0, 0.0, -1.0], [0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 2.0, 1.0]]
+    """
+    centre = template.affine[:3, :3] @ (np.array(template.shape) / 2.0) + template.affine[:3, 3]
+    pose = _rotation(latents["rotation_deg"]) * latents["scale"]
+    out = np.eye(4)
+    out[:3, :3] = pose
+    out[:3, 3] = centre + np.asarray(latents["translation_mm"], float) - pose @ centre
+    return out
+
+
+def template_positions(points: np.ndarray, basis: PhantomBasis, params: PhantomParams, latents: dict, *,
+                       iterations: int = 30, tolerance_mm: float = 0.01) -> np.ndarray:
+    """Where a subject shows template points ``(N, 3)`` (world mm), deformation included: ``A y``.
+
+    Solves ``y - u(y) = x`` by the fixed point ``y <- x + u(y)``, ``u`` interpolated
+    as the generator does; ``A`` is :func:`pose_affine`. Intensity, bias and noise
+    play no part. Where the deformation is steep (its gradient nears 1 in places)
+    the backward warp may fold, and a template point has no single position in
+    the subject: it shows at two places (one is returned) or the iteration does
+    not settle (NaN: a point whose equation is still off by more than
+    ``tolerance_mm`` after ``iterations`` steps).
+    """
+    tpl = basis.template
+    u = _displacement(basis, latents, params)
+    inv = np.linalg.inv(tpl.affine)
+    x = np.asarray(points, float)
+
+    def u_at(y):
+        vox = (inv[:3, :3] @ y.T + inv[:3, 3:4]).astype(np.float32)
+        return np.stack([ndimage.map_coordinates(u[i], vox, order=1, mode="nearest") for i in range(3)], 1)
+
+    y = x.copy()
+    for _ in range(iterations):
+        y = x + u_at(y)
+    y[np.linalg.norm(y - u_at(y) - x, axis=1) > tolerance_mm] = np.nan
+    pose = pose_affine(latents, tpl)
+    return y @ pose[:3, :3].T + pose[:3, 3]
+
+
 def _source_coords(basis: PhantomBasis, latents: dict, params: PhantomParams) -> np.ndarray:
     """Template voxel coordinates sampled by each output voxel (backward warp)."""
     tpl = basis.template
@@ -491,7 +558,7 @@ def _latent_row(subject: dict) -> dict:
     return row
 
 
-def _stored(s: dict, image: np.ndarray, params: PhantomParams) -> nib.Nifti1Image:
+def stored_image(s: dict, image: np.ndarray, params: PhantomParams) -> nib.Nifti1Image:
     """An image of subject ``s`` as its site stores it (site B: thick slices, LPS)."""
     affine = s["affine"]
     if s["site"] == "site-B":
@@ -506,9 +573,9 @@ def _write_subject(folder: Path, s: dict, params: PhantomParams) -> None:
         save_nifti(nib.Nifti1Image(s[name].astype(np.uint8), s["affine"]), deriv / f"{sid}_desc-{name}_mask.nii.gz")
     for name in ("oracle", "retest"):  # test subjects: the reference scans, on the T1w's grid
         if name in s:
-            save_nifti(_stored(s, s[name], params), deriv / f"{sid}_desc-{name}_T1w.nii.gz")
+            save_nifti(stored_image(s, s[name], params), deriv / f"{sid}_desc-{name}_T1w.nii.gz")
     # the image last: its presence marks the subject as complete
-    save_nifti(_stored(s, s["image"], params), folder / sid / "anat" / f"{sid}_T1w.nii.gz")
+    save_nifti(stored_image(s, s["image"], params), folder / sid / "anat" / f"{sid}_T1w.nii.gz")
 
 
 def write_cohort(folder: Path, basis: PhantomBasis, params: PhantomParams, *, progress: bool = True) -> Path:

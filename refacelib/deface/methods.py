@@ -42,7 +42,8 @@ from refacelib.data.template import Template, head_mask_from_intensity, pydeface
 
 __all__ = [
     "template_regions",
-    "DefaceResult", "Registration", "ToolNotFoundError", "register_template",
+    "DefaceResult", "Registration", "ToolNotFoundError", "register_template", "AFFINE_ITERATIONS",
+    "AFFINE_SHRINK_FACTORS", "AFFINE_SMOOTHING_SIGMAS", "INITIAL_STARTS",
     "pydeface_region", "fsl_deface_region", "mri_deface_region", "face_region",
     "deface_pydeface", "deface_fsl", "deface_mri", "deface_quickshear", "skullstrip",
     "deepbet_brain_mask", "METHODS", "REGISTRY", "tool_status", "method_table",
@@ -156,9 +157,42 @@ class Registration:
         return out > 0.5 if array.dtype == bool else out.astype(np.float32)
 
 
+#: The book's registration schedule: ANTsPy's affine levels (iterations, shrink factors, smoothing sigmas).
+AFFINE_ITERATIONS, AFFINE_SHRINK_FACTORS, AFFINE_SMOOTHING_SIGMAS = (200, 100, 50, 10), (6, 4, 2, 1), (3, 2, 1, 0)
+#: Starts of the affine stage: ANTs' centre-of-mass alignment, or a rigid stage first.
+INITIAL_STARTS = ("none", "rigid")
+
+
+def _ants_affine(fixed, moving, *, seed: int, mask, iterations, shrink_factors, smoothing_sigmas, initial: str):
+    """ANTsPy affine registration of ``moving`` to ``fixed``: the ``fwdtransforms`` files.
+
+    ``initial="rigid"`` runs a rigid stage with the same schedule first and starts the
+    affine stage from it (ANTs collapses the two into one affine file); ``"none"``
+    starts from ANTs' own centre-of-mass alignment. ``seed`` is ANTs' (non-zero) seed.
+    """
+    ants = _ants()
+    if initial not in INITIAL_STARTS:
+        raise ValueError(f"initial must be one of {INITIAL_STARTS}, got {initial!r}")
+    schedule = {"aff_iterations": tuple(int(i) for i in iterations),
+                "aff_shrink_factors": tuple(int(f) for f in shrink_factors),
+                "aff_smoothing_sigmas": tuple(int(s) for s in smoothing_sigmas)}
+    if len({len(v) for v in schedule.values()}) != 1:
+        raise ValueError(f"iterations, shrink_factors and smoothing_sigmas need one value per level, got {schedule}")
+    extra = {} if mask is None else {"mask": mask}
+    if initial == "rigid":
+        rigid = ants.registration(fixed=fixed, moving=moving, type_of_transform="Rigid", random_seed=seed,
+                                  **schedule, **extra)
+        extra["initial_transform"] = list(rigid["fwdtransforms"])
+    reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Affine", random_seed=seed,
+                            **schedule, **extra)
+    return reg["fwdtransforms"]
+
+
 def register_template(image: np.ndarray, affine: np.ndarray, template: Template, *,
                       voxel_mm: float = 4.0, seed: int = 0, exclude: np.ndarray | None = None,
-                      template_part: np.ndarray | None = None) -> Registration:
+                      template_part: np.ndarray | None = None, iterations=AFFINE_ITERATIONS,
+                      shrink_factors=AFFINE_SHRINK_FACTORS, smoothing_sigmas=AFFINE_SMOOTHING_SIGMAS,
+                      initial: str = "none") -> Registration:
     """Affine-register ``template`` (moving) to the subject (fixed) with ANTsPy.
 
     Both images are resampled to ``voxel_mm`` first, for speed. The registration
@@ -171,6 +205,11 @@ def register_template(image: np.ndarray, affine: np.ndarray, template: Template,
     is needed (:func:`refacelib.pipeline.stages.deface_cohort`). ``template_part`` (bool,
     template grid) registers only that part of the template (its brain, for
     a skull-stripped image, which has nothing else to align to).
+
+    ``iterations``, ``shrink_factors`` and ``smoothing_sigmas`` (one value per
+    level) and ``initial`` (``"none"`` or ``"rigid"``: a rigid stage with the same
+    schedule first) set ANTs' work; the defaults are the book's setting, and
+    :mod:`refacelib.bench.registration` measures cheaper ones against it.
     """
     ants = _ants()
     start = time.perf_counter()
@@ -188,12 +227,11 @@ def register_template(image: np.ndarray, affine: np.ndarray, template: Template,
     ants_seed = int(seed) % (2**31 - 2) + 1
     previous, ants.config._random_seed = ants.config._random_seed, ants_seed
     try:
-        extra = {} if keep is None else {"mask": keep}
-        reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Affine",
-                                random_seed=ants_seed, aff_iterations=(200, 100, 50, 10), **extra)
+        files = _ants_affine(fixed, moving, seed=ants_seed, mask=keep, iterations=iterations,
+                             shrink_factors=shrink_factors, smoothing_sigmas=smoothing_sigmas, initial=initial)
     finally:
         ants.config._random_seed = previous
-    out = Registration(template=template, transform=ants.read_transform(reg["fwdtransforms"][0]))
+    out = Registration(template=template, transform=ants.read_transform(files[0]))
     head = head_mask_from_intensity(image)
     warped = out.to_subject(template.head if template_part is None else np.asarray(template_part, bool),
                             image.shape, affine)

@@ -41,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from refacelib._utils.io import UnsafeFileError, atomic_path, atomic_write_text, save_table
+from refacelib._utils.parallel import check_backend
 from refacelib.pipeline import refacing
 from refacelib.pipeline.config import ConfigError, Run, check_parameters, open_run, parse_flag, project_root, stable_hash
 
@@ -88,7 +89,7 @@ book with this appendix filled in.
 #: chapter's cache key. Paths are relative to the run folder; ``project:`` ones to the project root
 #: (the ablation table shipped beside the checkpoints), with ``{profile}`` filled in.
 CHAPTER_INPUTS = {"09_controls": ("tables/controls.csv", "tables/controls_offsets.csv",
-                                  "tables/controls_permutation.csv"),
+                                  "tables/controls_permutation.csv", "tables/controls_permutation_msd.csv"),
                   "04_training": ("tables/ablation.csv", "project:checkpoints/ablation-{profile}.csv")}
 
 
@@ -134,8 +135,9 @@ def chapter_names(toc: Path | None = None) -> list[str]:
 
 
 def _source_digest(folder: Path, pattern: str = "*.py") -> str:
+    """A short digest of the names and bytes of the files under ``folder`` matching ``pattern`` (folders skipped)."""
     digest = hashlib.sha256()
-    for path in sorted(folder.rglob(pattern)):
+    for path in sorted(p for p in folder.rglob(pattern) if p.is_file()):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
@@ -594,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--dataset", default="phantom")
     args = parser.parse_args(argv)
     try:
+        if args.command in ("book", "bench"):
+            check_backend()  # BACKEND / SCHEDULER of the chapters' workers: a wrong one stops the build here
         if args.command == "book":
             publish = parse_flag(args.publish_faces, name="PUBLISH_FACES")
             build_book(args.profile, args.dataset, force=args.force, publish_faces=publish, html=not args.no_html)

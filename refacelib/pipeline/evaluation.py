@@ -18,7 +18,8 @@ from scipy import ndimage
 
 from refacelib.evaluation import reid
 from refacelib.deface.methods import face_region
-from refacelib._utils.parallel import default_jobs
+from refacelib._utils.parallel import worker_pool
+from refacelib.pipeline.refacing import LINEAR_CANDIDATES
 from refacelib.pipeline.stages import load_defaced, load_registration
 from refacelib.imaging.surface import index_mesh
 from refacelib.data.template import Template
@@ -47,7 +48,9 @@ def candidate_images(deface_folder: Path, refaced_folder: Path, sid: str, method
     the matched baselines ``average`` and ``template_average`` (the same path
     as the cascade with a zero residual, in the same removal mask); ``swapped``
     (the swap check, :func:`refacelib.pipeline.refacing.reface_test_set`); ``linear``, the
-    linear prior alone, when the cascade has one (:mod:`refacelib.diffusion.linear`); and, for the
+    linear prior alone, and ``linear_permuted``, the same prior fitted to shuffled faces (the
+    person-independent baseline), when the cascade has one (:mod:`refacelib.diffusion.linear`,
+    :func:`refacelib.pipeline.refacing.refit_linear`); and, for the
     phantom, ``oracle``: the subject's head regenerated with its face latents
     replaced by their expectation given the rest of the head, composited into
     the same removal mask (the best any model could do).
@@ -57,9 +60,10 @@ def candidate_images(deface_folder: Path, refaced_folder: Path, sid: str, method
     for name, stored in (("refaced", "sample"), ("refaced_mean", "mean"), ("average", "average"),
                          ("template_average", "template_average"), ("swapped", "swapped")):
         out[name] = load_defaced(refaced_folder, f"{method}_{stored}", sid)[0]
-    linear = _stored(refaced_folder, f"{method}_linear", sid)
-    if linear is not None:  # cascade.prior: ridge: the linear prior alone, through the same path
-        out["linear"] = linear
+    for name in LINEAR_CANDIDATES:  # cascade.prior: ridge: the linear candidates, through the same path
+        linear = _stored(refaced_folder, f"{method}_{name}", sid)
+        if linear is not None:
+            out[name] = linear
     oracle = _stored(deface_folder, "oracle", sid)
     if oracle is not None:
         removal = load_defaced(deface_folder, f"{method}_removal", sid)[0] > 0
@@ -121,13 +125,14 @@ def face_msd_table(deface_folder: Path, refaced_folder: Path, template: Template
     """MSD (mm) of every candidate face against the original, per subject and method.
 
     Subjects run in parallel worker processes (``n_jobs``, default
-    :func:`default_jobs`); the result does not depend on their number.
+    :func:`refacelib._utils.parallel.default_jobs`; on this machine or a dask cluster,
+    :func:`refacelib._utils.parallel.worker_pool`); the result does not depend on either.
 
     Parameters
     ----------
     subjects : dict participant_id -> test set name
     n_jobs : int, optional
-        Worker processes; 1 runs in this process.
+        Worker processes; 1 runs in this process (with the ``loky`` backend).
 
     Returns
     -------
@@ -138,20 +143,18 @@ def face_msd_table(deface_folder: Path, refaced_folder: Path, template: Template
     floor : DataFrame with columns subject, test_set, msd_mm: the test-retest floor, the MSD
         between the original and a second scan of the same head (phantom only; empty otherwise)
     """
-    from joblib import Parallel, delayed
+    from joblib import delayed
     from tqdm.auto import tqdm
 
-    n_jobs = default_jobs() if n_jobs is None else int(n_jobs)
     tasks = (delayed(_subject_faces)(deface_folder, refaced_folder, template, sid, test_set, list(methods),
                                      keep_surfaces) for sid, test_set in subjects.items())
-    results = (Parallel(n_jobs=n_jobs, return_as="generator")(tasks) if n_jobs > 1
-               else (fn(*args, **kwargs) for fn, args, kwargs in tasks))
     rows, surfaces, floor = [], {}, []
-    for sub_rows, sub_surfaces, sub_floor in tqdm(results, total=len(subjects), desc="face surfaces",
-                                                  disable=not progress):
-        rows.extend(sub_rows)
-        surfaces.update(sub_surfaces)
-        floor.extend(sub_floor)
+    with worker_pool(n_jobs, return_as="generator") as workers:
+        for sub_rows, sub_surfaces, sub_floor in tqdm(workers(tasks), total=len(subjects), desc="face surfaces",
+                                                      disable=not progress):
+            rows.extend(sub_rows)
+            surfaces.update(sub_surfaces)
+            floor.extend(sub_floor)
     return reid.msd_table(rows), surfaces, pd.DataFrame(floor, columns=["subject", "test_set", "msd_mm"])
 
 
@@ -203,11 +206,19 @@ def matching_attack(surfaces: dict, subjects: dict[str, str], methods, *, refere
     the same for every subject, so that pose does not decide the match and no test
     subject is privileged; then every candidate is compared with every original of the
     same test set by MSD (:func:`fast_msd_matrix`). Method x candidate pairs run in
-    parallel worker processes (``n_jobs``, default :func:`default_jobs`).
+    parallel worker processes (``n_jobs``, default :func:`refacelib._utils.parallel.default_jobs`;
+    on this machine or a dask cluster, :func:`refacelib._utils.parallel.worker_pool`).
     """
-    from joblib import Parallel, delayed
+    with worker_pool(n_jobs) as workers:
+        return _matching_attack(surfaces, subjects, methods, reference=reference, candidates=candidates,
+                                max_points=max_points, workers=workers)
 
-    n_jobs = default_jobs() if n_jobs is None else int(n_jobs)
+
+def _matching_attack(surfaces: dict, subjects: dict[str, str], methods, *, reference: np.ndarray, candidates,
+                     max_points: int, workers) -> tuple[pd.DataFrame, dict]:
+    """:func:`matching_attack` with its ``workers`` (:func:`refacelib._utils.parallel.worker_pool`)."""
+    from joblib import delayed
+
     rows, curves = [], {}
     for test_set in sorted(set(subjects.values())):
         ids = [s for s, t in subjects.items() if t == test_set]
@@ -217,7 +228,7 @@ def matching_attack(surfaces: dict, subjects: dict[str, str], methods, *, refere
         pairs = [(method, cand) for method in methods for cand in candidates]
         tasks = [delayed(_rank_candidates)([surfaces[(sid, f"{m}:{c}")] for sid in ids], reference, originals,
                                            max_points) for m, c in pairs]
-        all_ranks = Parallel(n_jobs=n_jobs)(tasks) if n_jobs > 1 else [fn(*a, **kw) for fn, a, kw in tasks]
+        all_ranks = workers(tasks)
         for (method, cand), ranks in zip(pairs, all_ranks):
             rows.append({"method": method, "test_set": test_set, "candidate": cand, "ranks": ranks})
             curves[(method, test_set, cand)] = reid.cmc(ranks, len(ids))

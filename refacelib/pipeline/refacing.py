@@ -21,7 +21,7 @@ import pandas as pd
 from refacelib._utils.device import resolve_device
 from refacelib._utils.io import atomic_write_text, load_checkpoint, save_nifti, save_table
 from refacelib._utils.machine import cpu_model
-from refacelib._utils.parallel import default_jobs
+from refacelib._utils.parallel import worker_pool
 from refacelib.data.template import Template
 from refacelib.deface.methods import face_region
 from refacelib.diffusion import cascade as _cascade
@@ -55,6 +55,8 @@ __all__ = [
     "shuffle_faces",
     "recipe_id",
     "linear_models",
+    "refit_linear",
+    "LINEAR_CANDIDATES",
     "LINEAR_RECORD",
     "shipped_root",
     "install_shipped",
@@ -227,7 +229,8 @@ def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.Casc
         train_prior = _linear.model_prior(train, models, training=True)
         val_prior = None if val is None else _linear.model_prior(val, models)
         atomic_write_text(folder / LINEAR_RECORD, json.dumps(
-            {"train_subjects": list(dict.fromkeys(train["subject"])), "methods": record}, indent=2))
+            {"train_subjects": list(dict.fromkeys(train["subject"])), "methods": record,
+             "shuffle_faces": bool(p.get("shuffle_faces"))}, indent=2))
     for stage in (1, 2):
         ckpt = folder / f"stage{stage}.pt"
         hist_path = folder / f"stage{stage}_history.csv"
@@ -257,43 +260,89 @@ def train_cascade(run: Run, train: dict, val: dict | None, config: _cascade.Casc
     return folder, pd.concat(histories, ignore_index=True)
 
 
-#: The linear prior's record in a cascade folder (``cascade.prior: ridge``): the training subjects
-#: and each method's ridge penalty, from which :func:`linear_models` refits it.
+#: The linear prior's record in a cascade folder (``cascade.prior: ridge``): the training subjects,
+#: each method's ridge penalty and whether the faces were shuffled, from which :func:`linear_models` refits it.
 LINEAR_RECORD = "linear_prior.json"
+
+#: The linear candidates: the cascade's linear prior, and the person-independent baseline, the same
+#: kernel ridge fitted to shuffled faces (:func:`refit_linear`).
+LINEAR_CANDIDATES = ("linear", "linear_permuted")
 
 
 def linear_models(ckpt_folder: Path, deface_folder: Path, template: Template, voxel_mm: float,
-                  methods) -> dict | None:
-    """The fitted linear priors of a cascade trained with ``cascade.prior: ridge`` (None otherwise).
+                  methods, *, shuffled: bool = False, val_ids=None) -> dict | None:
+    """The linear candidates of a cascade trained with ``cascade.prior: ridge`` (None otherwise).
 
     Refitted from the training cohort's examples and the penalties recorded at
     training (:data:`LINEAR_RECORD`): the fit is deterministic, and its
-    inputs (tens of MB) need not ship with the checkpoint.
+    inputs (tens of MB) need not ship with the checkpoint. ``shuffled``: the
+    cascade was trained on shuffled faces (``cascade.shuffle_faces``, also read
+    from the record), so its prior is refitted on the same shuffled pairs.
+    ``val_ids``: the validation subjects on which the permuted baseline's
+    penalty is chosen (:func:`refit_linear`). Returns ``{name: {method: model}}``
+    for the names of :data:`LINEAR_CANDIDATES` (the permuted baseline only when
+    the cascade itself was not trained on shuffled faces).
     """
     path = Path(ckpt_folder) / LINEAR_RECORD
     if not path.is_file():
         return None
+    val_ids = list(val_ids or [])
     key = (str(Path(ckpt_folder).resolve()), str(Path(deface_folder).resolve()), float(voxel_mm), tuple(methods),
-           path.read_text())
+           path.read_text(), bool(shuffled), tuple(val_ids))
     if key not in _LINEAR_CACHE:  # a process that refaces several times (the sampler benchmark) refits once
         _LINEAR_CACHE.clear()
-        _LINEAR_CACHE[key] = _fit_linear(path, deface_folder, template, voxel_mm, methods)
+        record = json.loads(path.read_text())
+        out: dict = {name: {} for name in LINEAR_CANDIDATES}
+        for method in methods:
+            train = build_examples(deface_folder, record["train_subjects"], [method], template, voxel_mm)
+            val = build_examples(deface_folder, val_ids, [method], template, voxel_mm) if len(val_ids) > 1 else None
+            for name, models in refit_linear(record, train, val, shuffled=shuffled).items():
+                out[name].update(models)
+        _LINEAR_CACHE[key] = {name: models for name, models in out.items() if models}
     return _LINEAR_CACHE[key]
 
 
 _LINEAR_CACHE: dict = {}
 
 
-def _fit_linear(path: Path, deface_folder: Path, template: Template, voxel_mm: float, methods) -> dict:
-    record = json.loads(path.read_text())
+def refit_linear(record: dict, train: dict, val: dict | None, *, shuffled: bool = False) -> dict:
+    """The linear candidates refitted from a cascade's :data:`LINEAR_RECORD` and its training examples.
+
+    ``linear``: the cascade's prior, with the recorded penalty, on the training pairs
+    (shuffled by :func:`shuffle_faces` when the cascade was, ``shuffled`` or the
+    record's ``shuffle_faces``). ``linear_permuted`` (only for a cascade trained on
+    the true pairs): the same kernel ridge fitted to shuffled training faces, its
+    penalty chosen on shuffled validation pairs exactly as the prior's was chosen
+    on true ones (:func:`refacelib.diffusion.linear.fit_methods`). It differs from
+    ``linear`` only in whether each head is paired with its own face, so it can
+    learn only what is common to faces: the person-independent baseline.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.standard_normal(12).astype(np.float32)
+    >>> original = 1 + z[:, None, None, None] * np.ones((12, 4, 3, 3), np.float32)
+    >>> mask = np.zeros((12, 4, 3, 3), bool); mask[:, :1] = True
+    >>> train = {"original": original, "defaced": np.where(mask, 0, original), "mask": mask,
+    ...          "prior": np.ones_like(original), "method": ["m"] * 12, "subject": [f"s{i}" for i in range(12)]}
+    >>> fits = refit_linear({"methods": {"m": {"lambda": 0.01}}}, train, None)
+    >>> sorted(fits), fits["linear"]["m"].lam
+    (['linear', 'linear_permuted'], 0.01)
+    >>> from refacelib.diffusion.linear import predict
+    >>> own, permuted = (predict(fits[k]["m"], train["defaced"][:1])[0, 0] for k in ("linear", "linear_permuted"))
+    >>> bool(abs(own.mean() - z[0]) < abs(permuted.mean() - z[0]))
+    True
+    """
     lambdas = {m: r["lambda"] for m, r in record["methods"].items()}
-    models = {}
-    for method in methods:
-        if method not in lambdas:
-            raise ValueError(f"{path.name} has no linear prior for {method!r} (it has {sorted(lambdas)})")
-        train = build_examples(deface_folder, record["train_subjects"], [method], template, voxel_mm)
-        models.update(_linear.fit_methods(train, lambdas=lambdas)[0])
-    return models
+    missing = sorted(set(train["method"]) - set(lambdas))
+    if missing:
+        raise ValueError(f"{LINEAR_RECORD} has no linear prior for {missing} (it has {sorted(lambdas)})")
+    shuffled = bool(shuffled or record.get("shuffle_faces"))
+    pairs = shuffle_faces(train) if shuffled else train
+    out = {"linear": _linear.fit_methods(pairs, lambdas=lambdas)[0]}
+    if not shuffled:
+        out["linear_permuted"] = _linear.fit_methods(shuffle_faces(train), shuffle_faces(val))[0]
+    return out
 
 
 def stage1_coarse(stage1_model, data: dict, config: _cascade.CascadeConfig, *, steps: int, seed: int,
@@ -312,7 +361,7 @@ def stage1_coarse(stage1_model, data: dict, config: _cascade.CascadeConfig, *, s
 
 
 #: Version of what :func:`reface_test_set` writes (part of its cache key).
-REFACE_VERSION = 2
+REFACE_VERSION = 3
 
 #: What :func:`reface_test_set` writes per method: the cascade's estimators, the matched
 #: baselines (zero residual through the same path) and the swap check.
@@ -339,7 +388,7 @@ def swap_partners(subjects: list, test_sets: list) -> list:
 
 def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, methods, template: Template,
                     config: _cascade.CascadeConfig, *, progress: bool = True, n_jobs: int | None = None,
-                    test_sets: list | None = None, models=None) -> tuple[Path, pd.DataFrame]:
+                    test_sets: list | None = None, models=None, val_ids=None) -> tuple[Path, pd.DataFrame]:
     """Reface every test subject under every method; write NIfTIs in subject space.
 
     The cascade sees the attacker's view only (:func:`build_examples` with
@@ -350,61 +399,68 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
     refaced face only by what the cascade learned) and ``swapped`` (this
     subject's baseline plus the learned residual of another subject of the
     same test set, :func:`swap_partners`: a person-independent correction
-    would help it as much as the subject's own).
+    would help it as much as the subject's own). With ``cascade.prior: ridge``
+    it also writes the two linear candidates (:func:`linear_models`): ``linear``,
+    the cascade's prior alone, and ``linear_permuted``, the same prior fitted to
+    shuffled faces (its penalty chosen on ``val_ids``), the person-independent
+    baseline.
 
     Sampling runs in this process (batched over subjects); bringing the results
     to each subject's space and writing them runs in ``n_jobs`` worker
-    processes (default :func:`refacelib._utils.parallel.default_jobs`). The files
-    do not depend on it. ``models`` overrides the trained networks (a test
+    processes (default :func:`refacelib._utils.parallel.default_jobs`; on this
+    machine or a dask cluster, :func:`refacelib._utils.parallel.worker_pool`). The
+    files do not depend on either. ``models`` overrides the trained networks (a test
     passes untrained ones).
 
     Returns the output folder and a table of wall times per method.
     """
-    from joblib import Parallel, delayed
+    from joblib import delayed
 
     p = run.params["cascade"]
     test_sets = list(test_sets) if test_sets is not None else ["test"] * len(test_ids)
     key = [CASCADE_VERSION, REFACE_VERSION, ckpt_folder.name, p["sampler"], p["sample_steps"], p["n_samples"], list(test_ids),
-           test_sets, models is None]
+           test_sets, models is None, list(val_ids or []), bool(p.get("shuffle_faces"))]
     out = stage_folder(run, "refaced", key)
     if is_done(out):
         return out, pd.read_csv(out / "timings.csv")
     if models is None:
         models = tuple(load_stage(ckpt_folder / f"stage{s}.pt", device=p.get("device", "auto"))[0] for s in (1, 2))
-    linear = linear_models(ckpt_folder, deface_folder, template, p["voxel_mm"], methods)
+    linear = linear_models(ckpt_folder, deface_folder, template, p["voxel_mm"], methods,
+                           shuffled=bool(p.get("shuffle_faces")), val_ids=val_ids)
     averages = {"": nib.load(str(Path(deface_folder) / "cohort_average.nii.gz")).get_fdata(dtype=np.float32),
                 "template_": template.data.astype(np.float32)}
     partners = swap_partners(list(test_ids), test_sets)
-    rows, n_jobs = [], default_jobs() if n_jobs is None else max(1, int(n_jobs))
-    workers = Parallel(n_jobs=n_jobs, max_nbytes=None) if n_jobs > 1 else None  # no memmaps: tasks are small
-    for method in methods:
-        start = time.perf_counter()
-        data = build_examples(deface_folder, test_ids, [method], template, p["voxel_mm"], attacker=True,
-                              baselines=True)
-        # the cascade's prior: the matched average, plus the linear prediction with cascade.prior: ridge
-        model_prior = data["prior"] if linear is None else _linear.model_prior(data, linear)
-        result = reface(data["defaced"], data["mask"], model_prior, models, config, sampler=p["sampler"],
-                        steps=p["sample_steps"], n_samples=p["n_samples"], seed=int(run.params["seed"]),
-                        batch_size=p.get("sample_batch", 8), device=p.get("device", "auto"), progress=progress)
-        tasks = []
-        for i, sid in enumerate(test_ids):
-            j = partners[i]
-            learned_j = np.where(data["mask"][j], result["mean"][j] - data["prior"][j], np.float32(0))
-            swapped = np.where(data["mask"][i], data["prior"][i] + learned_j, data["defaced"][i])
-            volumes = {"sample": (result["sample"][i], ""), "mean": (result["mean"][i], ""),
-                       "average": (data["prior"][i], ""), "swapped": (swapped, ""),
-                       "template_average": (data["template_prior"][i], "template_")}
-            if linear is not None:  # the linear prior alone: what the diffusion stages add is measured against it
-                volumes["linear"] = (model_prior[i], "")
-            specs = {name: (common, data[f"{k}prior"][i], averages[k], data[f"{k or 'average_'}norm"],
-                            data[f"{k}match"][i], data["mask"][i]) for name, (common, k) in volumes.items()}
-            tasks.append((out, deface_folder, template, sid, method, specs, float(data["scale"][i])))
-        if workers is None:
-            for task in tasks:
-                _write_refaced(*task)
-        else:
+    rows = []
+    with worker_pool(n_jobs, max_nbytes=None) as workers:  # no memmaps: tasks are small
+        for method in methods:
+            start = time.perf_counter()
+            data = build_examples(deface_folder, test_ids, [method], template, p["voxel_mm"], attacker=True,
+                                  baselines=True)
+            # the cascade's prior: the matched average, plus the linear prediction with cascade.prior: ridge
+            model_prior = data["prior"] if linear is None else _linear.model_prior(data, linear["linear"])
+            permuted = None if linear is None or "linear_permuted" not in linear else \
+                _linear.model_prior(data, linear["linear_permuted"])
+            result = reface(data["defaced"], data["mask"], model_prior, models, config, sampler=p["sampler"],
+                            steps=p["sample_steps"], n_samples=p["n_samples"], seed=int(run.params["seed"]),
+                            batch_size=p.get("sample_batch", 8), device=p.get("device", "auto"), progress=progress)
+            tasks = []
+            for i, sid in enumerate(test_ids):
+                j = partners[i]
+                learned_j = np.where(data["mask"][j], result["mean"][j] - data["prior"][j], np.float32(0))
+                swapped = np.where(data["mask"][i], data["prior"][i] + learned_j, data["defaced"][i])
+                volumes = {"sample": (result["sample"][i], ""), "mean": (result["mean"][i], ""),
+                           "average": (data["prior"][i], ""), "swapped": (swapped, ""),
+                           "template_average": (data["template_prior"][i], "template_")}
+                if linear is not None:  # the linear prior alone: what the diffusion stages add is measured against it
+                    volumes["linear"] = (model_prior[i], "")
+                if permuted is not None:  # the person-independent baseline: the linear prior fitted to shuffled faces
+                    volumes["linear_permuted"] = (permuted[i], "")
+                specs = {name: (common, data[f"{k}prior"][i], averages[k], data[f"{k or 'average_'}norm"],
+                                data[f"{k}match"][i], data["mask"][i]) for name, (common, k) in volumes.items()}
+                tasks.append((out, deface_folder, template, sid, method, specs, float(data["scale"][i])))
             workers(delayed(_write_refaced)(*task) for task in tasks)
-        rows.append({"step": f"reface {method}", "seconds": round(time.perf_counter() - start, 1), "n": len(test_ids)})
+            rows.append({"step": f"reface {method}", "seconds": round(time.perf_counter() - start, 1),
+                         "n": len(test_ids)})
     timings = pd.DataFrame(rows)
     save_table(timings, out / "timings.csv")
     mark_done(out, {"n": len(test_ids)})
@@ -584,7 +640,8 @@ def refaced_test_set(run: Run, study: RefacingSetup, ckpt_folder: Path, *, progr
     """:func:`reface_test_set` of the study's test subjects (their test sets pair the swap check)."""
     ids = list(study.test_subjects)
     return reface_test_set(run, study.deface_folder, ckpt_folder, ids, study.methods, study.template, study.config,
-                           progress=progress, test_sets=[study.test_subjects[s] for s in ids])
+                           progress=progress, test_sets=[study.test_subjects[s] for s in ids],
+                           val_ids=study.ids["val"])
 
 
 # --------------------------------------------------------------------------- shipped checkpoints

@@ -21,7 +21,7 @@ from refacelib.pipeline.cache import is_done, mark_done, read_done, stage_folder
 from refacelib.pipeline.config import Run
 from refacelib.data.bids import BIDSDataset, Subject, load_subject_array
 from refacelib._utils.io import save_nifti, save_table
-from refacelib._utils.parallel import default_jobs
+from refacelib._utils.parallel import backend_settings, default_jobs, worker_pool
 from refacelib.data.template import Template, head_mask_from_intensity, load_template
 
 __all__ = ["study_template", "image_fingerprint", "subject_brain_mask", "deface_cohort", "load_defaced", "load_registration", "attacker_registration", "phantom_truth",
@@ -141,16 +141,18 @@ def _deface_one(run, ds, subject, template, folder, methods, attacker: bool):
 
 
 def attacker_registration(defaced: np.ndarray, removal: np.ndarray, affine: np.ndarray, template: Template, *,
-                          method: str, seed: int = 0) -> deface.Registration:
+                          method: str, seed: int = 0, **options) -> deface.Registration:
     """The template registered to a defaced image, as an attacker can do it (no original needed).
 
     The removal mask is left out of the similarity metric; a skull-stripped
-    image is matched by the template's brain alone.
+    image is matched by the template's brain alone. ``options`` (resolution and
+    schedule) go to :func:`refacelib.deface.methods.register_template`; the book
+    passes none (:mod:`refacelib.bench.registration` does).
     """
     if method == "skullstrip":
         return deface.register_template(defaced, affine, template, seed=seed, template_part=template.brain,
-                                        exclude=removal)
-    return deface.register_template(defaced, affine, template, seed=seed, exclude=removal)
+                                        exclude=removal, **options)
+    return deface.register_template(defaced, affine, template, seed=seed, exclude=removal, **options)
 
 
 def phantom_truth(ds: BIDSDataset, subject: Subject, kind: str) -> Path | None:
@@ -165,10 +167,12 @@ def deface_cohort(run: Run, ds: BIDSDataset, template: Template, *, progress: bo
     """Deface every subject with every method; the training cohort's average head.
 
     Subjects run in ``n_jobs`` worker processes (default: the usable CPUs, at
-    most 8), each single-threaded, so that the files do not depend on it.
+    most 8), each single-threaded, so that the files do not depend on it; on
+    this machine or on a dask cluster (:func:`refacelib._utils.parallel.worker_pool`,
+    ``$REFACE_BACKEND``), which changes neither the files nor the stage's folder.
     Returns the stage folder and the QC table (one row per subject and method).
     """
-    from joblib import Parallel, delayed
+    from joblib import delayed
     from tqdm.auto import tqdm
 
     folder = _stage_folder(run, ds)
@@ -179,20 +183,19 @@ def deface_cohort(run: Run, ds: BIDSDataset, template: Template, *, progress: bo
     n_jobs = default_jobs() if n_jobs is None else max(1, int(n_jobs))
     tasks = [delayed(_deface_one)(run, ds, s, template, folder, methods,
                                   str(s.row.get("split", "")).startswith("test")) for s in ds.subjects]
-    results = (Parallel(n_jobs=n_jobs, return_as="generator")(tasks) if n_jobs > 1
-               else (fn(*a, **kw) for fn, a, kw in tasks))
     rows, medians = [], {}
-    for subject, (qc, median) in zip(ds.subjects, tqdm(results, total=len(tasks), desc="defacing",
-                                                        disable=not progress)):
-        rows.append(qc)
-        medians[subject.participant_id] = median
+    with worker_pool(n_jobs, return_as="generator") as workers:
+        results = tqdm(workers(tasks), total=len(tasks), desc="defacing", disable=not progress)
+        for subject, (qc, median) in zip(ds.subjects, results):
+            rows.append(qc)
+            medians[subject.participant_id] = median
     train = [s.participant_id for s in ds.subjects if s.row.get("split", "") == "train"]
     cohort_avg = cohort_average_from_folder(folder, train, medians, template)
     save_nifti(nib.Nifti1Image(cohort_avg.astype(np.float32), template.affine), folder / "cohort_average.nii.gz")
     qc = pd.concat(rows, ignore_index=True)
     save_table(qc, folder / "qc.csv")
     stats = {"seconds": round(time.perf_counter() - start, 1), "n_subjects": len(ds.subjects),
-             "n_train_for_average": len(train), "n_jobs": n_jobs,
+             "n_train_for_average": len(train), "n_jobs": n_jobs, "backend": backend_settings()[0],
              "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     mark_done(folder, stats)
     return folder, qc

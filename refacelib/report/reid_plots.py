@@ -28,6 +28,7 @@ CANDIDATE_LABELS = {
     "template_average": "template average face",
     "defaced": "defaced",
     "linear": "linear prior alone (ridge)",
+    "linear_permuted": "linear prior fitted to shuffled faces (person-independent)",
     "swapped": "swap check (another subject's residual)",
     "oracle": "oracle face (phantom's E[face | rest of head])",
 }
@@ -197,7 +198,7 @@ def plot_paired_differences(tests: pd.DataFrame, *, baseline: str = "average",
         ax.axvline(0, color="0.3", lw=0.8)
         for k, est in enumerate(present):
             rows = part[part["estimator"] == est].set_index("method").reindex(methods)
-            y = np.arange(len(methods)) + (k - (len(present) - 1) / 2) * 0.18
+            y = np.arange(len(methods)) + (k - (len(present) - 1) / 2) * min(0.18, 0.8 / len(present))
             err = np.vstack([rows["hl_diff_mm"] - rows["ci_low_mm"], rows["ci_high_mm"] - rows["hl_diff_mm"]])
             ax.errorbar(rows["hl_diff_mm"], y, xerr=err, fmt="o", ms=4, capsize=2, color=colors[est],
                         label=CANDIDATE_LABELS.get(est, est))

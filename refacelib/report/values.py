@@ -43,6 +43,7 @@ from refacelib.report import paper
 
 __all__ = [
     "offset_key_values",
+    "landing_controls_text",
     "gap_key_values",
     "PAPER_METHODS",
     "MUSCLES",
@@ -454,8 +455,10 @@ def person_key_values(tests: pd.DataFrame, *, estimator: str, alpha: float = 0.0
 
     ``key_swap_n_closer``: the swap check (a subject's baseline plus another subject's
     learned residual) significantly closer than the matched baseline; ``key_person_n_closer``:
-    the refaced face (``estimator``) significantly closer than the swap check, the part of
-    the gain that belongs to the person. Both read ``"k of n"``.
+    the refaced face (``estimator``) significantly closer than the swap check;
+    ``key_permuted_n_closer``: the refaced face significantly closer than the
+    person-independent baseline (the linear prior fitted to shuffled faces, ``linear_permuted``;
+    ``n/a`` without it), the part of the gain that belongs to the person. All read ``"k of n"``.
 
     Examples
     --------
@@ -463,11 +466,12 @@ def person_key_values(tests: pd.DataFrame, *, estimator: str, alpha: float = 0.0
     ...                   "estimator": ["swapped", "refaced"], "baseline": ["average", "swapped"],
     ...                   "p_holm": [0.01, 0.5], "hl_diff_mm": [-0.2, -0.01]})
     >>> person_key_values(t, estimator="refaced")
-    {'key_swap_n_closer': '1 of 1', 'key_person_n_closer': '0 of 1'}
+    {'key_swap_n_closer': '1 of 1', 'key_person_n_closer': '0 of 1', 'key_permuted_n_closer': 'n/a'}
     """
     test_set = headline_test_set(tests["test_set"])
     out = {}
-    for key, est, base in (("key_swap_n_closer", "swapped", "average"), ("key_person_n_closer", estimator, "swapped")):
+    for key, est, base in (("key_swap_n_closer", "swapped", "average"), ("key_person_n_closer", estimator, "swapped"),
+                           ("key_permuted_n_closer", estimator, "linear_permuted")):
         sub = tests[(tests["test_set"] == test_set) & (tests["estimator"] == est) & (tests["baseline"] == base)]
         sub = sub.dropna(subset=["p_holm"])
         k = int(((sub["p_holm"] < alpha) & (sub["hl_diff_mm"] < 0)).sum())
@@ -510,12 +514,19 @@ def gap_key_values(gap: pd.DataFrame | None, *, exclude=("skullstrip",)) -> dict
 
 
 def _linear_gap_sentence(kept: pd.DataFrame) -> str:
-    """With a linear prior under the cascade (``linear`` rows): the share the prior alone closes."""
+    """With a linear prior under the cascade (``linear`` rows): the share the prior alone closes, and
+    the share its person-independent twin (``linear_permuted``, fitted to shuffled faces) closes."""
     lin = kept[kept["candidate"] == "linear"]
     if lin.empty:
         return ""
-    return (f" The linear prior alone (before the diffusion stages) closes a median {lin['fraction'].median():.0%} "
-            f"(range {lin['fraction'].min():.0%} to {lin['fraction'].max():.0%}).")
+    out = (f" The linear prior alone (before the diffusion stages) closes a median {lin['fraction'].median():.0%} "
+           f"(range {lin['fraction'].min():.0%} to {lin['fraction'].max():.0%}).")
+    perm = kept[kept["candidate"] == "linear_permuted"]
+    if len(perm):
+        out += (f" Fitted to shuffled faces (so that it cannot know whose face it is), the same prior closes a median "
+                f"{perm['fraction'].median():.0%} (range {perm['fraction'].min():.0%} to "
+                f"{perm['fraction'].max():.0%}): that share needs no person.")
+    return out
 
 
 def floor_key_values(floor: pd.DataFrame | None) -> dict[str, str]:
@@ -579,6 +590,68 @@ def offset_key_values(offsets: pd.DataFrame, *, coupling: float = 0.0,
         for test_set, part in sel[sel["candidate"] == cand].groupby("test_set"):
             out[f"offset_{cand}_{test_set.removeprefix('test_')}"] = f"{part['offset_mm'].median():.2f}"
     return out
+
+
+_NULL_DESIGN = ("the phantom rerun with face_coupling 0 and no soft tissue on the scalp, so that nothing an "
+                "attacker sees outside the face region predicts the face")
+
+
+def landing_controls_text(null: pd.DataFrame | None, person: pd.DataFrame | None, offsets: dict,
+                          permutation: tuple[int, int, float] | None, *, profile: str,
+                          is_phantom: bool = True) -> dict[str, str]:
+    """The landing page's sentences on the controls (plain text), each complete whether or not the control ran.
+
+    Returns ``key_controls_null`` (the negative control: wins over the matched average
+    face and over the swap check, and the signed offsets at coupling 0) and
+    ``key_controls_permutation`` (the book's model against the permutation model, subject
+    by subject). ``null`` and ``person`` are :func:`negative_control_summary` against the
+    average face and the swap check; ``offsets`` the keys of :func:`offset_key_values`;
+    ``permutation`` is (significant wins, comparisons, median shift in mm) over the
+    face-removal methods. A control that did not run is named with the command that runs
+    it, so that a book built without the controls (``make book`` on a fresh clone, or a
+    real dataset) never prints a count that is not there. Plain text, because myst-nb
+    pastes text, not Markdown, across documents.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"method": ["a", "b"], "closer_significant": [True, False]})
+    >>> out = landing_controls_text(t, t, {"offset_average_external": "-1.30",
+    ...                             "offset_refaced_mean_external": "-0.50"}, (3, 4, -0.7), profile="quick")
+    >>> "closer than its matched average face in 1 of 2" in out["key_controls_null"]
+    True
+    >>> out["key_controls_permutation"].endswith("in 3 of 4 face-removal method × test-set comparisons (median shift -0.70 mm).")
+    True
+    >>> out = landing_controls_text(None, None, {}, None, profile="quick")
+    >>> "has not been run for this book" in out["key_controls_null"], "make controls PROFILE=quick" in out["key_controls_permutation"]
+    (True, True)
+    >>> "phantom only" in landing_controls_text(None, None, {}, None, profile="quick", is_phantom=False)["key_controls_null"]
+    True
+    """
+    if not is_phantom:
+        null_text = (f"The negative control ({_NULL_DESIGN}) needs the phantom, where the face signal is set by a "
+                     "parameter: it runs on the phantom only, not on this dataset.")
+    elif null is None or person is None:
+        null_text = (f"The negative control ({_NULL_DESIGN}) has not been run for this book: "
+                     f"'make controls PROFILE={profile}' runs it.")
+    else:
+        methods = sorted(set(null.loc[null["closer_significant"].astype(bool), "method"]))
+        null_text = (f"In the negative control ({_NULL_DESIGN}), the refaced face was significantly closer than its "
+                     f"matched average face in {int(null['closer_significant'].sum())} of {len(null)} method × "
+                     f"test-set × estimator comparisons (methods: {', '.join(methods) if methods else 'none'}), and "
+                     f"closer than the swap check in {int(person['closer_significant'].sum())} of {len(person)}.")
+        average, refaced = offsets.get("offset_average_external"), offsets.get("offset_refaced_mean_external")
+        if average is not None and refaced is not None:
+            null_text += (f" The signed surface offset says where each face lies: at coupling 0 the matched average "
+                          f"face lies {average} mm from the true skin on the external test set (median over methods "
+                          f"without skull-stripping; negative: inside), the refaced face {refaced} mm.")
+    if permutation is None:
+        perm_text = (f"It has not been run for this book: 'make controls PROFILE={profile}' runs it." if is_phantom
+                     else "It has not been run for this book ('make controls' runs it on the phantom).")
+    else:
+        wins, n, shift = permutation
+        perm_text = (f"The book's model is significantly closer than it, subject by subject, in {wins} of {n} "
+                     f"face-removal method × test-set comparisons (median shift {shift:+.2f} mm).")
+    return {"key_controls_null": null_text, "key_controls_permutation": perm_text}
 
 
 def controls_overview(controls: pd.DataFrame, *, alpha: float = 0.05) -> pd.DataFrame:
