@@ -99,8 +99,13 @@ if have:
     fig = reid_plots.plot_dose_response(controls, estimator="refaced_mean", baseline="average", note=note)
     save_figure(fig, run.figures / "controls_dose_response.png")
     glue("fig_controls_dose_response", fig, display=False)
+    dose_text = report.dose_response_text(controls)
 else:
     glue("fig_controls_dose_response", placeholder_figure(missing), display=False)
+    dose_text = ""
+glue("dose_response_text", Markdown(dose_text or "*Fewer than two couplings ran with this book's recipe: no dose "
+                                                 f"response to read (`make controls PROFILE={profile}`).*"),
+     display=False)
 
 # %% [markdown]
 # ```{glue:figure} fig_controls_dose_response
@@ -112,6 +117,8 @@ else:
 # `face_coupling`; one line per defacing method, one panel per test set. Below zero the
 # refaced face is closer to the original.
 # ```
+#
+# {glue:md}`dose_response_text`
 
 # %% tags=["hide-input"]
 null = person = None  # the negative control's summaries, when it ran (also for the landing page)

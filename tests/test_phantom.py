@@ -215,11 +215,12 @@ def _nifti(path):
     return np.asanyarray(img.dataobj), img.affine
 
 
-def test_write_cohort_writes_reference_scans_of_test_subjects_and_resumes(template, tmp_path, monkeypatch):
+def test_write_cohort_writes_reference_scans_of_test_subjects_resumes_and_ignores_workers(template, tmp_path, monkeypatch):
     params = phantom.PhantomParams(voxel_mm=4.0, n_train=2, n_val=1, n_test_internal=1, n_test_external=1)
     basis = phantom.build_basis(template, params)
     first = tmp_path / "first"
-    phantom.write_cohort(first, basis, params, progress=False)
+    phantom.write_cohort(first, basis, params, progress=False, n_jobs=2)  # worker processes
+    assert not list(tmp_path.glob(".phantom-basis-*"))  # the basis handed to them is removed
     deriv = first / "derivatives" / "phantom"
     for i in range(params.n_subjects):
         sid = f"sub-{i + 1:03d}"
@@ -242,14 +243,16 @@ def test_write_cohort_writes_reference_scans_of_test_subjects_and_resumes(templa
     for name in ("generate_subject", "generate_with_references"):
         original = getattr(phantom, name)
         monkeypatch.setattr(phantom, name, lambda i, *a, _f=original, **k: calls.append(i) or _f(i, *a, **k))
-    phantom.write_cohort(second, basis, params, progress=False)
+    # in this process (the counting patch does not reach worker processes); the files must
+    # equal those the two workers wrote, bit for bit
+    phantom.write_cohort(second, basis, params, progress=False, n_jobs=1)
     sid = "sub-005"
     for path in (second / sid / "anat" / f"{sid}_T1w.nii.gz",
                  second / "derivatives" / "phantom" / sid / "anat" / f"{sid}_desc-retest_T1w.nii.gz",
                  second / "participants.tsv", second / "dataset_description.json"):
         path.unlink()
     calls.clear()
-    phantom.write_cohort(second, basis, params, progress=False)
+    phantom.write_cohort(second, basis, params, progress=False, n_jobs=1)
     assert calls == [4]  # subjects with a T1w are complete
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())

@@ -391,7 +391,9 @@ def test_license_is_bsd_3_clause():
     assert text.count("\n3. ") == 1 and "Neither the name of the copyright holder" in text
     import tomllib
 
-    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]["text"] == "BSD-3-Clause"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # an SPDX expression (PEP 639): setuptools deprecates the table form and will refuse it
+    assert project["license"] == "BSD-3-Clause" and project["license-files"] == ["LICENSE"]
 
 
 def test_citation_cff_parses_and_cites_the_original_paper():

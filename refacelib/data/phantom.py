@@ -47,6 +47,7 @@ import pandas as pd
 from scipy import ndimage
 
 from refacelib._utils.io import atomic_path, atomic_write_text, save_nifti, save_table
+from refacelib._utils.parallel import backend_settings, default_jobs, worker_pool
 from refacelib.data.template import Template
 
 __all__ = [
@@ -578,40 +579,92 @@ def _write_subject(folder: Path, s: dict, params: PhantomParams) -> None:
     save_nifti(stored_image(s, s["image"], params), folder / sid / "anat" / f"{sid}_T1w.nii.gz")
 
 
-def write_cohort(folder: Path, basis: PhantomBasis, params: PhantomParams, *, progress: bool = True) -> Path:
+#: The arrays of a :class:`PhantomBasis` that :func:`write_cohort` hands to its workers as memory maps.
+_BASIS_ARRAYS = ("cranial", "face", "normal", "face_weight", "coupling_matrix")
+#: Per worker process: the basis last read from a spilled folder (folder name -> basis).
+_SPILLED: dict[str, PhantomBasis] = {}
+
+
+def _spilled_basis(spill: str, template: Template) -> PhantomBasis:
+    """The basis spilled to ``spill`` by :func:`write_cohort`, read once per process as memory maps."""
+    if spill not in _SPILLED:
+        _SPILLED.clear()
+        arrays = {name: np.load(Path(spill) / f"{name}.npy", mmap_mode="r") for name in _BASIS_ARRAYS}
+        _SPILLED[spill] = PhantomBasis(template=template, **arrays)
+    return _SPILLED[spill]
+
+
+def _cohort_subject(folder: Path, index: int, basis: PhantomBasis | None, params: PhantomParams,
+                    spill: str | None = None) -> tuple[dict, dict]:
+    """Write subject ``index`` of the cohort (unless an earlier run did) and return its
+    ``participants.tsv`` and ``latents.csv`` rows. ``spill``: read the basis from there
+    (a worker process) with ``basis`` holding only the template."""
+    if spill is not None:
+        basis = _spilled_basis(spill, basis.template)
+    sid = f"sub-{index + 1:03d}"
+    t1w = folder / sid / "anat" / f"{sid}_T1w.nii.gz"
+    if t1w.exists():  # written by an earlier, interrupted run: only the latents are needed
+        s = {"participant_id": sid, "latents": sample_latents(index, params, basis.coupling_matrix),
+             "split": params.split_of(index)}
+        s["muscle"] = muscle_hu(s["latents"], params)
+        s["site"] = "site-B" if s["split"] == "test_external" else "site-A"
+    elif params.split_of(index).startswith("test"):  # with its oracle and retest scans
+        s = generate_with_references(index, basis, params)
+        _write_subject(folder, s, params)
+    else:
+        s = generate_subject(index, basis, params)
+        _write_subject(folder, s, params)
+    row = {"participant_id": sid, "age": s["latents"]["age"], "sex": s["latents"]["sex"],
+           "site": s["site"], "split": s["split"], **{f"muscle_hu_{m}": v for m, v in s["muscle"].items()}}
+    return row, _latent_row(s)
+
+
+def write_cohort(folder: Path, basis: PhantomBasis, params: PhantomParams, *, progress: bool = True,
+                 n_jobs: int | None = None) -> Path:
     """Write the cohort as a BIDS-style folder; ground truth under ``derivatives/phantom``.
 
     Each test subject also gets ``derivatives/phantom/<sid>/anat/<sid>_desc-oracle_T1w.nii.gz``
     and ``<sid>_desc-retest_T1w.nii.gz`` (:func:`generate_with_references`), stored
     like its T1w (same grid, orientation and, at site B, thick slices).
 
+    Subjects are generated in ``n_jobs`` worker processes
+    (:func:`refacelib._utils.parallel.worker_pool`; default: the usable CPUs, at most 8).
+    Each subject is a function of its index alone, so the files are the same bit for bit
+    whatever the number of workers. The basis reaches the workers as memory-mapped
+    ``.npy`` files in a temporary folder beside ``folder`` (hundreds of MB: pickling it
+    for every subject would cost more than generating the subject), removed at the end.
+
     Subjects already on disk (from an interrupted run) are kept; the tables
     and ``dataset_description.json`` are written last, so their presence
     marks a complete cohort.
     """
+    import shutil
+    import tempfile
+
+    from joblib import delayed
     from tqdm.auto import tqdm
 
     folder = Path(folder)
-    rows, latent_rows = [], []
+    folder.mkdir(parents=True, exist_ok=True)
     deriv = folder / "derivatives" / "phantom"
-    for i in tqdm(range(params.n_subjects), desc="phantom subjects", disable=not progress):
-        sid = f"sub-{i + 1:03d}"
-        t1w = folder / sid / "anat" / f"{sid}_T1w.nii.gz"
-        if t1w.exists():  # written by an earlier, interrupted run: only the latents are needed
-            s = {"participant_id": sid, "latents": sample_latents(i, params, basis.coupling_matrix),
-                 "split": params.split_of(i)}
-            s["muscle"] = muscle_hu(s["latents"], params)
-            s["site"] = "site-B" if s["split"] == "test_external" else "site-A"
-        elif params.split_of(i).startswith("test"):  # with its oracle and retest scans
-            s = generate_with_references(i, basis, params)
-            _write_subject(folder, s, params)
-        else:
-            s = generate_subject(i, basis, params)
-            _write_subject(folder, s, params)
-        rows.append({"participant_id": sid, "age": s["latents"]["age"], "sex": s["latents"]["sex"],
-                     "site": s["site"], "split": s["split"],
-                     **{f"muscle_hu_{m}": v for m, v in s["muscle"].items()}})
-        latent_rows.append(_latent_row(s))
+    n_jobs = default_jobs() if n_jobs is None else max(1, int(n_jobs))
+    serial = n_jobs == 1 and backend_settings()[0] == "loky"  # the subjects run in this process
+    with worker_pool(n_jobs, return_as="generator") as workers:
+        spill = None if serial else tempfile.mkdtemp(prefix=".phantom-basis-", dir=folder.parent)
+        try:
+            if spill is not None:
+                for name in _BASIS_ARRAYS:
+                    np.save(Path(spill) / f"{name}.npy", np.asarray(getattr(basis, name)))
+                shared = PhantomBasis(template=basis.template, **{n: np.empty(0) for n in _BASIS_ARRAYS})
+            tasks = (delayed(_cohort_subject)(folder, i, basis if spill is None else shared, params, spill)
+                     for i in range(params.n_subjects))
+            results = list(tqdm(workers(tasks), total=params.n_subjects, desc="phantom subjects",
+                                disable=not progress))
+        finally:
+            if spill is not None:
+                shutil.rmtree(spill, ignore_errors=True)
+    rows = [row for row, _ in results]
+    latent_rows = [latent for _, latent in results]
     save_table(pd.DataFrame(latent_rows), deriv / "latents.csv")
     atomic_write_text(deriv / "README.txt", "Ground truth of the phantom: for validation only; no model or method reads it.\n")
     with atomic_path(folder / "participants.tsv") as tmp:
