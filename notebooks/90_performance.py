@@ -50,7 +50,7 @@ from myst_nb import glue
 from refacelib import bench, report
 from refacelib.bench import quality as bq
 from refacelib.data.template import load_template
-from refacelib.deface.methods import DICE_SUCCESS
+from refacelib.imaging.registration import DICE_SUCCESS
 from refacelib.diffusion import resolve_device
 from refacelib.diffusion.train import load_stage
 from refacelib.pipeline import config, refacing, start_chapter
@@ -144,7 +144,7 @@ if rebuild is not None:
 # ## Registration: cheaper settings
 #
 # The defacing stage registers pydeface's template to every subject with ANTsPy's affine
-# (`refacelib.deface.methods.register_template`, the setting called `current` below:
+# (`refacelib.imaging.registration.register_template`, the setting called `current` below:
 # {glue:text}`reg_current_setting`): once to the original, the data owner's side, and, for
 # every test subject, once more to each defaced image with its removal mask left out, the
 # attacker's side and most of the registration cost. On the phantom the true map from the

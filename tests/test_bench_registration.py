@@ -9,7 +9,7 @@ from refacelib.bench import registration as br
 from refacelib.bench import throughput
 from refacelib.data import phantom
 from refacelib.data.template import load_template
-from refacelib.deface import methods as D
+from refacelib.imaging import registration as R
 from refacelib.pipeline.config import load_profile
 
 #: A registration this far (RMS, mm) from the phantom's pose is wrong, whatever the deformation.
@@ -54,7 +54,7 @@ def test_true_map_inverts_the_generator(setup):
 
 def test_registration_matrix_agrees_with_ants(setup):
     s, tpl = setup["subjects"][0], setup["template"]
-    reg = D.register_template(s["image"], s["affine"], tpl, seed=setup["seed"])
+    reg = R.register_template(s["image"], s["affine"], tpl, seed=setup["seed"])
     matrix = br.registration_matrix(reg.transform)
     flip = np.array([-1.0, -1.0, 1.0])
     for x in ([0.0, 0.0, 0.0], [40.0, -30.0, 20.0]):  # template point -> subject; ANTs maps it back (LPS)
@@ -73,22 +73,22 @@ def test_schedule_and_rigid_start_reach_ants(setup, monkeypatch):
         return original(**kwargs)
 
     monkeypatch.setattr(ants, "registration", spy)
-    book = D.register_template(s["image"], s["affine"], tpl, seed=seed)
+    book = R.register_template(s["image"], s["affine"], tpl, seed=seed)
     assert [(c["type_of_transform"], c["aff_iterations"], c["aff_shrink_factors"]) for c in calls] == [
         ("Affine", (200, 100, 50, 10), (6, 4, 2, 1))] and "initial_transform" not in calls[0]
     calls.clear()
-    short = D.register_template(s["image"], s["affine"], tpl, seed=seed, iterations=(20, 10),
+    short = R.register_template(s["image"], s["affine"], tpl, seed=seed, iterations=(20, 10),
                                 shrink_factors=(4, 2), smoothing_sigmas=(2, 1), initial="rigid")
     assert [c["type_of_transform"] for c in calls] == ["Rigid", "Affine"]
     assert calls[1]["aff_iterations"] == (20, 10) and calls[1]["aff_smoothing_sigmas"] == (2, 1)
     assert calls[1]["initial_transform"] and all(isinstance(f, str) for f in calls[1]["initial_transform"])
     assert not np.allclose(book.transform.parameters, short.transform.parameters)
-    again = D.register_template(s["image"], s["affine"], tpl, seed=seed)  # the default is reproducible
+    again = R.register_template(s["image"], s["affine"], tpl, seed=seed)  # the default is reproducible
     np.testing.assert_array_equal(book.transform.parameters, again.transform.parameters)
     with pytest.raises(ValueError, match="initial"):
-        D.register_template(s["image"], s["affine"], tpl, initial="similarity")
+        R.register_template(s["image"], s["affine"], tpl, initial="similarity")
     with pytest.raises(ValueError, match="one value per level"):
-        D.register_template(s["image"], s["affine"], tpl, iterations=(10, 5), shrink_factors=(4, 2, 1))
+        R.register_template(s["image"], s["affine"], tpl, iterations=(10, 5), shrink_factors=(4, 2, 1))
 
 
 def test_benchmark_measures_two_settings(setup):

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from refacelib.deface import methods as D
+from refacelib.imaging import registration as R
 from refacelib.data import phantom
 from refacelib.data.template import head_mask_from_intensity, load_template
 
@@ -15,7 +16,7 @@ def setup(tmp_path_factory):
     params = phantom.PhantomParams(voxel_mm=4.0, n_train=2, n_val=0, n_test_internal=0, n_test_external=0)
     basis = phantom.build_basis(tpl, params)
     subjects = [phantom.generate_subject(i, basis, params) for i in range(2)]
-    regs = [D.register_template(s["image"], s["affine"], tpl, seed=0) for s in subjects]
+    regs = [R.register_template(s["image"], s["affine"], tpl, seed=0) for s in subjects]
     s = subjects[0]
     results = {m: D.REGISTRY[m](s["image"], s["affine"], brain_mask=s["brain"], registration=regs[0])
                for m in D.METHODS}
@@ -127,7 +128,7 @@ def test_attacker_registration_ignores_the_removed_voxels(setup):
         areg = attacker_registration(res.image, res.removal, s["affine"], tpl, method=method, seed=0)
         a = reg.to_subject(tpl.head, s["image"].shape, s["affine"])
         b = areg.to_subject(tpl.head, s["image"].shape, s["affine"])
-        assert D._dice(a, b) > (0.9 if method == "skullstrip" else 0.95), method
+        assert R._dice(a, b) > (0.9 if method == "skullstrip" else 0.95), method
 
 
 def test_missing_tool_is_explicit(setup, monkeypatch):
@@ -180,7 +181,7 @@ def test_qc_flags_brain_and_empty_removal(setup):
 def test_registration_repeats_exactly(setup):
     """Seeded, single-threaded ANTs: the same subject gives the same transform, bit for bit."""
     s = setup["subjects"][1]
-    again = D.register_template(s["image"], s["affine"], setup["template"], seed=0)
+    again = R.register_template(s["image"], s["affine"], setup["template"], seed=0)
     np.testing.assert_array_equal(again.transform.parameters, setup["regs"][1].transform.parameters)
     import ants
 

@@ -3,7 +3,7 @@
 The defacing stage registers pydeface's template to every subject (the data
 owner's side) and, for a test subject, again to each defaced image with its
 removal mask left out (the attacker's side, most of the cost):
-:func:`refacelib.deface.methods.register_template` with ANTsPy's affine at 4 mm,
+:func:`refacelib.imaging.registration.register_template` with ANTsPy's affine at 4 mm,
 iterations 200x100x50x10. On the phantom the true map from the template to a
 subject is known (:func:`refacelib.data.phantom.pose_affine`), so each setting's
 error is measured, not guessed.
@@ -49,8 +49,9 @@ from refacelib.data.bids import load_subject_array
 from refacelib.data.phantom import (PhantomParams, build_basis, generate_subject, pose_affine, stored_image,
                                     template_positions)
 from refacelib.data.template import Template, load_template
-from refacelib.deface.methods import (AFFINE_ITERATIONS, AFFINE_SHRINK_FACTORS, AFFINE_SMOOTHING_SIGMAS,
-                                      DICE_SUCCESS, deface_subject, register_template)
+from refacelib.deface.methods import deface_subject
+from refacelib.imaging.registration import (AFFINE_ITERATIONS, AFFINE_SHRINK_FACTORS, AFFINE_SMOOTHING_SIGMAS,
+                                            DICE_SUCCESS, register_template)
 from refacelib.pipeline.config import load_profile, project_root, runs_root
 from refacelib.pipeline.stages import attacker_registration
 
@@ -81,7 +82,7 @@ SIDES = ("owner", "attacker")
 
 @dataclass(frozen=True)
 class RegistrationSetting:
-    """One way of running :func:`~refacelib.deface.methods.register_template`; the defaults are the book's."""
+    """One way of running :func:`~refacelib.imaging.registration.register_template`; the defaults are the book's."""
 
     name: str
     voxel_mm: float = 4.0
@@ -91,7 +92,7 @@ class RegistrationSetting:
     initial: str = "none"
 
     def options(self) -> dict:
-        """Keywords of :func:`~refacelib.deface.methods.register_template`."""
+        """Keywords of :func:`~refacelib.imaging.registration.register_template`."""
         return {"voxel_mm": self.voxel_mm, "iterations": tuple(self.iterations),
                 "shrink_factors": tuple(self.shrink_factors), "smoothing_sigmas": tuple(self.smoothing_sigmas),
                 "initial": self.initial}
@@ -335,7 +336,7 @@ def registration_summary(table: pd.DataFrame, *, reference: str = REFERENCE, tol
 
     ``change_mm``: the setting's median ``error`` minus the reference's, same side.
     ``failed``: registrations the pipeline calls failed (``dice`` at most
-    :data:`~refacelib.deface.methods.DICE_SUCCESS`; 0 without a ``dice`` column).
+    :data:`~refacelib.imaging.registration.DICE_SUCCESS`; 0 without a ``dice`` column).
     A setting ``qualifies`` when that change is at most ``tolerance_mm`` on every
     side and it fails no more often than the reference; its cost ``cost_s`` is the
     sum over sides of the median ``cost`` (CPU seconds by default: steadier than

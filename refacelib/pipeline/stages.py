@@ -17,6 +17,7 @@ import pandas as pd
 from nibabel.processing import resample_from_to
 
 from refacelib.deface import methods as deface
+from refacelib.imaging import registration
 from refacelib.pipeline.cache import is_done, mark_done, read_done, stage_folder
 from refacelib.pipeline.config import Run
 from refacelib.data.bids import BIDSDataset, Subject, load_subject_array
@@ -108,7 +109,7 @@ def _deface_one(run, ds, subject, template, folder, methods, attacker: bool):
     image, affine = load_subject_array(subject, run.params["deface"]["voxel_mm"])
     brain, source = subject_brain_mask(run, ds, subject, image, affine)
     seed = int(run.params.get("seed", 0))
-    reg = deface.register_template(image, affine, template, seed=seed)
+    reg = registration.register_template(image, affine, template, seed=seed)
     results, qc = deface.deface_subject(image, affine, brain_mask=brain, template=template,
                                          methods=methods, registration=reg)
     sid = subject.participant_id
@@ -141,18 +142,18 @@ def _deface_one(run, ds, subject, template, folder, methods, attacker: bool):
 
 
 def attacker_registration(defaced: np.ndarray, removal: np.ndarray, affine: np.ndarray, template: Template, *,
-                          method: str, seed: int = 0, **options) -> deface.Registration:
+                          method: str, seed: int = 0, **options) -> registration.Registration:
     """The template registered to a defaced image, as an attacker can do it (no original needed).
 
     The removal mask is left out of the similarity metric; a skull-stripped
     image is matched by the template's brain alone. ``options`` (resolution and
-    schedule) go to :func:`refacelib.deface.methods.register_template`; the book
+    schedule) go to :func:`refacelib.imaging.registration.register_template`; the book
     passes none (:mod:`refacelib.bench.registration` does).
     """
     if method == "skullstrip":
-        return deface.register_template(defaced, affine, template, seed=seed, template_part=template.brain,
+        return registration.register_template(defaced, affine, template, seed=seed, template_part=template.brain,
                                         exclude=removal, **options)
-    return deface.register_template(defaced, affine, template, seed=seed, exclude=removal, **options)
+    return registration.register_template(defaced, affine, template, seed=seed, exclude=removal, **options)
 
 
 def phantom_truth(ds: BIDSDataset, subject: Subject, kind: str) -> Path | None:
@@ -216,7 +217,7 @@ def cohort_average_from_folder(folder: Path, ids, medians: dict, template: Templ
     return (acc / len(ids) * float(np.median(template.data[template.head]))).astype(np.float32)
 
 
-def load_registration(folder: Path, sid: str, template: Template, *, method: str | None = None) -> deface.Registration:
+def load_registration(folder: Path, sid: str, template: Template, *, method: str | None = None) -> registration.Registration:
     """A subject's template registration, as stored by :func:`deface_cohort` (transform only).
 
     ``method`` given: the attacker's registration to that method's defaced image
@@ -224,7 +225,7 @@ def load_registration(folder: Path, sid: str, template: Template, *, method: str
     """
     base = Path(folder) / "transforms" if method is None else Path(folder) / "attacker" / "transforms" / method
     transform = _ants().read_transform(str(base / f"{sid}.mat"))
-    return deface.Registration(template=template, transform=transform)
+    return registration.Registration(template=template, transform=transform)
 
 
 def load_defaced(folder: Path, name: str, sid: str, *, space: str = "subject") -> tuple[np.ndarray, np.ndarray]:
