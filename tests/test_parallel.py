@@ -1,4 +1,5 @@
 """The per-subject worker pools: loky by default, dask on a cluster, the same files either way."""
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -119,6 +120,11 @@ def test_defacing_on_a_local_cluster_equals_loky(no_backend_env, monkeypatch, tm
     monkeypatch.setenv("REFACE_RUNS_ROOT", str(tmp_path / "runs"))
     run = config.open_run("tiny", "phantom")
     ds = cohort.prepare_dataset(run, progress=False)
+    # four subjects (two training, one validation, one test) exercise every branch of a subject's task
+    keep = {s.participant_id for s in ds.subset("train")[:2] + ds.subset("val")[:1] + ds.subset("test_external")[:1]}
+    ds = dataclasses.replace(ds, subjects=[s for s in ds.subjects if s.participant_id in keep],
+                             participants=ds.participants[ds.participants["participant_id"].isin(keep)])
+    assert len(ds.subjects) == 4
     template = stages.study_template(run)
     loky_folder, loky_qc = stages.deface_cohort(run, ds, template, progress=False, n_jobs=2)
     loky = _array_digests(loky_folder)
