@@ -348,7 +348,8 @@ def test_controls_table_from_the_cached_run(tiny_book):
     assert null.params["phantom"]["face_coupling"] == 0.0
     assert null.params["phantom"]["soft_tissue_scalp_fraction"] == 0.0  # nothing visible predicts the face
     assert "soft_tissue_scalp_fraction" not in controls.control_run("tiny", 0.5).params["phantom"]
-    assert controls.main(["--profile", "tiny", "--couplings", f"{own:g}"]) == 0
+    # the permutation control's own training is tested below without its hours on a CPU
+    assert controls.main(["--profile", "tiny", "--couplings", f"{own:g}", "--permutation", "no"]) == 0
     table = pd.read_csv(config.open_run("tiny", "phantom").tables / "controls.csv")
     assert set(table["coupling"]) == {own}
     assert {"refaced", "refaced_mean", "swapped", "oracle"} <= set(table["estimator"])
@@ -368,6 +369,54 @@ def test_controls_table_from_the_cached_run(tiny_book):
     shutil.rmtree(shipped)
 
 
+class _StopTraining(Exception):
+    pass
+
+
+def test_permutation_control_trains_on_shuffled_faces_and_writes_its_tables(tiny_book, monkeypatch):
+    """`make controls` (permutation): the cascade's training pairs are shuffled (the test subjects never
+    are), and its tables carry the book's recipe. Training and refacing are stubbed: the stages they
+    run are those of the book, tested above."""
+    from refacelib import controls
+    from refacelib.pipeline import config, refacing
+
+    run = config.open_run("tiny", "phantom")
+    perm = controls.permutation_run(run)
+    study = refacing.setup(perm)
+    seen = {}
+
+    def stop(stage, data, *args, **kwargs):
+        seen["original"] = np.asarray(data["original"])
+        raise _StopTraining
+
+    monkeypatch.setattr(refacing, "train_stage", stop)
+    with pytest.raises(_StopTraining):
+        refacing.trained_cascade(perm, study, progress=False)
+    voxel = run.params["cascade"]["voxel_mm"]
+    own = refacing.build_examples(study.deface_folder, study.ids["train"], study.methods, study.template, voxel)
+    assert seen["original"].shape == np.asarray(own["original"]).shape
+    assert np.array_equal(seen["original"], np.asarray(refacing.shuffle_faces(own)["original"]))
+    assert not np.array_equal(seen["original"], np.asarray(own["original"]))  # the check can fail
+
+    own_msd = pd.read_csv(run.tables / "face_msd.csv")
+    fake = own_msd.assign(msd_mm=own_msd["msd_mm"] * 1.1)  # stands in for the permutation model's distances
+
+    def measured(control_run, *, progress=True):
+        assert control_run.params["cascade"]["shuffle_faces"] is True and control_run.folder == run.folder
+        return fake, controls.face_tests(fake)
+
+    monkeypatch.setattr(controls, "run_control", measured)
+    assert controls.main(["--profile", "tiny", "--permutation", "only"]) == 0
+    recipe = refacing.recipe_id(run)
+    tests = pd.read_csv(run.tables / "controls_permutation.csv")
+    assert set(tests["recipe"]) == {recipe} and {"swapped", "average"} <= set(tests["baseline"])
+    msd = pd.read_csv(run.tables / "controls_permutation_msd.csv")
+    assert list(msd.columns) == [*controls.PERMUTATION_MSD_COLUMNS, "recipe"] and set(msd["recipe"]) == {recipe}
+    paired = controls.permutation_tests(own_msd, msd)
+    main_rows = paired[paired["estimator"] == "refaced_mean"]
+    assert len(main_rows) and (main_rows["hl_diff_mm"] < 0).all()  # the book's model: 10% closer, every row
+
+
 def test_controls_chapter_renders_the_tables_of_make_controls(tiny_book):
     """The Controls chapter executes with a controls table present (the book's tiny build has none):
     the coupling-0.8 tables of the cached run, relabelled as coupling 0 so every section of the chapter runs."""
@@ -377,7 +426,7 @@ def test_controls_chapter_renders_the_tables_of_make_controls(tiny_book):
 
     run = config.open_run("tiny", "phantom")
     if not (run.tables / "controls_offsets.csv").exists():
-        assert controls.main(["--profile", "tiny", "--couplings", "0.8"]) == 0
+        assert controls.main(["--profile", "tiny", "--couplings", "0.8", "--permutation", "no"]) == 0
     saved = {}
     try:
         for name in ("controls.csv", "controls_offsets.csv"):
