@@ -186,3 +186,15 @@ def test_registration_repeats_exactly(setup):
     import ants
 
     assert ants.config._random_seed is None  # the global setting is restored
+
+
+def test_registration_leaves_no_files_behind(setup, tmp_path, monkeypatch):
+    """ANTs writes each transform to a file: read back, then removed (one per subject and method otherwise)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where ANTs' own default would write as well
+    s = setup["subjects"][0]
+    for initial in R.INITIAL_STARTS:
+        reg = R.register_template(s["image"], s["affine"], setup["template"], seed=0, initial=initial)
+        assert reg.success
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

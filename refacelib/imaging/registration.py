@@ -9,6 +9,7 @@ seeded and single-threaded, so the same input gives the same transform.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -99,12 +100,14 @@ AFFINE_ITERATIONS, AFFINE_SHRINK_FACTORS, AFFINE_SMOOTHING_SIGMAS = (200, 100, 5
 INITIAL_STARTS = ("none", "rigid")
 
 
-def _ants_affine(fixed, moving, *, seed: int, mask, iterations, shrink_factors, smoothing_sigmas, initial: str):
+def _ants_affine(fixed, moving, *, seed: int, mask, iterations, shrink_factors, smoothing_sigmas, initial: str,
+                 outprefix: str):
     """ANTsPy affine registration of ``moving`` to ``fixed``: the ``fwdtransforms`` files.
 
     ``initial="rigid"`` runs a rigid stage with the same schedule first and starts the
     affine stage from it (ANTs collapses the two into one affine file); ``"none"``
     starts from ANTs' own centre-of-mass alignment. ``seed`` is ANTs' (non-zero) seed.
+    ``outprefix``: where ANTs writes its transform files (the caller removes them).
     """
     ants = _ants()
     if initial not in INITIAL_STARTS:
@@ -117,10 +120,10 @@ def _ants_affine(fixed, moving, *, seed: int, mask, iterations, shrink_factors, 
     extra = {} if mask is None else {"mask": mask}
     if initial == "rigid":
         rigid = ants.registration(fixed=fixed, moving=moving, type_of_transform="Rigid", random_seed=seed,
-                                  **schedule, **extra)
+                                  outprefix=f"{outprefix}rigid_", **schedule, **extra)
         extra["initial_transform"] = list(rigid["fwdtransforms"])
     reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Affine", random_seed=seed,
-                            **schedule, **extra)
+                            outprefix=f"{outprefix}affine_", **schedule, **extra)
     return reg["fwdtransforms"]
 
 
@@ -163,11 +166,16 @@ def register_template(image: np.ndarray, affine: np.ndarray, template: Template,
     ants_seed = int(seed) % (2**31 - 2) + 1
     previous, ants.config._random_seed = ants.config._random_seed, ants_seed
     try:
-        files = _ants_affine(fixed, moving, seed=ants_seed, mask=keep, iterations=iterations,
-                             shrink_factors=shrink_factors, smoothing_sigmas=smoothing_sigmas, initial=initial)
+        # ANTs writes its transforms to files; read back here, removed with their folder (a
+        # registration per subject and method would otherwise leave a file each in the temp folder)
+        with tempfile.TemporaryDirectory(prefix="refacelib-ants-") as tmp:
+            files = _ants_affine(fixed, moving, seed=ants_seed, mask=keep, iterations=iterations,
+                                 shrink_factors=shrink_factors, smoothing_sigmas=smoothing_sigmas, initial=initial,
+                                 outprefix=os.path.join(tmp, "reg_"))
+            transform = ants.read_transform(files[0])
     finally:
         ants.config._random_seed = previous
-    out = Registration(template=template, transform=ants.read_transform(files[0]))
+    out = Registration(template=template, transform=transform)
     head = head_mask_from_intensity(image)
     warped = out.to_subject(template.head if template_part is None else np.asarray(template_part, bool),
                             image.shape, affine)
