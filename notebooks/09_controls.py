@@ -255,7 +255,7 @@ for cand in ("average", "refaced_mean", "swapped", "oracle"):
         glue(key, keys.get(key, "not run"), display=False)
 # the landing page's sentences on the controls, complete whether or not each control ran
 for key, text in report.landing_controls_text(null, person, keys, perm_landing, profile=profile,
-                                              is_phantom=run.is_phantom).items():
+                                              is_phantom=run.is_phantom, dose=dose_text).items():
     glue(key, text, display=False)
 
 # %% [markdown]

@@ -449,6 +449,7 @@ def test_controls_chapter_renders_the_tables_of_make_controls(tiny_book):
         assert "Negative control (coupling 0)" in text and "Traceback" not in text
         assert "Couplings 1 were run with another training recipe" in text
         assert "Trained on shuffled faces, the refaced face was significantly closer than the swap check" in text
+        assert "from coupling 0 to 0.8 it changed by" in text  # the dose-response sentence, from the table
     finally:
         for path, data in saved.items():
             if data is None:

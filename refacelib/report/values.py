@@ -599,7 +599,7 @@ _NULL_DESIGN = ("the phantom rerun with face_coupling 0 and no soft tissue on th
 
 def landing_controls_text(null: pd.DataFrame | None, person: pd.DataFrame | None, offsets: dict,
                           permutation: tuple[int, int, float] | None, *, profile: str,
-                          is_phantom: bool = True) -> dict[str, str]:
+                          is_phantom: bool = True, dose: str = "") -> dict[str, str]:
     """The landing page's sentences on the controls (plain text), each complete whether or not the control ran.
 
     Returns ``key_controls_null`` (the negative control: wins over the matched average
@@ -608,7 +608,8 @@ def landing_controls_text(null: pd.DataFrame | None, person: pd.DataFrame | None
     by subject). ``null`` and ``person`` are :func:`negative_control_summary` against the
     average face and the swap check; ``offsets`` the keys of :func:`offset_key_values`;
     ``permutation`` is (significant wins, comparisons, median shift in mm) over the
-    face-removal methods. A control that did not run is named with the command that runs
+    face-removal methods. ``key_controls_dose`` introduces ``dose`` (:func:`dose_response_text`;
+    empty: fewer than two couplings ran). A control that did not run is named with the command that runs
     it, so that a book built without the controls (``make book`` on a fresh clone, or a
     real dataset) never prints a count that is not there. Plain text, because myst-nb
     pastes text, not Markdown, across documents.
@@ -627,6 +628,8 @@ def landing_controls_text(null: pd.DataFrame | None, person: pd.DataFrame | None
     (True, True)
     >>> "phantom only" in landing_controls_text(None, None, {}, None, profile="quick", is_phantom=False)["key_controls_null"]
     True
+    >>> landing_controls_text(None, None, {}, None, profile="quick", dose="Oracle: x.")["key_controls_dose"]
+    "Over the phantom's face coupling (how much of the face the rest of the head predicts): Oracle: x."
     """
     if not is_phantom:
         null_text = (f"The negative control ({_NULL_DESIGN}) needs the phantom, where the face signal is set by a "
@@ -652,7 +655,14 @@ def landing_controls_text(null: pd.DataFrame | None, person: pd.DataFrame | None
         wins, n, shift = permutation
         perm_text = (f"The book's model is significantly closer than it, subject by subject, in {wins} of {n} "
                      f"face-removal method × test-set comparisons (median shift {shift:+.2f} mm).")
-    return {"key_controls_null": null_text, "key_controls_permutation": perm_text}
+    if not is_phantom:
+        dose_text = "The dose response over the face coupling needs the phantom as well."
+    elif not dose:
+        dose_text = (f"The dose response over the phantom's face coupling has not been run for this book: "
+                     f"'make controls PROFILE={profile}' runs it.")
+    else:
+        dose_text = f"Over the phantom's face coupling (how much of the face the rest of the head predicts): {dose}"
+    return {"key_controls_null": null_text, "key_controls_permutation": perm_text, "key_controls_dose": dose_text}
 
 
 def dose_response_text(controls: pd.DataFrame, *, estimators: Iterable[str] = ("refaced_mean", "oracle"),
