@@ -47,7 +47,7 @@ import pandas as pd
 from scipy import ndimage
 
 from refacelib._utils.io import atomic_path, atomic_write_text, save_nifti, save_table
-from refacelib._utils.parallel import backend_settings, default_jobs, worker_pool
+from refacelib._utils.parallel import worker_pool
 from refacelib.data.template import Template
 
 __all__ = [
@@ -594,13 +594,10 @@ def _spilled_basis(spill: str, template: Template) -> PhantomBasis:
     return _SPILLED[spill]
 
 
-def _cohort_subject(folder: Path, index: int, basis: PhantomBasis | None, params: PhantomParams,
-                    spill: str | None = None) -> tuple[dict, dict]:
+def _cohort_subject(folder: Path, index: int, template: Template, spill: str, params: PhantomParams) -> tuple[dict, dict]:
     """Write subject ``index`` of the cohort (unless an earlier run did) and return its
-    ``participants.tsv`` and ``latents.csv`` rows. ``spill``: read the basis from there
-    (a worker process) with ``basis`` holding only the template."""
-    if spill is not None:
-        basis = _spilled_basis(spill, basis.template)
+    ``participants.tsv`` and ``latents.csv`` rows; the basis is read from ``spill``."""
+    basis = _spilled_basis(spill, template)
     sid = f"sub-{index + 1:03d}"
     t1w = folder / sid / "anat" / f"{sid}_T1w.nii.gz"
     if t1w.exists():  # written by an earlier, interrupted run: only the latents are needed
@@ -630,9 +627,10 @@ def write_cohort(folder: Path, basis: PhantomBasis, params: PhantomParams, *, pr
     Subjects are generated in ``n_jobs`` worker processes
     (:func:`refacelib._utils.parallel.worker_pool`; default: the usable CPUs, at most 8).
     Each subject is a function of its index alone, so the files are the same bit for bit
-    whatever the number of workers. The basis reaches the workers as memory-mapped
-    ``.npy`` files in a temporary folder beside ``folder`` (hundreds of MB: pickling it
-    for every subject would cost more than generating the subject), removed at the end.
+    whatever the number of workers. The basis reaches every subject (in a worker or, with
+    one job, in this process) as memory-mapped ``.npy`` files in a temporary folder beside
+    ``folder`` (hundreds of MB: pickling it for every subject would cost more than
+    generating the subject), removed at the end.
 
     Subjects already on disk (from an interrupted run) are kept; the tables
     and ``dataset_description.json`` are written last, so their presence
@@ -647,22 +645,17 @@ def write_cohort(folder: Path, basis: PhantomBasis, params: PhantomParams, *, pr
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     deriv = folder / "derivatives" / "phantom"
-    n_jobs = default_jobs() if n_jobs is None else max(1, int(n_jobs))
-    serial = n_jobs == 1 and backend_settings()[0] == "loky"  # the subjects run in this process
-    with worker_pool(n_jobs, return_as="generator") as workers:
-        spill = None if serial else tempfile.mkdtemp(prefix=".phantom-basis-", dir=folder.parent)
-        try:
-            if spill is not None:
-                for name in _BASIS_ARRAYS:
-                    np.save(Path(spill) / f"{name}.npy", np.asarray(getattr(basis, name)))
-                shared = PhantomBasis(template=basis.template, **{n: np.empty(0) for n in _BASIS_ARRAYS})
-            tasks = (delayed(_cohort_subject)(folder, i, basis if spill is None else shared, params, spill)
+    spill = tempfile.mkdtemp(prefix=".phantom-basis-", dir=folder.parent)
+    try:
+        for name in _BASIS_ARRAYS:
+            np.save(Path(spill) / f"{name}.npy", np.asarray(getattr(basis, name)))
+        with worker_pool(n_jobs, return_as="generator") as workers:
+            tasks = (delayed(_cohort_subject)(folder, i, basis.template, spill, params)
                      for i in range(params.n_subjects))
             results = list(tqdm(workers(tasks), total=params.n_subjects, desc="phantom subjects",
                                 disable=not progress))
-        finally:
-            if spill is not None:
-                shutil.rmtree(spill, ignore_errors=True)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
     rows = [row for row, _ in results]
     latent_rows = [latent for _, latent in results]
     save_table(pd.DataFrame(latent_rows), deriv / "latents.csv")

@@ -689,8 +689,8 @@ def dose_response_text(controls: pd.DataFrame, *, estimators: Iterable[str] = ("
     if sel["coupling"].nunique() < 2:
         return ""
 
-    def mm(v: float) -> str:
-        return f"{v:+.2f}".replace("-", "\u2212").replace("+", "")
+    def mm(v: float) -> str:  # typographic minus
+        return fmt_mm(v).replace("-", "\u2212")
 
     def signed(v: float) -> str:
         return f"{v:+.2f}".replace("-", "\u2212")
