@@ -146,13 +146,14 @@ class _LateCluster:
 
     calls = 0
 
-    def __init__(self, fails):
+    def __init__(self, fails, error=AssertionError):
         self.fails = fails
+        self.error = error
 
     def LocalCluster(self, **kwargs):  # noqa: N802 - the name distributed uses
         type(self).calls += 1
         if type(self).calls <= self.fails:
-            raise AssertionError  # what distributed.utils.LoopRunner raises after waiting 10 s
+            raise self.error  # AssertionError: what distributed.utils.LoopRunner raises after waiting 10 s
         return kwargs
 
 
@@ -163,7 +164,17 @@ def test_a_local_cluster_whose_event_loop_starts_late_is_retried_then_named(monk
     assert [str(w.message) for w in record] == [
         f"the dask LocalCluster did not start (attempt {i} of 3: AssertionError); retrying" for i in (1, 2)]
     assert started["n_workers"] == 2 and started["threads_per_worker"] == 1 and _LateCluster.calls == 3
+    assert started["death_timeout"] == parallel.WORKER_START_SECONDS  # a worker that never comes up fails the start
     _LateCluster.calls = 0
     with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match=r"did not start in 3 attempts.*BACKEND=loky"):
         parallel._local_cluster(_LateCluster(fails=3), 2)
     assert _LateCluster.calls == 3
+
+
+def test_a_local_cluster_whose_worker_does_not_come_up_is_retried():
+    """A nanny past its ``death_timeout`` makes distributed raise ``RuntimeError: Cluster failed to start``."""
+    _LateCluster.calls = 0
+    late_worker = RuntimeError("Cluster failed to start: Nanny failed to start")
+    with pytest.warns(RuntimeWarning, match=r"attempt 1 of 3: RuntimeError"):
+        started = parallel._local_cluster(_LateCluster(fails=1, error=late_worker), 3)
+    assert started["n_workers"] == 3 and _LateCluster.calls == 2

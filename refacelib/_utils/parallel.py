@@ -138,12 +138,17 @@ def _dask_client(n_workers: int, scheduler: str | None, timeout: float):
             yield client
         return
     with _local_cluster(distributed, n_workers) as cluster:
-        with distributed.Client(cluster) as client:
+        with distributed.Client(cluster, timeout=timeout) as client:
+            client.wait_for_workers(n_workers, timeout=WORKER_START_SECONDS)
             yield client
 
 
 #: Attempts to start a LocalCluster before giving up (see :func:`_local_cluster`).
 LOCAL_CLUSTER_ATTEMPTS = 3
+#: Seconds a LocalCluster's worker process may take to start and reach its scheduler
+#: (the nanny's ``death_timeout``): a worker that never comes up fails the start, which
+#: is retried, instead of leaving the tasks waiting for it.
+WORKER_START_SECONDS = 120
 
 
 def _local_cluster(distributed, n_workers: int, attempts: int = LOCAL_CLUSTER_ATTEMPTS):
@@ -151,8 +156,11 @@ def _local_cluster(distributed, n_workers: int, attempts: int = LOCAL_CLUSTER_AT
 
     distributed waits a fixed 10 s for the thread of its event loop to start and then
     fails with a bare ``AssertionError`` (``distributed.utils.LoopRunner``); on a busy
-    two-core machine that happened once in CI. Such a failure leaves nothing behind,
-    so it is retried; after ``attempts`` failures the error says what happened.
+    two-core machine that happened once in CI. A worker process that does not reach the
+    scheduler within :data:`WORKER_START_SECONDS` makes the start fail too
+    (``RuntimeError: Cluster failed to start``) rather than wait without end. Such failures
+    leave nothing behind, so they are retried; after ``attempts`` failures the error says
+    what happened.
     """
     import warnings
 
@@ -160,8 +168,9 @@ def _local_cluster(distributed, n_workers: int, attempts: int = LOCAL_CLUSTER_AT
         try:
             # no dashboard; no memory limit per worker, as loky's processes have none
             return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                            dashboard_address=None, memory_limit=0)
-        except (AssertionError, TimeoutError) as err:
+                                            dashboard_address=None, memory_limit=0,
+                                            death_timeout=WORKER_START_SECONDS)
+        except (AssertionError, TimeoutError, RuntimeError) as err:
             if attempt == attempts:
                 raise RuntimeError(f"a dask LocalCluster of {n_workers} workers did not start in {attempts} "
                                    f"attempts ({type(err).__name__}: {err or 'its event loop did not start in time'}); "
