@@ -80,7 +80,7 @@ refaced, _ = refacing.refaced_test_set(run, study, ckpt_folder)
 
 # %% tags=["hide-input"]
 start = time.perf_counter()
-msd, surfaces, floor = evaluation.face_msd_table(folder, refaced, template, subjects, methods)
+msd, surfaces, floor = evaluation.face_evaluation(run, folder, refaced, template, subjects, methods)
 msd_csv = save_table(msd, run.tables / "face_msd.csv")
 floor_csv = save_table(floor, run.tables / "face_floor.csv")
 summary = reid.summary_table(msd)

@@ -155,8 +155,8 @@ def run_control(run: Run, *, progress: bool = True) -> tuple[pd.DataFrame, pd.Da
     study = refacing.setup(run)
     ckpt, _ = refacing.trained_cascade(run, study, progress=progress)
     refaced, _ = refacing.refaced_test_set(run, study, ckpt, progress=progress)
-    msd, _, _ = evaluation.face_msd_table(study.deface_folder, refaced, study.template, study.test_subjects,
-                                          study.methods, keep_surfaces=False, progress=progress)
+    msd, _, _ = evaluation.face_evaluation(run, study.deface_folder, refaced, study.template, study.test_subjects,
+                                           study.methods, progress=progress)
     return msd, face_tests(msd)
 
 

@@ -490,6 +490,52 @@ def test_training_recipe_ablation_on_the_validation_split(tiny_book):
         (run.tables / "ablation.csv").unlink()
 
 
+def test_face_evaluation_is_a_cached_stage_equal_to_a_fresh_measurement(tiny_book, monkeypatch, tmp_path):
+    """Chapter 06's face distances come from a stage of the run's cache: read back, they equal a fresh
+    face_msd_table bit for bit; a second call measures nothing; an interrupted stage or an edit of the
+    measuring code measures again, an edit elsewhere does not."""
+    from refacelib.pipeline import config, evaluation, refacing
+
+    run = config.open_run("tiny", "phantom")
+    study = refacing.setup(run)
+    ckpt, _ = refacing.trained_cascade(run, study, progress=False)
+    refaced, _ = refacing.refaced_test_set(run, study, ckpt, progress=False)
+    args = (study.deface_folder, refaced, study.template, study.test_subjects, study.methods)
+    folder = evaluation._faces_folder(run, study.deface_folder, refaced, study.test_subjects, study.methods)
+    assert (folder / "done.json").is_file()  # the book's chapter 06 made it
+    fresh, fresh_surfaces, fresh_floor = evaluation.face_msd_table(*args, progress=False, n_jobs=1)
+    calls = []
+    measure = evaluation.face_msd_table
+    monkeypatch.setattr(evaluation, "face_msd_table", lambda *a, **k: calls.append(1) or measure(*a, **k))
+    msd, surfaces, floor = evaluation.face_evaluation(run, *args, progress=False)
+    assert calls == []  # read from the cache
+    pd.testing.assert_frame_equal(msd, fresh, check_exact=True)
+    pd.testing.assert_frame_equal(floor, fresh_floor, check_exact=True)
+    kept = {k for k in fresh_surfaces if k[1] == "original" or k[1].split(":")[1] in evaluation.ATTACK_CANDIDATES}
+    assert set(surfaces) == kept and len(kept) == len(study.test_subjects) * (1 + 4 * len(study.methods))
+    assert all(np.array_equal(surfaces[k], fresh_surfaces[k]) and surfaces[k].dtype == fresh_surfaces[k].dtype
+               for k in kept)
+    # the chapter's own table is this stage's
+    pd.testing.assert_frame_equal(pd.read_csv(run.tables / "face_msd.csv", float_precision="round_trip",
+                                              dtype={"subject": str, "test_set": str}), msd, check_exact=True)
+    # an interrupted stage (no record) measures again
+    (folder / "done.json").unlink()
+    evaluation.face_evaluation(run, *args, progress=False)
+    assert calls == [1] and (folder / "done.json").is_file()
+    # the key follows the measuring code: a changed metric module changes the digest, another module does not
+    package = tmp_path / "refacelib"
+    shutil.copytree(Path(evaluation.__file__).resolve().parents[1], package)
+    before = evaluation.metric_source_digest(package)
+    assert before == evaluation.metric_source_digest()
+    (package / "report" / "values.py").write_text("# edited\n")
+    assert evaluation.metric_source_digest(package) == before
+    with open(package / "evaluation" / "reid.py", "a") as fh:
+        fh.write("\n# edited\n")
+    assert evaluation.metric_source_digest(package) != before
+    monkeypatch.setattr(evaluation, "metric_source_digest", lambda root=None: "edited")
+    assert evaluation._faces_folder(run, study.deface_folder, refaced, study.test_subjects, study.methods) != folder
+
+
 def test_ridge_prior_cascade_end_to_end(tiny_book, tmp_path):
     """cascade.prior: ridge trains on out-of-fold linear priors, refaces with the linear prior
     (written as its own candidate, measured like the others) and ships the record its refit needs."""

@@ -204,6 +204,24 @@ def test_surface_offset_has_the_sign_and_size_of_a_growth(pv_grid, pv_base):
     assert reid.surface_msd(moved, base) > 0.2
 
 
+def test_msd_and_offset_equal_the_two_functions_bit_for_bit(pv_grid, pv_base):
+    """The evaluation's one-pass measurement gives exactly surface_msd and surface_offset (and NaN when empty)."""
+    shape, affine, region = pv_grid
+    image, base = pv_base
+    target = surface.index_mesh(base)
+    smoothed = ndi.gaussian_filter(np.asarray(image, np.float64), 1.0)
+    for grow, shift in ((-0.3, 0.0), (0.3, 0.4), (0.0, 0.5)):
+        mesh = reid.face_mesh(_pv_sphere(shape, affine, PV_R + grow, PV_C + [shift, 0, 0]), affine, region,
+                              threshold=50.0)
+        msd, offset = reid.msd_and_offset(mesh, target, smoothed, affine, threshold=50.0)
+        assert msd == reid.surface_msd(mesh, target)
+        assert offset == reid.surface_offset(mesh, target, image, affine, threshold=50.0)
+        assert msd > 0.1  # every one of them moved
+        assert (np.sign(offset) == np.sign(grow)) if grow else abs(offset) < 0.05
+    empty = surface.Mesh.empty()
+    assert np.isnan(reid.msd_and_offset(empty, target, smoothed, affine, threshold=50.0)).all()
+
+
 def test_identical_images_measure_zero(pv_grid, pv_base):
     shape, affine, region = pv_grid
     image, base = pv_base

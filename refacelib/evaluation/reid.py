@@ -42,7 +42,7 @@ from refacelib.imaging.surface import (Mesh, MeshIndex, _default_threshold, as_m
 __all__ = [
     "smoothed_threshold",
     "CANDIDATES", "MSD_COLUMNS", "REID_COLUMNS", "face_mesh", "face_surface", "surface_msd", "candidate_msd",
-    "surface_offset", "msd_table", "hodges_lehmann", "wilcoxon_tests", "summary_table", "gap_closed", "align_rigid", "msd_matrix",
+    "surface_offset", "msd_and_offset", "msd_table", "hodges_lehmann", "wilcoxon_tests", "summary_table", "gap_closed", "align_rigid", "msd_matrix",
     "identification_ranks", "cmc", "identification_rates", "reid_table",
     "vertex_distance_volume",
 ]
@@ -228,14 +228,39 @@ def surface_offset(candidate, original, original_image: np.ndarray, affine: np.n
     if len(verts) == 0 or len(_vertices(original)) == 0:
         return float("nan")
     target = original if isinstance(original, MeshIndex) else as_mesh(original)
-    dist = point_mesh_distance(verts, target)
     vol = np.asarray(original_image, dtype=np.float64)
     if mask_sigma > 0:
         vol = ndimage.gaussian_filter(vol, mask_sigma)
+    return _signed_mean(verts, point_mesh_distance(verts, target), vol, affine, threshold)
+
+
+def _signed_mean(verts: np.ndarray, dist: np.ndarray, smoothed: np.ndarray, affine: np.ndarray,
+                 threshold: float) -> float:
+    """Mean of ``dist``, negative for the vertices inside the head (``smoothed`` above ``threshold``)."""
+    from scipy import ndimage
+
     inv = np.linalg.inv(np.asarray(affine, dtype=np.float64))
     vox = inv[:3, :3] @ verts.T + inv[:3, 3:4]
-    inside = ndimage.map_coordinates(vol, vox, order=1, mode="nearest") > threshold
+    inside = ndimage.map_coordinates(smoothed, vox, order=1, mode="nearest") > threshold
     return float(np.mean(np.where(inside, -dist, dist)))
+
+
+def msd_and_offset(candidate: Mesh, original: MeshIndex, smoothed: np.ndarray, affine: np.ndarray, *,
+                   threshold: float) -> tuple[float, float]:
+    """:func:`surface_msd` and :func:`surface_offset` of one candidate mesh, each distance computed once.
+
+    ``original``: the original's mesh prepared by :func:`refacelib.imaging.surface.index_mesh`;
+    ``smoothed``: the original image already smoothed as :func:`face_mesh` smooths it. The two
+    values equal those of the two functions (``surface_offset(..., mask_sigma=0)`` on ``smoothed``)
+    bit for bit: the candidate-to-original distances serve both. NaN for an empty surface.
+    """
+    verts = _vertices(candidate)
+    if len(verts) == 0 or len(_vertices(original)) == 0:
+        return float("nan"), float("nan")
+    d_ab = point_mesh_distance(verts, original)
+    d_ba = point_mesh_distance(_vertices(original), candidate)
+    return float(0.5 * (d_ab.mean() + d_ba.mean())), _signed_mean(verts, d_ab, np.asarray(smoothed, np.float64),
+                                                                   affine, threshold)
 
 
 def _is_mesh(x) -> bool:

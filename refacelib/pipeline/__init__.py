@@ -28,7 +28,8 @@ _MODULES = {
         "mid_sagittal_slices", "face_variation",
     ],
     "evaluation": [
-        "subject_region", "candidate_images", "original_face", "face_msd", "face_msd_table", "fast_msd_matrix",
+        "subject_region", "candidate_images", "original_face", "face_msd", "face_msd_table", "face_evaluation",
+        "metric_source_digest", "ATTACK_CANDIDATES", "fast_msd_matrix",
         "template_face", "matching_attack",
     ],
     "refacing": [

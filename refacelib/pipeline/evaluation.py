@@ -10,6 +10,10 @@ to the original), at the same surface threshold.
 """
 from __future__ import annotations
 
+import hashlib
+import resource
+import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +23,28 @@ from scipy import ndimage
 from refacelib.evaluation import reid
 from refacelib.deface.methods import face_region
 from refacelib._utils.parallel import worker_pool
+from refacelib.pipeline.cache import is_done, mark_done, stage_folder
 from refacelib.pipeline.refacing import LINEAR_CANDIDATES
 from refacelib.pipeline.stages import load_defaced, load_registration
+from refacelib._utils.io import atomic_path, save_table
 from refacelib.imaging.surface import index_mesh
 from refacelib.data.template import Template
 
-__all__ = ["subject_region", "candidate_images", "original_face", "face_msd", "face_msd_table", "fast_msd_matrix",
-           "template_face", "matching_attack"]
+__all__ = ["subject_region", "candidate_images", "original_face", "face_msd", "face_msd_table", "face_evaluation",
+           "metric_source_digest", "fast_msd_matrix", "template_face", "matching_attack", "ATTACK_CANDIDATES"]
+
+#: The candidates the matching attack ranks (:func:`matching_attack`), whose surfaces
+#: :func:`face_evaluation` keeps.
+ATTACK_CANDIDATES = ("refaced", "refaced_mean", "average", "defaced")
+
+#: Version of what :func:`face_evaluation` writes (part of its cache key, with the source
+#: digest of the modules that measure, :func:`metric_source_digest`).
+FACE_EVAL_VERSION = 1
+
+#: The modules whose code decides a face distance, relative to the package: every edit to
+#: one of them (even a comment) makes :func:`face_evaluation` measure again.
+METRIC_MODULES = ("pipeline/evaluation.py", "pipeline/stages.py", "evaluation/reid.py", "imaging/surface.py",
+                  "imaging/registration.py", "deface/methods.py", "data/template.py")
 
 
 def subject_region(template: Template, deface_folder: Path, sid: str, shape, affine) -> np.ndarray:
@@ -113,10 +132,9 @@ def _subject_faces(deface_folder: Path, refaced_folder: Path, template: Template
             mesh = reid.face_mesh(image, affine, region, threshold=threshold)
             if keep_surfaces:
                 surfaces[(sid, f"{method}:{name}")] = mesh.verts
+            msd, offset = reid.msd_and_offset(mesh, target, smoothed, affine, threshold=threshold)
             rows.append({"subject": sid, "test_set": test_set, "method": method, "candidate": name,
-                         "msd_mm": reid.surface_msd(mesh, target),
-                         "offset_mm": reid.surface_offset(mesh, target, smoothed, affine, threshold=threshold,
-                                                          mask_sigma=0.0)})
+                         "msd_mm": msd, "offset_mm": offset})
     return rows, surfaces, floor
 
 
@@ -158,6 +176,82 @@ def face_msd_table(deface_folder: Path, refaced_folder: Path, template: Template
     return reid.msd_table(rows), surfaces, pd.DataFrame(floor, columns=["subject", "test_set", "msd_mm"])
 
 
+def metric_source_digest(root: Path | None = None) -> str:
+    """A digest of the bytes of :data:`METRIC_MODULES`: the code that measures, in the cache key of :func:`face_evaluation`.
+
+    ``root``: a copy of the package (default: this one, read once per process, so that the key
+    describes the code this process runs even when the files change under it).
+
+    Examples
+    --------
+    >>> len(metric_source_digest())
+    12
+    """
+    if root is None:
+        return _loaded_metric_digest()
+    digest = hashlib.sha256()
+    for name in METRIC_MODULES:
+        digest.update(name.encode())
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@lru_cache(maxsize=1)
+def _loaded_metric_digest() -> str:
+    """:func:`metric_source_digest` of this package, read once: the code this process measures with."""
+    return metric_source_digest(Path(__file__).resolve().parents[1])
+
+
+def _surface_key(sid: str, name: str) -> str:
+    return f"{sid}|{name}"
+
+
+def _faces_folder(run, deface_folder: Path, refaced_folder: Path, subjects: dict[str, str], methods) -> Path:
+    """The folder of :func:`face_evaluation`'s stage (see there for its key)."""
+    key = {"version": FACE_EVAL_VERSION, "code": metric_source_digest(), "deface": Path(deface_folder).name,
+           "refaced": Path(refaced_folder).name, "subjects": dict(subjects), "methods": list(methods)}
+    return stage_folder(run, "faces", key)
+
+
+def face_evaluation(run, deface_folder: Path, refaced_folder: Path, template: Template, subjects: dict[str, str],
+                    methods, *, progress: bool = True, n_jobs: int | None = None):
+    """:func:`face_msd_table` of a run, kept as a stage of the run's cache.
+
+    The stage's folder (``<run>/artifacts/faces-<hash>``) is keyed by the two folders it
+    reads (the defacing and refacing stages, whose names are hashes of what made them),
+    the subjects and their test sets, the methods, :data:`FACE_EVAL_VERSION` and the
+    digest of the measuring code (:func:`metric_source_digest`), so an edit anywhere else
+    in the library reuses the distances and an edit of the metric measures again. It holds
+    ``msd.csv``, ``floor.csv`` and ``surfaces.npz`` (the original's and the
+    :data:`ATTACK_CANDIDATES`' face vertices, what the matching attack needs), and its
+    record last: an interrupted evaluation runs again.
+
+    Returns the same as :func:`face_msd_table`, with ``surfaces`` restricted to the
+    original and :data:`ATTACK_CANDIDATES`; the values equal a fresh computation bit for bit.
+    """
+    folder = _faces_folder(run, deface_folder, refaced_folder, subjects, methods)
+    if not is_done(folder):
+        start = time.perf_counter()
+        msd, surfaces, floor = face_msd_table(deface_folder, refaced_folder, template, subjects, methods,
+                                              progress=progress, n_jobs=n_jobs)
+        keep = {"original"} | {f"{m}:{c}" for m in methods for c in ATTACK_CANDIDATES}
+        folder.mkdir(parents=True, exist_ok=True)
+        save_table(msd, folder / "msd.csv")
+        save_table(floor, folder / "floor.csv")
+        with atomic_path(folder / "surfaces.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **{_surface_key(sid, name): v for (sid, name), v in surfaces.items() if name in keep})
+        mark_done(folder, {"seconds": round(time.perf_counter() - start, 1), "n_subjects": len(subjects),
+                           "n_rows": len(msd),
+                           "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+    read = dict(float_precision="round_trip", dtype={"subject": str, "test_set": str})
+    msd = pd.read_csv(folder / "msd.csv", **read)
+    floor = pd.read_csv(folder / "floor.csv", **read)
+    with np.load(folder / "surfaces.npz", allow_pickle=False) as stored:
+        surfaces = {tuple(k.split("|", 1)): stored[k] for k in stored.files}
+    return msd, surfaces, floor
+
+
 def _subsample(points: np.ndarray, max_points: int, seed: int = 0) -> np.ndarray:
     if len(points) <= max_points:
         return points
@@ -197,7 +291,7 @@ def template_face(template: Template) -> np.ndarray:
 
 
 def matching_attack(surfaces: dict, subjects: dict[str, str], methods, *, reference: np.ndarray,
-                    candidates=("refaced", "refaced_mean", "average", "defaced"),
+                    candidates=ATTACK_CANDIDATES,
                     max_points: int = 1500, n_jobs: int | None = None) -> tuple[pd.DataFrame, dict]:
     """Rank every original test face for each candidate face; top-1/top-5 and CMC curves.
 
