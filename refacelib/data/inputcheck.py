@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from refacelib._utils.io import save_table
 from refacelib.data.bids import BIDSDataset, DatasetError, load_subject_array
-from refacelib.data.template import head_mask_from_intensity
+from refacelib.data.template import head_mask_from_intensity, head_threshold
 
 __all__ = [
     "BRAIN_ONLY_MAX_ML",
@@ -47,15 +47,6 @@ _CUT_RATIO = 3.0
 _COLUMNS = ["participant_id", "file", "status", "reason", "volume_ml", "face_cut", "rest_cut"]
 
 
-def _head_mask(data: np.ndarray) -> tuple[np.ndarray, float]:
-    """Filled head mask and the tissue threshold (15 % of the 99th percentile)."""
-    positive = data[data > 0]
-    if positive.size == 0:
-        raise ValueError("no positive voxels")
-    threshold = 0.15 * float(np.percentile(positive, 99))
-    return head_mask_from_intensity(data, threshold=threshold), threshold
-
-
 def head_features(data: np.ndarray, affine: np.ndarray) -> dict[str, float]:
     """Head volume (mL) and the zero-bordered surface fractions of a RAS+ image.
 
@@ -68,7 +59,8 @@ def head_features(data: np.ndarray, affine: np.ndarray) -> dict[str, float]:
     (2100.0, 0.0, 0.0)
     """
     data = np.asarray(data, dtype=np.float32)
-    head, threshold = _head_mask(data)
+    threshold = head_threshold(data)
+    head = head_mask_from_intensity(data, threshold=threshold)
     voxel = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(0))
     cut = (data > threshold) & ndimage.binary_dilation(data == 0)
     surface = head & ~ndimage.binary_erosion(head)

@@ -25,7 +25,7 @@ __all__ = [
     "pydeface_data_path",
     "pydeface_version",
     "load_template",
-    "head_mask_from_intensity",
+    "head_mask_from_intensity", "head_threshold", "TISSUE_FRACTION",
     "LANDMARKS_VOX",
 ]
 
@@ -84,11 +84,41 @@ class Template:
         return self.data.shape
 
 
-def head_mask_from_intensity(data: np.ndarray, *, threshold: float | None = None) -> np.ndarray:
-    """Largest connected, hole-filled component above ``threshold``.
+#: The tissue threshold of :func:`head_mask_from_intensity`: this fraction of the 99th
+#: percentile of the positive voxels.
+TISSUE_FRACTION = 0.15
 
-    The default threshold is 15% of the 99th percentile of positive voxels,
-    which separates scalp from air on T1 heads.
+
+def head_threshold(data: np.ndarray) -> float:
+    """The default threshold of :func:`head_mask_from_intensity`: 15 % of the 99th percentile of positive voxels.
+
+    Examples
+    --------
+    >>> v = np.zeros((4, 4, 4)); v[1:3, 1:3, 1:3] = 100.0
+    >>> head_threshold(v)
+    15.0
+    """
+    data = np.asarray(data, dtype=np.float32)
+    positive = data[data > 0]
+    if positive.size == 0:
+        raise ValueError("image has no positive voxels: no head to find")
+    return TISSUE_FRACTION * float(np.percentile(positive, 99))
+
+
+def head_mask_from_intensity(data: np.ndarray, *, threshold: float | None = None) -> np.ndarray:
+    """The head's tissue: the largest connected, hole-filled component above ``threshold``.
+
+    The default threshold is :func:`head_threshold` (15 % of the 99th percentile of
+    positive voxels), which separates scalp from air on T1 heads; the image is smoothed by a
+    Gaussian of 0.7 voxel first. This is the head mask of the pipeline's intensity work:
+    intensity statistics, registration weights, defacing, input screening.
+
+    The study has one other head mask, with another purpose:
+    :func:`refacelib.imaging.surface.head_mask`, the **skin** mask from which surfaces are
+    extracted and faces measured (half of Otsu's threshold, which follows the skin more
+    tightly, and holes also filled slice by slice to close airways). Keeping the two apart
+    means a change to how faces are measured never changes a defaced image, and the other way
+    round.
 
     Examples
     --------
@@ -98,11 +128,8 @@ def head_mask_from_intensity(data: np.ndarray, *, threshold: float | None = None
     (True, False)
     """
     data = np.asarray(data, dtype=np.float32)
-    positive = data[data > 0]
-    if positive.size == 0:
-        raise ValueError("image has no positive voxels: no head to find")
     if threshold is None:
-        threshold = 0.15 * float(np.percentile(positive, 99))
+        threshold = head_threshold(data)
     mask = ndimage.gaussian_filter(data, 0.7) > threshold
     if not mask.any():
         raise ValueError("no voxel above the head threshold")

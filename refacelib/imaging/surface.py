@@ -104,6 +104,10 @@ def head_mask(
 ) -> np.ndarray:
     """Binary head mask: smooth, threshold, largest component, fill holes.
 
+    The **skin** mask of the study's surfaces and face distances. Defacing, registration
+    and intensity statistics use the tissue mask
+    :func:`refacelib.data.template.head_mask_from_intensity` instead (see there why two).
+
     Parameters
     ----------
     volume : ndarray, shape (X, Y, Z)
