@@ -436,5 +436,6 @@ def test_public_api():
     assert set(data.__all__) == {
         "MUSCLE_COLUMNS", "REQUIRED_COLUMNS", "AGE_RANGE", "MAX_VOXELS", "MAX_SHEAR_DEG",
         "DatasetError", "Subject", "BIDSDataset",
-        "load_bids", "load_image", "resample_to_spacing", "load_subject_array"}
+        "load_bids", "load_image", "resample_to_spacing", "load_subject_array",
+            "file_fingerprint", "image_fingerprint", "dataset_fingerprint"}
     assert issubclass(DatasetError, ValueError)

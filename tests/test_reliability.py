@@ -571,6 +571,45 @@ def test_defacing_cache_key_sees_an_image_replaced_in_place(tmp_path):
     assert after[phantom.dataset] == before[phantom.dataset]
 
 
+def test_one_file_identity_keys_every_cache_of_a_real_dataset(tmp_path):
+    """file_fingerprint (size, time in ns) is the identity of the defacing key, the chapters' key and the
+    screening cache: a rewrite with the same size is seen, derivatives/ and the dataset's location are not."""
+    import os
+    import shutil
+
+    import pandas as pd
+
+    from refacelib.data import bids, inputcheck
+    from refacelib.data.bids import BIDSDataset, Subject
+
+    root = tmp_path / "data"
+    image = root / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"first image")
+    (root / "participants.tsv").write_text("participant_id\tage\nsub-01\t50\n")
+    (root / "derivatives").mkdir()
+    ds = BIDSDataset(root=root, participants=pd.DataFrame({"participant_id": ["sub-01"]}),
+                     subjects=[Subject("sub-01", image)])
+    os.utime(image, ns=(1_000_000_000_000_000_001, 1_000_000_000_000_000_001))
+    first = (bids.image_fingerprint(ds), bids.dataset_fingerprint(root), inputcheck._file_key(image))
+    assert first[0] == [["sub-01", "sub-01_T1w.nii.gz", 11, 1_000_000_000_000_000_001]]
+    assert first[2] == "11:1000000000000000001"
+    # derivatives/ are the pipeline's own outputs: not part of the dataset's identity
+    (root / "derivatives" / "x.txt").write_text("output")
+    assert bids.dataset_fingerprint(root) == first[1]
+    # a copy elsewhere with the same files and times keeps the keys (no absolute path enters)
+    copy = shutil.copytree(root, tmp_path / "elsewhere" / "data")
+    assert bids.dataset_fingerprint(copy) == first[1]
+    # the same size rewritten a nanosecond later is another image for every cache
+    image.write_bytes(b"other image")
+    os.utime(image, ns=(1_000_000_000_000_000_002, 1_000_000_000_000_000_002))
+    second = (bids.image_fingerprint(ds), bids.dataset_fingerprint(root), inputcheck._file_key(image))
+    assert all(a != b for a, b in zip(first, second))
+    # participants.tsv changes the chapters' key, not the defacing key (that reads the images)
+    (root / "participants.tsv").write_text("participant_id\tage\nsub-01\t51\n")
+    assert bids.dataset_fingerprint(root) != second[1] and bids.image_fingerprint(ds) == second[0]
+
+
 def test_the_book_digest_reads_files_only_and_sees_a_stylesheet_change(tmp_path):
     """book/ holds a folder (_static/); the HTML key's digest must skip it, and still change with its files."""
     from refacelib.pipeline import book as pipeline_book

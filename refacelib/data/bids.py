@@ -13,6 +13,16 @@ voxels (512**3, checked from the header before any voxel is read) and affines
 whose voxel axes depart more than :data:`MAX_SHEAR_DEG` degrees from
 perpendicular (an error, not a warning). :func:`load_bids` checks every image
 header (voxel type, size, dimensions, voxel size, affine) before any work starts.
+
+A dataset has one identity for the caches (:func:`file_fingerprint`, the size and the
+modification time in ns of a file, never its absolute path): :func:`image_fingerprint` (each
+subject's T1w) keys the defacing stage, :func:`dataset_fingerprint` (every file outside
+``derivatives/``) keys the executed chapters, and the input screening caches each image's
+verdict under its :func:`file_fingerprint`. Two more names serve other ends: the run
+folder's label (:func:`refacelib._utils.paths.dataset_label`, the folder's name and a hash of
+its path, so that two datasets never share a run folder) and the pseudonym key
+(:func:`refacelib.data.privacy.dataset_key`, from ``participants.tsv``, so that a copy of the
+dataset gets the same pseudonyms).
 """
 from __future__ import annotations
 
@@ -28,6 +38,8 @@ import numpy as np
 import pandas as pd
 from nibabel.processing import resample_to_output
 
+from refacelib._utils.hashing import stable_hash
+
 __all__ = [
     "MUSCLE_COLUMNS",
     "REQUIRED_COLUMNS",
@@ -41,6 +53,9 @@ __all__ = [
     "load_image",
     "resample_to_spacing",
     "load_subject_array",
+    "file_fingerprint",
+    "image_fingerprint",
+    "dataset_fingerprint",
 ]
 
 MUSCLE_COLUMNS = ("muscle_hu_abdomen", "muscle_hu_thigh", "muscle_hu_shin")
@@ -587,3 +602,39 @@ def load_subject_array(subject_or_path: Subject | os.PathLike | str, voxel_mm: f
     img = resample_to_spacing(load_image(path, max_voxels=max_voxels, max_shear_deg=max_shear_deg),
                               voxel_mm, order=order)
     return np.asarray(img.dataobj, dtype=np.float32), img.affine.copy()
+
+
+def file_fingerprint(path: os.PathLike | str) -> list[int]:
+    """A file's size (bytes) and modification time (ns): its identity in every cache of a real dataset.
+
+    Cheap (the file is not read); an image replaced in place, even by one of the same
+    size, gets a new modification time.
+    """
+    st = Path(path).stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def image_fingerprint(ds: BIDSDataset) -> list:
+    """Each subject's T1w file as ``[id, file name, size, modification time in ns]``.
+
+    Enters the defacing stage's key for a real dataset, so that an image replaced
+    in place under the same participant id is defaced again instead of reusing
+    the cache.
+    """
+    return [[s.participant_id, Path(s.t1w).name, *file_fingerprint(s.t1w)] for s in ds.subjects]
+
+
+def dataset_fingerprint(root: os.PathLike | str) -> str:
+    """A hash of every file of a dataset outside ``derivatives/``: relative path, size and time (ns).
+
+    Keys the executed chapters of a real dataset: a changed image, ``participants.tsv``
+    or sidecar re-executes them. The absolute path does not enter, so a copy of the
+    dataset elsewhere with the same files keeps the key.
+    """
+    root = Path(root)
+    entries = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if p.is_file() and "derivatives" not in rel.parts:
+            entries.append([rel.as_posix(), *file_fingerprint(p)])
+    return stable_hash(entries)

@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import ndimage
 
 from refacelib._utils.io import save_table
-from refacelib.data.bids import BIDSDataset, DatasetError, load_subject_array
+from refacelib.data.bids import BIDSDataset, DatasetError, file_fingerprint, load_subject_array
 from refacelib.data.template import head_mask_from_intensity, head_threshold
 
 __all__ = [
@@ -105,8 +105,8 @@ def classify_head(data: np.ndarray, affine: np.ndarray) -> tuple[str, str, dict]
 
 
 def _file_key(path: Path) -> str:
-    st = path.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    size, mtime_ns = file_fingerprint(path)
+    return f"{size}:{mtime_ns}"
 
 
 def _rel(path: Path, root: Path) -> str:

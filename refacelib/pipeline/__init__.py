@@ -19,7 +19,7 @@ _MODULES = {
         "stage_folder", "is_done", "read_done", "mark_done",
     ],
     "stages": [
-        "study_template", "image_fingerprint", "subject_brain_mask", "deface_cohort", "load_defaced",
+        "study_template", "subject_brain_mask", "deface_cohort", "load_defaced",
         "load_registration", "attacker_registration", "phantom_truth", "cohort_average_from_folder",
         "face_features", "stage_stats", "qc_summary",
     ],

@@ -42,6 +42,7 @@ import yaml
 
 from refacelib._utils.io import UnsafeFileError, atomic_path, atomic_write_text, save_table
 from refacelib._utils.parallel import check_backend
+from refacelib.data.bids import dataset_fingerprint
 from refacelib.pipeline import refacing
 from refacelib.pipeline.config import ConfigError, Run, check_parameters, open_run, parse_flag, project_root, stable_hash
 
@@ -144,15 +145,7 @@ def _source_digest(folder: Path, pattern: str = "*.py") -> str:
 
 
 def _dataset_fingerprint(run: Run) -> str:
-    if run.is_phantom:
-        return "phantom"
-    root = Path(run.dataset)
-    entries = [
-        (str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime))
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and "derivatives" not in p.relative_to(root).parts
-    ]
-    return stable_hash(entries)
+    return "phantom" if run.is_phantom else dataset_fingerprint(run.dataset)
 
 
 def _scrub_pairs(replacements: dict[str, str]) -> list[tuple[str, str]]:

@@ -20,12 +20,12 @@ from refacelib.deface import methods as deface
 from refacelib.imaging import registration
 from refacelib.pipeline.cache import is_done, mark_done, read_done, stage_folder
 from refacelib.pipeline.config import Run
-from refacelib.data.bids import BIDSDataset, Subject, load_subject_array
+from refacelib.data.bids import BIDSDataset, Subject, image_fingerprint, load_subject_array
 from refacelib._utils.io import save_nifti, save_table
 from refacelib._utils.parallel import backend_settings, default_jobs, worker_pool
 from refacelib.data.template import Template, head_mask_from_intensity, load_template
 
-__all__ = ["study_template", "image_fingerprint", "subject_brain_mask", "deface_cohort", "load_defaced", "load_registration", "attacker_registration", "phantom_truth",
+__all__ = ["study_template", "subject_brain_mask", "deface_cohort", "load_defaced", "load_registration", "attacker_registration", "phantom_truth",
            "cohort_average_from_folder", "face_features", "stage_stats", "qc_summary"]
 
 #: Version of what the defacing stage writes; part of its cache key: raise it when that changes.
@@ -51,20 +51,6 @@ def subject_brain_mask(run: Run, ds: BIDSDataset, subject: Subject, image, affin
         mask = resample_from_to(nib.load(str(truth)), ref, order=0)
         return np.asarray(mask.dataobj) > 0, "phantom ground truth"
     return deface.deepbet_brain_mask(image, affine), "deepbet"
-
-
-def image_fingerprint(ds: BIDSDataset) -> list:
-    """Each subject's T1w file as (id, file name, size, modification time in ns).
-
-    Enters the defacing stage's key for a real dataset, so that an image replaced
-    in place under the same participant id is defaced again instead of reusing
-    the cache. Cheap: the files are not read.
-    """
-    out = []
-    for s in ds.subjects:
-        st = Path(s.t1w).stat()
-        out.append([s.participant_id, Path(s.t1w).name, st.st_size, st.st_mtime_ns])
-    return out
 
 
 def _stage_folder(run: Run, ds: BIDSDataset) -> Path:
