@@ -192,7 +192,7 @@ def metric_source_digest(root: Path | None = None) -> str:
     digest = hashlib.sha256()
     for name in METRIC_MODULES:
         digest.update(name.encode())
-        digest.update((root / name).read_bytes())
+        digest.update((Path(root) / name).read_bytes())
     return digest.hexdigest()[:12]
 
 
