@@ -501,7 +501,7 @@ def test_face_evaluation_is_a_cached_stage_equal_to_a_fresh_measurement(tiny_boo
     ckpt, _ = refacing.trained_cascade(run, study, progress=False)
     refaced, _ = refacing.refaced_test_set(run, study, ckpt, progress=False)
     args = (study.deface_folder, refaced, study.template, study.test_subjects, study.methods)
-    folder = evaluation._faces_folder(run, study.deface_folder, refaced, study.test_subjects, study.methods)
+    folder = evaluation.faces_folder(run, study.deface_folder, refaced, study.test_subjects, study.methods)
     assert (folder / "done.json").is_file()  # the book's chapter 06 made it
     fresh, fresh_surfaces, fresh_floor = evaluation.face_msd_table(*args, progress=False, n_jobs=1)
     calls = []
@@ -533,7 +533,7 @@ def test_face_evaluation_is_a_cached_stage_equal_to_a_fresh_measurement(tiny_boo
         fh.write("\n# edited\n")
     assert evaluation.metric_source_digest(package) != before
     monkeypatch.setattr(evaluation, "metric_source_digest", lambda root=None: "edited")
-    assert evaluation._faces_folder(run, study.deface_folder, refaced, study.test_subjects, study.methods) != folder
+    assert evaluation.faces_folder(run, study.deface_folder, refaced, study.test_subjects, study.methods) != folder
 
 
 def test_ridge_prior_cascade_end_to_end(tiny_book, tmp_path):

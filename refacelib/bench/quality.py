@@ -348,14 +348,17 @@ def chapter_costs(timings: pd.DataFrame, *, budget_s: float = BOOK_BUDGET_S,
     return pd.concat([out, pd.DataFrame([total])], ignore_index=True)
 
 
-def stage_costs(deface_stats: dict | None, timings: pd.DataFrame | None) -> pd.DataFrame:
-    """Cold cost of the cached stages: defacing (its ``done.json``) and the rows of ``timings.csv``.
+def stage_costs(deface_stats: dict | None, timings: pd.DataFrame | None,
+                faces_stats: dict | None = None) -> pd.DataFrame:
+    """Cold cost of the cached stages: defacing (its ``done.json``), the rows of ``timings.csv``
+    and the face distances (their ``done.json``, :func:`refacelib.pipeline.evaluation.face_evaluation`).
 
     Examples
     --------
     >>> stage_costs({"seconds": 5.0, "peak_rss_mib": 300.0},
-    ...             pd.DataFrame({"step": ["train stage 1"], "device": ["cpu"], "seconds": [2.0]}))["seconds"].tolist()
-    [5.0, 2.0]
+    ...             pd.DataFrame({"step": ["train stage 1"], "device": ["cpu"], "seconds": [2.0]}),
+    ...             {"seconds": 3.0, "peak_rss_mib": 400.0})["seconds"].tolist()
+    [5.0, 2.0, 3.0]
     """
     rows = []
     if deface_stats:
@@ -365,4 +368,8 @@ def stage_costs(deface_stats: dict | None, timings: pd.DataFrame | None) -> pd.D
     if timings is not None:
         for r in timings.itertuples():
             rows.append({"stage": r.step, "device": r.device, "seconds": float(r.seconds), "peak_rss_mib": np.nan})
+    if faces_stats:
+        rows.append({"stage": "face distances (every candidate, test subjects)", "device": "cpu",
+                     "seconds": float(faces_stats.get("seconds", np.nan)),
+                     "peak_rss_mib": float(faces_stats.get("peak_rss_mib", np.nan))})
     return pd.DataFrame(rows, columns=["stage", "device", "seconds", "peak_rss_mib"])

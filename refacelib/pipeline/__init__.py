@@ -29,7 +29,7 @@ _MODULES = {
     ],
     "evaluation": [
         "subject_region", "candidate_images", "original_face", "face_msd", "face_msd_table", "face_evaluation",
-        "metric_source_digest", "ATTACK_CANDIDATES", "fast_msd_matrix",
+        "faces_folder", "metric_source_digest", "ATTACK_CANDIDATES", "fast_msd_matrix",
         "template_face", "matching_attack",
     ],
     "refacing": [

@@ -31,7 +31,7 @@ from refacelib.imaging.surface import index_mesh
 from refacelib.data.template import Template
 
 __all__ = ["subject_region", "candidate_images", "original_face", "face_msd", "face_msd_table", "face_evaluation",
-           "metric_source_digest", "fast_msd_matrix", "template_face", "matching_attack", "ATTACK_CANDIDATES"]
+           "faces_folder", "metric_source_digest", "fast_msd_matrix", "template_face", "matching_attack", "ATTACK_CANDIDATES"]
 
 #: The candidates the matching attack ranks (:func:`matching_attack`), whose surfaces
 #: :func:`face_evaluation` keeps.
@@ -206,8 +206,9 @@ def _surface_key(sid: str, name: str) -> str:
     return f"{sid}|{name}"
 
 
-def _faces_folder(run, deface_folder: Path, refaced_folder: Path, subjects: dict[str, str], methods) -> Path:
-    """The folder of :func:`face_evaluation`'s stage (see there for its key)."""
+def faces_folder(run, deface_folder: Path, refaced_folder: Path, subjects: dict[str, str], methods) -> Path:
+    """The folder of :func:`face_evaluation`'s stage (see there for its key); its ``done.json`` records
+    the seconds and peak memory of the measurement."""
     key = {"version": FACE_EVAL_VERSION, "code": metric_source_digest(), "deface": Path(deface_folder).name,
            "refaced": Path(refaced_folder).name, "subjects": dict(subjects), "methods": list(methods)}
     return stage_folder(run, "faces", key)
@@ -229,7 +230,7 @@ def face_evaluation(run, deface_folder: Path, refaced_folder: Path, template: Te
     Returns the same as :func:`face_msd_table`, with ``surfaces`` restricted to the
     original and :data:`ATTACK_CANDIDATES`; the values equal a fresh computation bit for bit.
     """
-    folder = _faces_folder(run, deface_folder, refaced_folder, subjects, methods)
+    folder = faces_folder(run, deface_folder, refaced_folder, subjects, methods)
     if not is_done(folder):
         start = time.perf_counter()
         msd, surfaces, floor = face_msd_table(deface_folder, refaced_folder, template, subjects, methods,

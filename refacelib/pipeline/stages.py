@@ -252,7 +252,7 @@ def face_features(folder: Path, ids, name: str, *, region: np.ndarray, brain: np
 
 
 def stage_stats(folder: Path) -> dict:
-    """Time and peak memory of the defacing stage, as recorded when it ran."""
+    """Time and peak memory of a stage (defacing, face distances), as recorded when it ran."""
     return read_done(folder)
 
 
