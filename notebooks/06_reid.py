@@ -119,48 +119,12 @@ estimators = [e for e in ("refaced", "refaced_mean", "linear", "linear_permuted"
               if e in set(msd["candidate"])]
 tests = controls.face_tests(msd)  # the same tests the controls run at every coupling
 tests_csv = save_table(tests, run.tables / "face_tests.csv")
-headline = tests[(tests["baseline"] == "average") & (tests["estimator"] == run.params["reid"]["headline_estimator"])]
-closer = headline[(headline["p_holm"] < 0.05) & (headline["hl_diff_mm"] < 0)]
 glue("headline_estimator", run.params["reid"]["headline_estimator"], display=False)
-glue("n_closer", len(closer), display=False)
-glue("n_comparisons", len(headline), display=False)
-swap = tests[(tests["baseline"] == "average") & (tests["estimator"] == "swapped")]
-person = tests[(tests["baseline"] == "swapped") & (tests["estimator"] == run.params["reid"]["headline_estimator"])]
-glue("n_swap_closer", int(((swap["p_holm"] < 0.05) & (swap["hl_diff_mm"] < 0)).sum()), display=False)
-glue("n_person_closer", int(((person["p_holm"] < 0.05) & (person["hl_diff_mm"] < 0)).sum()), display=False)
-over_linear = tests[(tests["baseline"] == "linear") & (tests["estimator"] == run.params["reid"]["headline_estimator"])]
-lin_vs_avg = tests[(tests["baseline"] == "average") & (tests["estimator"] == "linear")]
-sig = lambda t, sign: int(((t["p_holm"] < 0.05) & (sign * t["hl_diff_mm"] > 0)).sum())
-est = run.params["reid"]["headline_estimator"]
-if len(over_linear):
-    linear_text = (
-        f"**What do the diffusion stages add?** This run's cascade refines a linear prior (see the training "
-        f"chapter). The linear prior alone is significantly closer than the matched baseline in "
-        f"{sig(lin_vs_avg, -1)} of {len(lin_vs_avg)} comparisons; the refaced face is significantly closer than "
-        f"the linear prior alone in {sig(over_linear, -1)} of {len(over_linear)} and significantly farther in "
-        f"{sig(over_linear, 1)} (rows 'vs linear' in the full table).")
-else:
-    linear_text = "This run's cascade learns its residual over the matched average head (no linear prior)."
-glue("linear_text", Markdown(linear_text), display=False)
-over_permuted = tests[(tests["baseline"] == "linear_permuted") & (tests["estimator"] == est)]
-lin_over_permuted = tests[(tests["baseline"] == "linear_permuted") & (tests["estimator"] == "linear")]
-permuted_vs_avg = tests[(tests["baseline"] == "average") & (tests["estimator"] == "linear_permuted")]
-if len(over_permuted):
-    med = lambda t: f"{t['hl_diff_mm'].median():+.2f} mm"
-    person_text = (
-        f"**The person-independent baseline.** The same linear prior fitted to *shuffled* faces (each training "
-        f"head paired with another subject's face, its penalty chosen on shuffled validation pairs; "
-        f"`linear_permuted`) can learn only what is common to faces. It is significantly closer than the "
-        f"matched baseline in {sig(permuted_vs_avg, -1)} of {len(permuted_vs_avg)} comparisons (median shift "
-        f"{med(permuted_vs_avg)}): that much of the gain needs no person. The refaced face is significantly closer "
-        f"than it in {sig(over_permuted, -1)} of {len(over_permuted)} comparisons (median shift {med(over_permuted)}), "
-        f"and the linear prior fitted to the true pairs in {sig(lin_over_permuted, -1)} of {len(lin_over_permuted)} "
-        f"({med(lin_over_permuted)}; rows 'vs linear_permuted' in the full table): this is the part of the gain "
-        f"that comes from each subject's own face.")
-else:
-    person_text = ("This run has no linear prior, so no person-independent baseline is fitted here; the "
-                   "permutation control ([Controls](09_controls.ipynb)) plays that part.")
-glue("person_text", Markdown(person_text), display=False)
+test_values = report.reid_test_values(tests, estimator=run.params["reid"]["headline_estimator"])
+for key in ("n_closer", "n_comparisons", "n_swap_closer", "n_person_closer"):
+    glue(key, test_values[key], display=False)
+glue("linear_text", Markdown(test_values["linear_text"]), display=False)
+glue("person_text", Markdown(test_values["person_text"]), display=False)
 
 # %% tags=["hide-input"]
 est = run.params["reid"]["headline_estimator"]

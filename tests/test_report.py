@@ -448,3 +448,28 @@ def test_plot_offsets_draws_one_bar_per_method_and_candidate():
     bars = [p for ax in fig.axes for p in ax.patches]
     assert len(fig.axes) == 2 and len(bars) == 2 * 3 * 2
     assert all(b.get_height() == pytest.approx(-0.5) for b in bars)
+
+
+def test_reid_test_values_count_each_comparison_and_write_both_paragraphs():
+    """The re-identification chapter's glued counts and paragraphs, from a table of paired tests."""
+    import pandas as pd
+
+    from refacelib import report
+
+    rows = []
+    for method, shift in (("m1", -0.4), ("m2", 0.3)):
+        for est, base, p, hl in (("refaced", "average", 0.01, shift), ("swapped", "average", 0.01, -0.2),
+                                 ("refaced", "swapped", 0.5, -0.1), ("linear", "average", 0.01, -0.3),
+                                 ("refaced", "linear", 0.01, 0.05), ("refaced", "linear_permuted", 0.02, -0.25),
+                                 ("linear", "linear_permuted", 0.2, -0.05), ("linear_permuted", "average", 0.3, -0.01)):
+            rows.append({"method": method, "test_set": "test_external", "estimator": est, "baseline": base,
+                         "p_holm": p, "hl_diff_mm": hl})
+    v = report.reid_test_values(pd.DataFrame(rows), estimator="refaced")
+    assert (v["n_closer"], v["n_comparisons"], v["n_swap_closer"], v["n_person_closer"]) == (1, 2, 2, 0)
+    assert ("closer than the matched baseline in 2 of 2 comparisons; the refaced face is significantly closer than "
+            "the linear prior alone in 0 of 2 and significantly farther in 2") in v["linear_text"]
+    assert "matched baseline in 0 of 2 comparisons (median shift -0.01 mm)" in v["person_text"]
+    assert "closer than it in 2 of 2 comparisons (median shift -0.25 mm)" in v["person_text"]
+    assert "true pairs in 0 of 2 (-0.05 mm;" in v["person_text"]
+    # stricter alpha: nothing at p = 0.01 counts
+    assert report.reid_test_values(pd.DataFrame(rows), estimator="refaced", alpha=0.005)["n_closer"] == 0
