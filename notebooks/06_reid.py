@@ -109,10 +109,11 @@ report.reader_table(shown.reset_index(), csv=[summary_csv, msd_csv, floor_csv],
 # the paired Wilcoxon signed-rank test, Holm-corrected across methods; for the single
 # sample (what an attacker running the model once sees), the mean of samples, the swap
 # check and the oracle, against the matched cohort-average baseline and the matched
-# template-average face. Saved as `tables/face_tests.csv`. The table shows the three
-# comparisons discussed below (the headline estimator and the swap check against the matched
-# baseline, the headline estimator against the swap check) per method and test set; the full
-# table, every estimator against every baseline, is folded under it.
+# template-average face. Saved as `tables/face_tests.csv`. The table shows the comparisons
+# discussed below (the headline estimator, the swap check and the linear priors against the
+# matched baseline; the headline estimator against the swap check and against each linear
+# prior; the linear prior against its shuffled-face version) per method and test set; the
+# full table, every estimator against every baseline, is folded under it.
 
 # %% tags=["hide-input"]
 estimators = [e for e in ("refaced", "refaced_mean", "linear", "linear_permuted", "swapped", "oracle")
