@@ -40,6 +40,7 @@ from pathlib import Path
 
 import yaml
 
+from refacelib._utils.hashing import files_digest
 from refacelib._utils.io import UnsafeFileError, atomic_path, atomic_write_text, save_table
 from refacelib._utils.parallel import check_backend
 from refacelib.data.bids import dataset_fingerprint
@@ -137,11 +138,7 @@ def chapter_names(toc: Path | None = None) -> list[str]:
 
 def _source_digest(folder: Path, pattern: str = "*.py") -> str:
     """A short digest of the names and bytes of the files under ``folder`` matching ``pattern`` (folders skipped)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob(pattern) if p.is_file()):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
+    return files_digest((path.name, path) for path in sorted(p for p in folder.rglob(pattern) if p.is_file()))
 
 
 def _dataset_fingerprint(run: Run) -> str:

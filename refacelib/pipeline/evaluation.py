@@ -10,7 +10,6 @@ to the original), at the same surface threshold.
 """
 from __future__ import annotations
 
-import hashlib
 import resource
 import time
 from functools import lru_cache
@@ -26,6 +25,7 @@ from refacelib._utils.parallel import worker_pool
 from refacelib.pipeline.cache import is_done, mark_done, stage_folder
 from refacelib.pipeline.refacing import LINEAR_CANDIDATES
 from refacelib.pipeline.stages import load_defaced, load_registration
+from refacelib._utils.hashing import files_digest
 from refacelib._utils.io import atomic_path, save_table
 from refacelib.imaging.surface import index_mesh
 from refacelib.data.template import Template
@@ -189,11 +189,7 @@ def metric_source_digest(root: Path | None = None) -> str:
     """
     if root is None:
         return _loaded_metric_digest()
-    digest = hashlib.sha256()
-    for name in METRIC_MODULES:
-        digest.update(name.encode())
-        digest.update((Path(root) / name).read_bytes())
-    return digest.hexdigest()[:12]
+    return files_digest((name, Path(root) / name) for name in METRIC_MODULES)
 
 
 @lru_cache(maxsize=1)
