@@ -54,6 +54,7 @@ from refacelib.imaging.registration import DICE_SUCCESS
 from refacelib.diffusion import resolve_device
 from refacelib.diffusion.train import load_stage
 from refacelib.pipeline import config, evaluation, refacing, start_chapter
+from refacelib.pipeline.cache import is_done
 from refacelib.pipeline.stages import stage_stats
 from refacelib.report import save_figure, save_table
 
@@ -111,7 +112,7 @@ timing_csv = run.tables / "timings.csv"
 faces_done = evaluation.faces_folder(run, study.deface_folder, refaced, study.test_subjects, study.methods)
 stages_table = bq.stage_costs(stage_stats(study.deface_folder),
                               pd.read_csv(timing_csv) if timing_csv.exists() else None,
-                              stage_stats(faces_done) if (faces_done / "done.json").is_file() else None)
+                              stage_stats(faces_done) if is_done(faces_done) else None)
 stages_csv = save_table(stages_table, run.tables / "bench_stage_costs.csv")
 dominant = stages_table.sort_values("seconds", ascending=False).iloc[0]
 glue("dominant_stage", f"{dominant['stage']} ({dominant['seconds']:.0f} s)", display=False)

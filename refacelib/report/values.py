@@ -544,8 +544,7 @@ def person_key_values(tests: pd.DataFrame, *, estimator: str, alpha: float = 0.0
                            ("key_permuted_n_closer", estimator, "linear_permuted")):
         sub = tests[(tests["test_set"] == test_set) & (tests["estimator"] == est) & (tests["baseline"] == base)]
         sub = sub.dropna(subset=["p_holm"])
-        k = int(((sub["p_holm"] < alpha) & (sub["hl_diff_mm"] < 0)).sum())
-        out[key] = f"{k} of {len(sub)}" if len(sub) else NA
+        out[key] = f"{_n_significant(sub, sign=-1, alpha=alpha)} of {len(sub)}" if len(sub) else NA
     return out
 
 
@@ -803,8 +802,8 @@ def controls_overview(controls: pd.DataFrame, *, alpha: float = 0.05) -> pd.Data
     sel = controls[controls["baseline"] == "average"]
     rows = []
     for (c, t, e), sub in sel.groupby(["coupling", "test_set", "estimator"], sort=True):
-        k = int(((sub["p_holm"] < alpha) & (sub["hl_diff_mm"] < 0)).sum())
-        rows.append({"coupling": c, "test_set": t, "estimator": e, "closer": f"{k} of {len(sub)}",
+        rows.append({"coupling": c, "test_set": t, "estimator": e,
+                     "closer": f"{_n_significant(sub, sign=-1, alpha=alpha)} of {len(sub)}",
                      "median_hl_diff_mm": round(float(sub["hl_diff_mm"].median()), 3)})
     return pd.DataFrame(rows, columns=["coupling", "test_set", "estimator", "closer", "median_hl_diff_mm"])
 
