@@ -146,3 +146,28 @@ def test_profile_age_range_reaches_the_loader(runs, tmp_path, monkeypatch):
     assert list(seen["age_range"]) == [0, 120]
     with pytest.raises(config.ConfigError, match="cohort.age_range"):
         config.open_run("tiny", str(folder), overrides={"cohort.age_range": [0]})
+
+
+def test_profile_size_and_shear_limits_reach_the_loader(runs, tmp_path, monkeypatch):
+    """`cohort.max_voxels` and `cohort.max_shear_deg` of a profile are the loader's limits; defaults otherwise."""
+    from refacelib.data import bids as data
+    from refacelib.pipeline import cohort
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    seen = {}
+
+    def fake_load_bids(root, **kw):
+        seen.update(kw)
+        raise data.DatasetError("stop here")
+
+    monkeypatch.setattr(cohort, "load_bids", fake_load_bids)
+    for overrides, voxels, shear in (({}, data.MAX_VOXELS, data.MAX_SHEAR_DEG),
+                                     ({"cohort.max_voxels": 1024 ** 3, "cohort.max_shear_deg": 12.5}, 1024 ** 3, 12.5)):
+        seen.clear()
+        with pytest.raises(data.DatasetError, match="stop here"):
+            cohort.prepare_dataset(config.open_run("tiny", str(folder), overrides=overrides))
+        assert (seen["max_voxels"], seen["max_shear_deg"]) == (voxels, shear)
+    for key, bad in (("cohort.max_voxels", 0), ("cohort.max_voxels", "big"), ("cohort.max_shear_deg", 60)):
+        with pytest.raises(config.ConfigError, match=key):
+            config.open_run("tiny", str(folder), overrides={key: bad})

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from refacelib.data.bids import AGE_RANGE, BIDSDataset, MUSCLE_COLUMNS, load_bids, load_subject_array
+from refacelib.data.bids import (AGE_RANGE, MAX_SHEAR_DEG, MAX_VOXELS, MUSCLE_COLUMNS, BIDSDataset, load_bids,
+                                 load_subject_array)
 from refacelib.data.inputcheck import require_whole_heads
 from refacelib.data.phantom import PhantomParams, build_basis, face_normal_sd, generate_subject, write_cohort
 from refacelib.data.privacy import dataset_key, pseudonymize_dataset
@@ -22,6 +23,7 @@ from refacelib.pipeline.config import Run
 __all__ = [
     "phantom_params",
     "phantom_folder",
+    "input_limits",
     "prepare_dataset",
     "summary_table",
     "describe_dataset",
@@ -42,11 +44,30 @@ def phantom_folder(run: Run) -> Path:
     return stage_folder(run, "phantom", {"phantom": asdict(phantom_params(run)), "pydeface": pydeface_version()})
 
 
+def input_limits(cohort: dict) -> dict:
+    """The loader's limits on a real dataset from the profile's ``cohort`` section.
+
+    ``age_range`` (plausible ages, years, inclusive), ``max_voxels`` (largest image,
+    checked from the header before loading) and ``max_shear_deg`` (largest departure of
+    the voxel axes from right angles); each defaults to the loader's constant.
+
+    Examples
+    --------
+    >>> input_limits({"voxel_mm": 2.0})
+    {'age_range': (1.0, 120.0), 'max_voxels': 134217728, 'max_shear_deg': 5.0}
+    >>> input_limits({"age_range": [0, 120], "max_voxels": 1000})["max_voxels"]
+    1000
+    """
+    return {"age_range": cohort.get("age_range", AGE_RANGE),
+            "max_voxels": int(cohort.get("max_voxels", MAX_VOXELS)),
+            "max_shear_deg": float(cohort.get("max_shear_deg", MAX_SHEAR_DEG))}
+
+
 def prepare_dataset(run: Run, *, progress: bool = True) -> BIDSDataset:
     """Load the run's dataset; for the phantom, generate it first unless cached.
 
-    A real dataset's ages must lie in ``cohort.age_range`` of the profile (default
-    :data:`refacelib.data.bids.AGE_RANGE`); its participant ids are replaced by stable pseudonyms
+    A real dataset is checked against the profile's limits (:func:`input_limits`:
+    ``cohort.age_range``, ``cohort.max_voxels``, ``cohort.max_shear_deg``); its participant ids are replaced by stable pseudonyms
     (:mod:`refacelib.data.privacy`) and its images screened
     (:func:`refacelib.data.inputcheck.require_whole_heads`): a brain-only or
     already defaced image is a :class:`~refacelib.data.bids.DatasetError` naming it.
@@ -56,9 +77,8 @@ def prepare_dataset(run: Run, *, progress: bool = True) -> BIDSDataset:
     """
     if not run.is_phantom:  # real data: ids become pseudonyms, brain-only/defaced images are refused
         seed = int(run.params.get("seed", 0))
-        age_range = run.params["cohort"].get("age_range", AGE_RANGE)  # plausible ages (years), inclusive
-        ds = pseudonymize_dataset(load_bids(run.dataset, seed=seed, age_range=age_range),
-                                  key=dataset_key(run.dataset, seed=seed))
+        limits = input_limits(run.params["cohort"])
+        ds = pseudonymize_dataset(load_bids(run.dataset, seed=seed, **limits), key=dataset_key(run.dataset, seed=seed))
         require_whole_heads(ds, voxel_mm=run.params["cohort"]["voxel_mm"], cache=run.artifacts / "input_check.csv")
         return ds
     folder = phantom_folder(run)

@@ -120,7 +120,8 @@ PROFILE_SCHEMA = _section({
     "seed": _int(0),
     "phantom": _section(_PHANTOM),
     "cohort": _section({"voxel_mm": _pos(), "montage_per_split": _int(1),
-                        "age_range": Spec("list", item=_num(0), length=2, optional=True)}),
+                        "age_range": Spec("list", item=_num(0), length=2, optional=True),
+                        "max_voxels": _int(1, optional=True), "max_shear_deg": _num(0, 45, optional=True)}),
     "deface": _section({
         "voxel_mm": _pos(),
         "methods": Spec("list", item=_one_of(*DEFACE_METHODS), min_length=1),
