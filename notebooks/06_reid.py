@@ -40,7 +40,7 @@ from refacelib.evaluation import reid
 from refacelib.imaging import render
 from refacelib.imaging.surface import head_mask
 from refacelib.pipeline import cohort, evaluation, refacing, stages, start_chapter
-from refacelib.report import paper, reid_plots, save_figure, save_table
+from refacelib.report import reid_plots, save_figure, save_table
 from refacelib.report.viz import placeholder_figure
 
 run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces, study=True)
@@ -243,11 +243,7 @@ glue("fig_face_bland_altman", fig, display=False)
 # **real** external subjects; ours is the median on this run's external test set.
 
 # %% tags=["hide-input"]
-ours = msd[msd["test_set"].isin(["test_external", "test"]) & (msd["candidate"] == run.params["reid"]["headline_estimator"])]
-ours = ours.groupby("method")["msd_mm"].median().round(2).rename("ours_median_msd_mm").reset_index()
-avg = msd[msd["test_set"].isin(["test_external", "test"]) & (msd["candidate"] == "template_average")]["msd_mm"].median()
-ours = pd.concat([ours, pd.DataFrame([{"method": "average (mri_reface)", "ours_median_msd_mm": round(avg, 2)}])])
-side = ours.merge(paper.refaced_msd_medians(), on="method", how="outer")
+side = report.msd_vs_paper(msd, estimator=run.params["reid"]["headline_estimator"])
 side_csv = save_table(side, run.tables / "face_msd_vs_paper.csv")
 report.reader_table(side, csv=side_csv, columns={"method": "Method", "ours_median_msd_mm": "Ours: median MSD (mm)",
                                                  "paper_median_msd_mm": "Paper (real data): median MSD (mm)"})

@@ -45,9 +45,6 @@ ds = cohort.prepare_dataset(run)
 settings = run.params["muscle"]
 start = time.perf_counter()
 glue("has_muscle", "present" if ds.has_muscle else "absent: this chapter is skipped", display=False)
-if not ds.has_muscle:  # the prose below still quotes these keys
-    for key in ("n_original_significant", "n_muscles", "n_diff_significant", "n_diff", "n_wilcoxon_significant"):
-        glue(key, "n/a", display=False)
 glue("n_folds", settings["n_splits"], display=False)
 glue("n_resamples", settings["n_boot"], display=False)
 
@@ -100,7 +97,7 @@ glue("n_resamples", settings["n_boot"], display=False)
 if ds.has_muscle:
     template = stages.study_template(run)
     folder, qc = stages.deface_cohort(run, ds, template)
-    failed = set(qc.loc[~qc["passed"].astype(bool), "participant_id"])
+    failed = stages.qc_failures(qc)
     table = ds.participants[~ds.participants["participant_id"].isin(failed)].reset_index(drop=True)
     images = ["original", *run.params["deface"]["methods"]]
     region = deface.face_region(template)
@@ -166,17 +163,13 @@ else:
 
 # %% tags=["hide-input"]
 if ds.has_muscle:
-    side = corr.merge(paper.muscle_correlations(), on=["muscle", "image"], how="left")
-    fmt = lambda m, lo, hi: f"{m:.3f} [{lo:.3f}, {hi:.3f}]"  # noqa: E731
-    side["ours"] = [fmt(*r) for r in side[["mean", "ci_low", "ci_high"]].to_numpy()]
-    side["paper (real data)"] = [fmt(*r) for r in side[["paper_mean", "paper_ci_low", "paper_ci_high"]].to_numpy()]
-    side["image"] = side["image"].map(paper.IMAGE_LABELS)
+    side = report.muscle_vs_paper(corr)
     side_csv = save_table(side, run.tables / "muscle_corr_vs_paper.csv")
-    originals = corr[corr["image"] == "original"]
-    glue("n_original_significant", int(originals["significant"].sum()), display=False)
-    glue("n_muscles", len(originals), display=False)
-    for _, r in originals.iterrows():
-        glue(f"rho_original_{r['muscle']}", f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]", display=False)
+# the counts the prose quotes, from the saved tables (n/a without muscle columns)
+counts = report.muscle_chapter_values(report.read_table(run.tables, "muscle_corr") if ds.has_muscle else None,
+                                      report.read_table(run.tables, "muscle_diff") if ds.has_muscle else None)
+for key, value in counts.items():
+    glue(key, value, display=False)
 
 # %% tags=["hide-input"]
 if ds.has_muscle:
@@ -199,9 +192,6 @@ if ds.has_muscle:
 
 # %% tags=["hide-input"]
 if ds.has_muscle:
-    glue("n_diff_significant", int(diff["diff_significant"].sum()), display=False)
-    glue("n_diff", len(diff), display=False)
-    glue("n_wilcoxon_significant", int((diff["wilcoxon_p"] < 1e-4).sum()), display=False)
     display(report.reader_table(diff, csv=diff_csv, columns={
         "muscle": "Muscle", "image": "Image", ("diff_mean", "ci_low", "ci_high"): "Difference in rho [95% CI]",
         "diff_significant": "CI excludes 0", "wilcoxon_p": "Wilcoxon p (the paper's test)"},
@@ -211,7 +201,9 @@ if ds.has_muscle:
 # %% [markdown]
 # The paired-difference CI excludes 0 for {glue:text}`n_diff_significant` of
 # {glue:text}`n_diff` comparisons; the paper's Wilcoxon test gives p < 1e-4 for
-# {glue:text}`n_wilcoxon_significant` of them.
+# {glue:text}`n_wilcoxon_significant` of them. {glue:text}`n_diff_undefined` more
+# comparisons are undefined and left out of both counts (a constant prediction: no facial
+# voxel).
 #
 # ## Why the paper's test is not enough
 #
@@ -225,10 +217,7 @@ if ds.has_muscle:
 
 # %% tags=["hide-input"]
 if ds.has_muscle:
-    worst = diff.dropna(subset=["diff_mean"]).sort_values("diff_mean", ascending=False).iloc[0]
-    demo = muscle.wilcoxon_p_vs_nboot(boot[boot["muscle"] == worst["muscle"]].drop(columns="muscle"),
-                                      image=worst["image"], n_boots=settings["demo_n_boots"])
-    demo.insert(0, "comparison", f"original vs {worst['image']} ({worst['muscle']})")
+    demo = muscle.wilcoxon_demo(boot, diff, n_boots=settings["demo_n_boots"])
     demo_csv = save_table(demo, run.tables / "muscle_wilcoxon_vs_nboot.csv")
     display(report.reader_table(demo, csv=demo_csv, columns={
         "comparison": "Comparison", "n_boot": "Resamples", "wilcoxon_p": "Wilcoxon p",

@@ -109,16 +109,7 @@ glue("overview_method", method, display=False)
 # (`params/<profile>.yaml`) and the cascade configuration.
 
 # %% tags=["hide-input"]
-p, cfg = run.params["cascade"], study.config
-settings = {
-    "stage1_mm": f"{stage1_mm:g}", "stage2_mm": f"{p['voxel_mm']:g}", "factor": p["factor"],
-    "sampler": p["sampler"].upper(), "sample_steps": p["sample_steps"], "n_samples": p["n_samples"],
-    "train_timesteps": cfg.stage1.train_timesteps, "beta_schedule": cfg.stage1.beta_schedule,
-    "stage1_steps": cfg.stage1.steps, "stage2_steps": cfg.stage2.steps,
-    "n_boot": run.params["muscle"]["n_boot"], "n_splits": run.params["muscle"]["n_splits"],
-    "n_components": run.params["muscle"]["n_components"], "stride": run.params["muscle"]["stride"],
-    "deface_mm": f"{run.params['deface']['voxel_mm']:g}",
-}
+settings = report.run_settings(run.params, study.config)
 for key, value in settings.items():
     glue(f"p_{key}", value, display=False)
 report.reader_table(report.key_value_table(settings, key="setting (glued as p_<setting>)"),
@@ -142,8 +133,7 @@ values = {
     "ours_test_set": test_set, "ours_estimator": estimator,
     **report.example_msd_values(msd, method="mri_deface", estimator=estimator, test_set=test_set),
     **report.closer_counts(tests, estimator=estimator, baseline="average"),
-    **{k.replace("ours_", "ours_tpl_"): v
-       for k, v in report.closer_counts(tests, estimator=estimator, baseline="template_average").items()},
+    **report.closer_counts(tests, estimator=estimator, baseline="template_average", prefix="ours_tpl_n_closer"),
     **report.msd_comparison_values(table("face_msd_vs_paper")),
 }
 participants = table("participants")

@@ -207,32 +207,8 @@ else:
                      "--subjects 8` (a few minutes on one core) and commit `bench/results/registration-quick.csv`."))
 
 # %% tags=["hide-input"]
-def plot_registration_tradeoff(summary, *, tolerance_mm):
-    """Median error (IQR bars) against median CPU seconds, one marker per setting, owner's and attacker's side."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
-    markers = dict(zip(summary["setting"].unique(), "osD^v<>Pp*hX"))
-    for ax, side in zip(axes, ("owner", "attacker")):
-        s = summary[summary["side"] == side]
-        for _, r in s.iterrows():
-            ax.errorbar(r["cpu_seconds"], r["rms_mm"], yerr=[[r["rms_mm"] - r["rms_q1"]], [r["rms_q3"] - r["rms_mm"]]],
-                        fmt=markers[r["setting"]], capsize=3, label=r["setting"] + (" (chosen)" if r["chosen"] else ""),
-                        mfc="none" if not r["chosen"] else None)
-        ref = s[s["setting"] == bench.REFERENCE].iloc[0]
-        ax.axhline(ref["rms_mm"] + tolerance_mm, color="grey", ls="--", lw=1, label="current + tolerance")
-        ax.axhline(s["floor_mm"].median(), color="grey", ls=":", lw=1, label="affine floor (median)")
-        # a failed registration is centimetres off: the frame stops at twice the current error
-        ax.set_ylim(0.8 * s["floor_mm"].median(), 2 * ref["rms_mm"])
-        ax.margins(x=0.1)
-        ax.set(title=f"{side}'s registration", xlabel="CPU seconds per registration (median)")
-    axes[0].set_ylabel("error (mm), median and IQR")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.14, 1, 1))
-    return fig
-
-
 if reg_summary is not None:
-    fig = plot_registration_tradeoff(reg_summary, tolerance_mm=bench.TOLERANCE_MM)
+    fig = report.plot_registration_tradeoff(reg_summary, reference=bench.REFERENCE, tolerance_mm=bench.TOLERANCE_MM)
     path = save_figure(fig, run.figures / "bench_registration_tradeoff.png")
     plt.close(fig)
     display(Image(filename=str(path)))
@@ -331,27 +307,7 @@ glue("sampler_verdict",
 # denoising steps) is {glue:text}`sampler_verdict`.
 
 # %% tags=["hide-input"]
-def plot_sampler_tradeoff(summary, average_msd):
-    """Median MSD (IQR bars) and wall time against network evaluations."""
-    fig, (ax_msd, ax_time) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for kind, marker in (("ddim", "o"), ("ddpm", "s")):
-        s = summary[summary["kind"] == kind]
-        err = [s["msd_median"] - s["msd_q1"], s["msd_q3"] - s["msd_median"]]
-        ax_msd.errorbar(s["nfe"], s["msd_median"], yerr=err, fmt=marker + "-", capsize=3, label=kind.upper())
-        ax_time.plot(s["nfe"], s["seconds"], marker + "-", label=kind.upper())
-        for _, r in s.iterrows():
-            ax_msd.annotate(r["sampler"], (r["nfe"], r["msd_median"]), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7)
-    ax_msd.axhline(average_msd, color="grey", ls="--", lw=1, label="cohort-average face")
-    ax_msd.set(xscale="log", xlabel="network evaluations per face", ylabel="face MSD (mm), median and IQR")
-    ax_time.set(xscale="log", yscale="log", xlabel="network evaluations per face", ylabel="wall time (s)")
-    for ax in (ax_msd, ax_time):
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-fig = plot_sampler_tradeoff(summary, float(average_msd["msd_mm"].median()))
+fig = report.plot_sampler_tradeoff(summary, float(average_msd["msd_mm"].median()))
 path = save_figure(fig, run.figures / "bench_sampler_tradeoff.png")
 plt.close(fig)
 display(Image(filename=str(path)))
@@ -469,10 +425,9 @@ if cost_shown is not None:
     else:
         glue("cost_gpu_note", "no GPU measurement is stored in `bench/results/`", display=False)
     # the fitted lines of the figure: the same projection along cohorts scaled like the measured ones
-    line_sizes = np.unique(np.geomspace(cost_measured["n_subjects"].min(), paper_units["subjects"], 30).round())
-    line_units = {int(n): bench.stage_units(bench.scaled_splits(int(n), cost_meta["reference"])) for n in line_sizes}
-    cost_lines = pd.concat([bench.project_costs(cost_fit, units, cores=(int(cost_meta["n_jobs"]),)).assign(n_subjects=n)
-                            for n, units in line_units.items()])
+    cost_lines = bench.projection_lines(cost_fit, smallest=int(cost_measured["n_subjects"].min()),
+                                        largest=paper_units["subjects"], reference=cost_meta["reference"],
+                                        cores=int(cost_meta["n_jobs"]))
     cost_csvs = [save_table(t, run.tables / f"bench_costs_{name}.csv")
                  for name, t in (("projection", cost_projection), ("fit", cost_fit), ("measured", cost_measured))]
     totals = cost_projection[cost_projection["stage"] == "total"].set_index("setting")["hours"]
@@ -510,28 +465,8 @@ glue("costs_cores", costs_cores, display=False)
 
 
 # %% tags=["hide-input"]
-def plot_cost_curves(measured, lines, paper_n, cores):
-    """Wall seconds of each stage against the cohort: measured points, fitted lines out to the paper's cohort."""
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    for i, (stage, g) in enumerate(measured.groupby("stage", sort=False)):
-        line = lines[lines["stage"] == stage]
-        ax.plot(g["n_subjects"], g["seconds"], "o", color=f"C{i}", label=stage)
-        ax.plot(line["n_subjects"], line["seconds"], "-", color=f"C{i}", lw=1)
-        ax.plot([paper_n], [line["seconds"].iloc[-1]], "*", color=f"C{i}", ms=9)
-    ax.set(xscale="log", yscale="log", xlabel="cohort size (subjects, in the paper's split proportions)",
-           ylabel=f"wall time on {cores} cores (s)",
-           title="points: measured; lines: fitted; stars: the paper's cohort, projected")
-    ax.axvline(paper_n, color="grey", ls=":", lw=1)
-    ax.annotate("paper cohort", (paper_n, 0.02), xycoords=("data", "axes fraction"), xytext=(-4, 0),
-                textcoords="offset points", ha="right", fontsize=8, color="grey")
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    return fig
-
-
 if cost_measured is not None:
-    fig = plot_cost_curves(cost_measured, cost_lines, paper_units["subjects"], int(cost_meta["n_jobs"]))
+    fig = report.plot_cost_curves(cost_measured, cost_lines, paper_units["subjects"], int(cost_meta["n_jobs"]))
     path = save_figure(fig, run.figures / "bench_cost_curves.png")
     plt.close(fig)
     display(Image(filename=str(path)))

@@ -243,3 +243,28 @@ def test_gpu_script_runs_at_tiny_size(tmp_path):
     assert [r["stage"] for r in result["training"]] == [1, 2]
     assert all(r["syncs"] == 0 for r in result["sync_audit"])
     assert result["machine"]["device"] == "cpu"
+
+
+def test_appendix_figures_draw_their_reference_lines():
+    """The Performance appendix's figures (report.bench_plots): the tolerance line sits at the book's setting's
+    error plus the tolerance, the cohort-average line at its MSD, and each stage's star at the paper's cohort."""
+    from refacelib import report
+
+    reg = pd.DataFrame({"setting": ["book", "cheap"] * 2, "side": ["owner"] * 2 + ["attacker"] * 2,
+                        "cpu_seconds": [0.8, 0.5, 0.9, 0.6], "rms_mm": [3.0, 3.1, 3.2, 3.5],
+                        "rms_q1": [2.9, 3.0, 3.1, 3.3], "rms_q3": [3.2, 3.3, 3.4, 3.8],
+                        "floor_mm": [2.7] * 4, "chosen": [False, True, False, True]})
+    fig = report.plot_registration_tradeoff(reg, reference="book", tolerance_mm=0.2)
+    dashed = [[line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == "--"] for ax in fig.axes]
+    assert np.allclose(dashed, [[3.2], [3.4]])
+    sam = pd.DataFrame({"sampler": ["ddim-10", "ddpm-1000"], "kind": ["ddim", "ddpm"], "nfe": [10, 1000],
+                        "seconds": [1.0, 90.0], "msd_median": [1.2, 1.1], "msd_q1": [1.0, 0.9], "msd_q3": [1.4, 1.3]})
+    fig = report.plot_sampler_tradeoff(sam, 1.45)
+    assert [line.get_ydata()[0] for line in fig.axes[0].lines if line.get_linestyle() == "--"] == [1.45]
+    measured = pd.DataFrame({"stage": ["deface"] * 2 + ["reface"] * 2, "n_subjects": [6, 12] * 2,
+                             "seconds": [30.0, 55.0, 20.0, 41.0]})
+    lines = pd.DataFrame({"stage": ["deface"] * 2 + ["reface"] * 2, "n_subjects": [6, 684] * 2,
+                          "seconds": [30.0, 3000.0, 20.0, 2000.0]})
+    fig = report.plot_cost_curves(measured, lines, 684, 2)
+    stars = [(line.get_xdata()[0], line.get_ydata()[0]) for line in fig.axes[0].lines if line.get_marker() == "*"]
+    assert stars == [(684, 3000.0), (684, 2000.0)]

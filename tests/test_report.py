@@ -32,7 +32,8 @@ def face_tables():
         "method": ["pydeface", "quickshear", "pydeface"],
         "test_set": ["test_external", "test_external", "test_internal"],
         "estimator": ["refaced_mean"] * 3, "baseline": ["average"] * 3,
-        "p_holm": [0.004, 0.003, 0.9], "median_diff_mm": [-0.5, 1.0, 0.0],
+        "p_holm": [0.004, 0.003, 0.9], "hl_diff_mm": [-0.5, 1.0, 0.0],
+        "ci_low_mm": [-0.7, 0.8, -0.2], "ci_high_mm": [-0.3, 1.2, 0.2],
     })
     return summary, tests
 
@@ -473,3 +474,30 @@ def test_reid_test_values_count_each_comparison_and_write_both_paragraphs():
     assert "true pairs in 0 of 2 (-0.05 mm;" in v["person_text"]
     # stricter alpha: nothing at p = 0.01 counts
     assert report.reid_test_values(pd.DataFrame(rows), estimator="refaced", alpha=0.005)["n_closer"] == 0
+
+
+def test_muscle_counts_of_the_chapter_and_the_comparison_agree():
+    """Chapter 07 and the comparison chapter count the muscle tests by one rule: undefined rows out of both."""
+    nan = float("nan")
+    diff = pd.DataFrame({"muscle": ["thigh"] * 3, "image": ["pydeface", "quickshear", "skullstrip"],
+                         "diff_mean": [0.3, 0.05, nan], "ci_low": [0.1, -0.1, nan], "ci_high": [0.5, 0.2, nan],
+                         "wilcoxon_p": [1e-9, 1e-3, nan]})
+    corr = pd.DataFrame({"muscle": ["thigh", "thigh"], "image": ["original", "pydeface"], "significant": [True, False]})
+    chapter = report.muscle_chapter_values(corr, diff)
+    comparison = report.muscle_test_values(corr, diff)
+    assert chapter["n_diff"] == "2" and chapter["n_diff_undefined"] == "1"
+    assert comparison["ours_n_diff"] == f"{chapter['n_diff_significant']} of {chapter['n_diff']}" == "1 of 2"
+    assert comparison["ours_n_wilcoxon"] == f"{chapter['n_wilcoxon_significant']} of {chapter['n_diff']}" == "1 of 2"
+    assert set(report.muscle_chapter_values(None, None).values()) == {"n/a"}
+
+
+def test_closer_counts_follow_the_hodges_lehmann_shift():
+    """A median difference and a Hodges-Lehmann shift of opposite signs: the count follows the test's estimate."""
+    tests = pd.DataFrame({"method": ["a", "b"], "test_set": ["test_external"] * 2, "estimator": ["refaced"] * 2,
+                          "baseline": ["average"] * 2, "p_holm": [0.01, 0.01], "median_diff_mm": [-0.1, 0.1],
+                          "hl_diff_mm": [0.05, -0.05], "ci_low_mm": [0.0, -0.1], "ci_high_mm": [0.1, 0.0]})
+    assert report.closer_counts(tests, estimator="refaced", prefix="x")["x_test_external"] == "1 of 2"
+    key = report.face_key_values(pd.DataFrame({"method": ["a", "b"], "test_set": ["test_external"] * 2,
+                                               "candidate": ["refaced"] * 2, "median_mm": [1.0, 1.0]}),
+                                 tests, estimator="refaced", methods=["a", "b"])
+    assert (key["key_closer_a"], key["key_closer_b"], key["key_n_closer"]) == ("no, farther", "yes", "1 of 2")

@@ -28,7 +28,7 @@ _MODULES = {
     ],
     "costs": [
         "SPLITS", "STAGES", "scaled_splits", "stage_units", "measure_costs", "fit_costs", "gpu_network_seconds",
-        "project_costs", "write_costs", "load_costs",
+        "project_costs", "projection_lines", "write_costs", "load_costs",
     ],
 }
 __getattr__, __dir__, __all__ = attach(__name__, _MODULES)

@@ -54,6 +54,7 @@ __all__ = [
     "SPLITS",
     "STAGES",
     "scaled_splits",
+    "projection_lines",
     "stage_units",
     "measure_costs",
     "fit_costs",
@@ -575,3 +576,25 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def projection_lines(fit: pd.DataFrame, *, smallest: int, largest: int, reference: dict, cores: int,
+                     n: int = 30) -> pd.DataFrame:
+    """:func:`project_costs` along ``n`` cohort sizes from ``smallest`` to ``largest`` (geometric), for the figure.
+
+    Each cohort is split in the proportions of ``reference`` (:func:`scaled_splits`), as the
+    measured cohorts were; one setting, ``cores`` cores (here: the fixed 10 s plus 4 s per subject).
+    Adds the column ``n_subjects``.
+
+    Examples
+    --------
+    >>> fit = pd.DataFrame({"stage": ["deface"], "unit": "subjects", "parallel": [True], "cores": [2],
+    ...                     "a_s": [10.0], "b_s": [4.0], "pair_core_s": 0.0})
+    >>> ref = {"n_train": 6, "n_val": 2, "n_test_internal": 2, "n_test_external": 2}
+    >>> lines = projection_lines(fit, smallest=12, largest=120, reference=ref, cores=2, n=5)
+    >>> lines[lines["stage"] == "deface"][["n_subjects", "seconds"]].values.tolist()
+    [[12.0, 58.0], [21.0, 94.0], [38.0, 162.0], [67.0, 278.0], [120.0, 490.0]]
+    """
+    sizes = np.unique(np.geomspace(smallest, largest, n).round())
+    return pd.concat([project_costs(fit, stage_units(scaled_splits(int(k), reference)), cores=(cores,))
+                      .assign(n_subjects=int(k)) for k in sizes])

@@ -64,6 +64,7 @@ __all__ = [
     "compare_images",
     "analyze_muscle",
     "wilcoxon_p_vs_nboot",
+    "wilcoxon_demo",
 ]
 
 MUSCLES = ("abdomen", "thigh", "shin")
@@ -770,3 +771,32 @@ def wilcoxon_p_vs_nboot(boot: pd.DataFrame, *, reference: str = "original",
                      "diff_ci_low": res["ci_low"], "diff_ci_high": res["ci_high"]})
     return pd.DataFrame(rows, columns=["n_boot", "wilcoxon_p", "diff_ci_low",
                                        "diff_ci_high"])
+
+
+def wilcoxon_demo(boot: pd.DataFrame, diff: pd.DataFrame, *, reference: str = "original",
+                  n_boots: Iterable[int] = (100, 300, 1000)) -> pd.DataFrame:
+    """:func:`wilcoxon_p_vs_nboot` for the comparison with the largest difference in rho.
+
+    ``boot`` holds every muscle (column ``muscle``); ``diff`` is :func:`analyze_muscle`'s
+    comparison table (``muscle, image, diff_mean, ...``; undefined rows are skipped). The
+    result starts with a ``comparison`` column naming the pair and the muscle.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> boot = pd.DataFrame({"muscle": "thigh", "boot": np.repeat(np.arange(20), 2),
+    ...                      "image": ["original", "pydeface"] * 20, "rho": rng.normal(0.3, 0.05, 40)})
+    >>> diff = pd.DataFrame({"muscle": ["thigh", "thigh"], "image": ["pydeface", "skullstrip"],
+    ...                      "diff_mean": [0.1, float("nan")]})
+    >>> demo = wilcoxon_demo(boot, diff, n_boots=[10, 20])
+    >>> demo["comparison"].tolist(), demo["n_boot"].tolist()
+    (['original vs pydeface (thigh)', 'original vs pydeface (thigh)'], [10, 20])
+    """
+    defined = diff.dropna(subset=["diff_mean"])
+    if defined.empty:
+        raise ValueError("no defined comparison: every image's prediction is constant")
+    worst = defined.sort_values("diff_mean", ascending=False).iloc[0]
+    demo = wilcoxon_p_vs_nboot(boot[boot["muscle"] == worst["muscle"]].drop(columns="muscle"),
+                               reference=reference, image=worst["image"], n_boots=n_boots)
+    demo.insert(0, "comparison", f"{reference} vs {worst['image']} ({worst['muscle']})")
+    return demo

@@ -21,10 +21,10 @@ _MODULES = {
     "stages": [
         "study_template", "subject_brain_mask", "deface_cohort", "load_defaced",
         "load_registration", "attacker_registration", "phantom_truth", "cohort_average_from_folder",
-        "face_features", "stage_stats", "qc_summary",
+        "face_features", "qc_failures", "stage_stats", "qc_summary",
     ],
     "cohort": [
-        "phantom_params", "phantom_folder", "prepare_dataset", "summary_table", "describe_dataset",
+        "phantom_params", "phantom_folder", "input_limits", "prepare_dataset", "summary_table", "describe_dataset",
         "mid_sagittal_slices", "face_variation",
     ],
     "evaluation": [

@@ -33,7 +33,7 @@ from refacelib.diffusion.train import load_stage, train_stage
 from refacelib.pipeline.cache import is_done, mark_done, stage_folder
 from refacelib.pipeline.cohort import prepare_dataset
 from refacelib.pipeline.config import Run, open_run, project_root, stable_hash
-from refacelib.pipeline.stages import deface_cohort, load_defaced, load_registration, study_template
+from refacelib.pipeline.stages import deface_cohort, load_defaced, load_registration, qc_failures, study_template
 
 __all__ = [
     "CASCADE_VERSION",
@@ -545,7 +545,7 @@ def setup(run: Run) -> RefacingSetup:
     ds = prepare_dataset(run)
     template = study_template(run)
     folder, qc = deface_cohort(run, ds, template)
-    failed = set(qc.loc[~qc["passed"].astype(bool), "participant_id"])
+    failed = qc_failures(qc)
     ids = {split: [s.participant_id for s in ds.subset(split) if s.participant_id not in failed]
            for split in ("train", "val")}
     tests = {s.participant_id: s.row["split"] for s in ds.subjects

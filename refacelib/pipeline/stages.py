@@ -26,7 +26,7 @@ from refacelib._utils.parallel import backend_settings, default_jobs, worker_poo
 from refacelib.data.template import Template, head_mask_from_intensity, load_template
 
 __all__ = ["study_template", "subject_brain_mask", "deface_cohort", "load_defaced", "load_registration", "attacker_registration", "phantom_truth",
-           "cohort_average_from_folder", "face_features", "stage_stats", "qc_summary"]
+           "cohort_average_from_folder", "face_features", "qc_failures", "stage_stats", "qc_summary"]
 
 #: Version of what the defacing stage writes; part of its cache key: raise it when that changes.
 STAGE_VERSION = 4
@@ -249,6 +249,19 @@ def face_features(folder: Path, ids, name: str, *, region: np.ndarray, brain: np
         scale = float(np.median(inside)) if inside.size else 1.0
         rows.append(img[sub][keep] / max(scale, 1e-6))
     return np.stack(rows).astype(np.float32)
+
+
+def qc_failures(qc: pd.DataFrame) -> set[str]:
+    """Participants on whom at least one defacing method failed its check (left out of every later chapter).
+
+    Examples
+    --------
+    >>> qc = pd.DataFrame({"participant_id": ["sub-1", "sub-1", "sub-2"], "method": ["a", "b", "a"],
+    ...                    "passed": [True, False, True]})
+    >>> qc_failures(qc)
+    {'sub-1'}
+    """
+    return set(qc.loc[~qc["passed"].astype(bool), "participant_id"])
 
 
 def stage_stats(folder: Path) -> dict:

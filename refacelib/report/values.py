@@ -49,6 +49,7 @@ __all__ = [
     "gap_key_values",
     "PAPER_METHODS",
     "MUSCLES",
+    "muscle_chapter_values",
     "NA",
     "fmt_mm",
     "fmt_p",
@@ -186,7 +187,7 @@ def face_key_values(summary: pd.DataFrame, tests: pd.DataFrame, *, estimator: st
         ``tables/face_msd_summary.csv`` (method, test_set, candidate, median_mm, ...).
     tests : DataFrame
         ``tables/face_tests.csv`` (method, test_set, estimator, baseline, p, p_holm,
-        median_diff_mm, ...).
+        hl_diff_mm, ci_low_mm, ci_high_mm, ...).
     estimator : str
         The refaced candidate of the headline (``refaced`` or ``refaced_mean``).
     baseline : str
@@ -200,8 +201,8 @@ def face_key_values(summary: pd.DataFrame, tests: pd.DataFrame, *, estimator: st
         ``key_test_set``, ``key_estimator``, ``key_baseline``, ``key_n_closer``
         (``"k of n"``) and per method ``key_msd_refaced_<m>``,
         ``key_msd_average_<m>``, ``key_diff_<m>`` (Hodges-Lehmann paired difference
-        with its 95% interval, when the tests have it), ``key_p_<m>`` (Holm-corrected), ``key_closer_<m>``
-        (``yes``: significantly closer; ``no, farther``/``no, tie``).
+        with its 95% interval), ``key_p_<m>`` (Holm-corrected), ``key_closer_<m>``
+        (``yes``: significantly closer; ``no, farther``/``no, tie``; the rule of every count).
 
     Examples
     --------
@@ -209,7 +210,7 @@ def face_key_values(summary: pd.DataFrame, tests: pd.DataFrame, *, estimator: st
     ...                   "candidate": ["refaced_mean", "average"], "median_mm": [1.0, 1.5]})
     >>> t = pd.DataFrame({"method": ["pydeface"], "test_set": ["test_external"],
     ...                   "estimator": ["refaced_mean"], "baseline": ["average"],
-    ...                   "p_holm": [0.001], "median_diff_mm": [-0.4]})
+    ...                   "p_holm": [0.001], "hl_diff_mm": [-0.4], "ci_low_mm": [-0.6], "ci_high_mm": [-0.2]})
     >>> v = face_key_values(s, t, estimator="refaced_mean", methods=["pydeface"])
     >>> v["key_msd_refaced_pydeface"], v["key_p_pydeface"], v["key_closer_pydeface"]
     ('1.00', '0.001', 'yes')
@@ -223,19 +224,15 @@ def face_key_values(summary: pd.DataFrame, tests: pd.DataFrame, *, estimator: st
     for m in methods:
         out[f"key_msd_refaced_{m}"] = fmt_mm(med.get((m, estimator)))
         out[f"key_msd_average_{m}"] = fmt_mm(med.get((m, baseline)))
-        p = sel["p_holm"].get(m) if m in sel.index else None
-        diff = sel["median_diff_mm"].get(m) if m in sel.index else None
+        row = sel.loc[m] if m in sel.index else None
+        p = None if row is None else row["p_holm"]
         out[f"key_p_{m}"] = fmt_p(p)
-        if "hl_diff_mm" in sel.columns and m in sel.index:
-            row = sel.loc[m]
-            out[f"key_diff_{m}"] = fmt_ci(row["hl_diff_mm"], row["ci_low_mm"], row["ci_high_mm"])
-        else:
-            out[f"key_diff_{m}"] = NA
+        out[f"key_diff_{m}"] = NA if row is None else fmt_ci(row["hl_diff_mm"], row["ci_low_mm"], row["ci_high_mm"])
         if _missing(p):
             out[f"key_closer_{m}"] = NA
             continue
         n_tested += 1
-        closer = p < alpha and diff < 0
+        closer = bool(_significant(sel.loc[[m]], sign=-1, alpha=alpha).iloc[0])
         n_closer += closer
         out[f"key_closer_{m}"] = "yes" if closer else ("no, farther" if p < alpha else "no, tie")
     out["key_n_closer"] = f"{n_closer} of {n_tested}"
@@ -384,17 +381,18 @@ def example_msd_values(msd: pd.DataFrame, *, method: str, estimator: str, test_s
 
 
 def closer_counts(tests: pd.DataFrame, *, estimator: str, baseline: str = "average", alpha: float = 0.05,
-                  test_sets: Iterable[str] = ("test_internal", "test_external")) -> dict[str, str]:
+                  test_sets: Iterable[str] = ("test_internal", "test_external"),
+                  prefix: str = "ours_n_closer") -> dict[str, str]:
     """Methods whose refaced face is significantly closer than the baseline, per test set.
 
-    ``ours_n_closer_<test_set>`` reads ``"k of n"``: Holm-corrected p < ``alpha``
-    and a negative median difference, out of the methods tested.
+    ``<prefix>_<test_set>`` reads ``"k of n"``: Holm-corrected p < ``alpha``
+    and a negative paired shift (Hodges-Lehmann), out of the methods tested.
 
     Examples
     --------
     >>> t = pd.DataFrame({"method": ["a", "b"], "test_set": ["test_external"] * 2,
     ...                   "estimator": ["refaced"] * 2, "baseline": ["average"] * 2,
-    ...                   "p_holm": [0.01, 0.01], "median_diff_mm": [-0.2, 0.3]})
+    ...                   "p_holm": [0.01, 0.01], "hl_diff_mm": [-0.2, 0.3]})
     >>> closer_counts(t, estimator="refaced")
     {'ours_n_closer_test_internal': 'n/a', 'ours_n_closer_test_external': '1 of 2'}
     """
@@ -402,8 +400,8 @@ def closer_counts(tests: pd.DataFrame, *, estimator: str, baseline: str = "avera
     out = {}
     for test_set in test_sets:
         sub = sel[sel["test_set"] == test_set]
-        k = int(((sub["p_holm"] < alpha) & (sub["median_diff_mm"] < 0)).sum())
-        out[f"ours_n_closer_{test_set}"] = f"{k} of {len(sub)}" if len(sub) else NA
+        k = _n_significant(sub, sign=-1, alpha=alpha)
+        out[f"{prefix}_{test_set}"] = f"{k} of {len(sub)}" if len(sub) else NA
     return out
 
 
@@ -442,19 +440,77 @@ def muscle_test_values(corr: pd.DataFrame | None, diff: pd.DataFrame | None, *, 
     if corr is None or diff is None:
         return {"ours_n_wilcoxon": NA, "ours_n_diff": NA, "ours_shin_significant": NA}
     labels = labels or paper.IMAGE_LABELS
-    tested = diff.dropna(subset=["diff_mean", "wilcoxon_p"])
-    excludes = (tested["ci_low"] > 0) | (tested["ci_high"] < 0)
+    counts = _muscle_diff_counts(diff, threshold=threshold)
     shin = corr[(corr["muscle"] == "shin") & corr["significant"].astype(bool)]["image"]
     return {
-        "ours_n_wilcoxon": f"{int((tested['wilcoxon_p'] < threshold).sum())} of {len(tested)}",
-        "ours_n_diff": f"{int(excludes.sum())} of {len(tested)}",
+        "ours_n_wilcoxon": f"{counts['wilcoxon']} of {counts['tested']}",
+        "ours_n_diff": f"{counts['diff']} of {counts['tested']}",
         "ours_shin_significant": ", ".join(labels.get(i, i) for i in shin) or "none",
     }
 
 
+def _muscle_diff_counts(diff: pd.DataFrame, *, threshold: float) -> dict[str, int]:
+    """Comparisons of ``tables/muscle_diff.csv``: tested (defined), Wilcoxon p below ``threshold``,
+    paired-difference CI excluding 0, and undefined (a constant prediction, e.g. skull-stripping)."""
+    tested = diff.dropna(subset=["diff_mean", "wilcoxon_p"])
+    excludes = (tested["ci_low"] > 0) | (tested["ci_high"] < 0)
+    return {"tested": len(tested), "wilcoxon": int((tested["wilcoxon_p"] < threshold).sum()),
+            "diff": int(excludes.sum()), "undefined": len(diff) - len(tested)}
+
+
+def muscle_chapter_values(corr: pd.DataFrame | None, diff: pd.DataFrame | None, *,
+                          threshold: float = 1e-4) -> dict[str, str]:
+    """The counts the muscle chapter's prose quotes, by the same rule as :func:`muscle_test_values`.
+
+    Parameters
+    ----------
+    corr, diff : DataFrame or None
+        ``tables/muscle_corr.csv`` and ``tables/muscle_diff.csv``; None without muscle
+        columns (every value then reads ``n/a``).
+    threshold : float
+        The paper's p threshold for the Wilcoxon test.
+
+    Returns
+    -------
+    dict
+        ``n_original_significant`` of ``n_muscles`` (the original image's CI excludes 0);
+        ``n_diff_significant`` and ``n_wilcoxon_significant`` of ``n_diff`` defined
+        comparisons; ``n_diff_undefined`` comparisons without a correlation (constant
+        prediction), left out of ``n_diff``.
+
+    Examples
+    --------
+    >>> d = pd.DataFrame({"muscle": ["shin"] * 2, "image": ["pydeface", "skullstrip"],
+    ...                   "diff_mean": [0.1, float("nan")], "ci_low": [-0.02, float("nan")],
+    ...                   "ci_high": [0.2, float("nan")], "wilcoxon_p": [1e-9, float("nan")]})
+    >>> c = pd.DataFrame({"muscle": ["shin", "shin"], "image": ["original", "pydeface"],
+    ...                   "significant": [True, False]})
+    >>> muscle_chapter_values(c, d)
+    {'n_original_significant': '1', 'n_muscles': '1', 'n_diff_significant': '0', 'n_wilcoxon_significant': '1', 'n_diff': '1', 'n_diff_undefined': '1'}
+    """
+    keys = ("n_original_significant", "n_muscles", "n_diff_significant", "n_wilcoxon_significant", "n_diff",
+            "n_diff_undefined")
+    if corr is None or diff is None:
+        return dict.fromkeys(keys, NA)
+    originals = corr[corr["image"] == "original"]
+    counts = _muscle_diff_counts(diff, threshold=threshold)
+    values = (int(originals["significant"].astype(bool).sum()), len(originals), counts["diff"], counts["wilcoxon"],
+              counts["tested"], counts["undefined"])
+    return {k: str(v) for k, v in zip(keys, values)}
+
+
+def _significant(tests: pd.DataFrame, *, sign: int, alpha: float) -> pd.Series:
+    """The one rule of "significantly closer" (``sign=-1``) or "farther" (``+1``) in every count of the book.
+
+    Holm-corrected p below ``alpha`` and a Hodges-Lehmann paired shift (the signed-rank
+    test's own estimate, ``hl_diff_mm``) of that sign.
+    """
+    return (tests["p_holm"] < alpha) & (sign * tests["hl_diff_mm"] > 0)
+
+
 def _n_significant(tests: pd.DataFrame, *, sign: int, alpha: float) -> int:
     """Rows with Holm p < ``alpha`` and a paired shift of ``sign`` (-1: the estimator closer, +1: farther)."""
-    return int(((tests["p_holm"] < alpha) & (sign * tests["hl_diff_mm"] > 0)).sum())
+    return int(_significant(tests, sign=sign, alpha=alpha).sum())
 
 
 def reid_test_values(tests: pd.DataFrame, *, estimator: str, alpha: float = 0.05) -> dict:
@@ -636,7 +692,7 @@ def negative_control_summary(controls: pd.DataFrame, *, coupling: float = 0.0, a
     sel = controls[(controls["coupling"] == coupling) & (controls["baseline"] == baseline)
                    & controls["estimator"].isin(list(estimators))]
     out = sel[["method", "test_set", "estimator", "n", "hl_diff_mm", "ci_low_mm", "ci_high_mm", "p_holm", "rbc"]].copy()
-    out["closer_significant"] = (out["p_holm"] < alpha) & (out["hl_diff_mm"] < 0)
+    out["closer_significant"] = _significant(out, sign=-1, alpha=alpha)
     return out.reset_index(drop=True)
 
 
