@@ -106,13 +106,13 @@ glue("overview_method", method, display=False)
 # ## Settings of this run
 #
 # The numbers the methods page refers to, read from the run's parameters
-# (`params/<profile>.yaml`) and the cascade configuration.
+# (`params/<profile>.yaml`) and the cascade configuration; each is glued as `p_<setting>`.
 
 # %% tags=["hide-input"]
 settings = report.run_settings(run.params, study.config)
 for key, value in settings.items():
     glue(f"p_{key}", value, display=False)
-report.reader_table(report.key_value_table(settings, key="setting (glued as p_<setting>)"),
+report.reader_table(report.key_value_table(settings, key="setting"),
                     csv_name="08_run_settings.csv")
 
 # %% [markdown]

@@ -126,8 +126,9 @@ def test_valid_override_is_applied(runs):
     assert "face_coupling" not in config.load_profile("tiny")["phantom"]
 
 
-def test_profile_age_range_reaches_the_loader(runs, tmp_path, monkeypatch):
-    """`cohort.age_range` of a profile is the loader's plausible-age range (an infant study sets [0, 120])."""
+def test_profile_limits_reach_the_loader(runs, tmp_path, monkeypatch):
+    """`cohort.age_range`, `cohort.max_voxels` and `cohort.max_shear_deg` of a profile are the loader's limits
+    (an infant study sets an age range of [0, 120]); the loader's constants otherwise; bad values are refused."""
     from refacelib.data import bids as data
     from refacelib.pipeline import cohort
 
@@ -140,34 +141,14 @@ def test_profile_age_range_reaches_the_loader(runs, tmp_path, monkeypatch):
         raise data.DatasetError("stop here")
 
     monkeypatch.setattr(cohort, "load_bids", fake_load_bids)
-    run = config.open_run("tiny", str(folder), overrides={"cohort.age_range": [0, 120]})
-    with pytest.raises(data.DatasetError, match="stop here"):
-        cohort.prepare_dataset(run)
-    assert list(seen["age_range"]) == [0, 120]
-    with pytest.raises(config.ConfigError, match="cohort.age_range"):
-        config.open_run("tiny", str(folder), overrides={"cohort.age_range": [0]})
-
-
-def test_profile_size_and_shear_limits_reach_the_loader(runs, tmp_path, monkeypatch):
-    """`cohort.max_voxels` and `cohort.max_shear_deg` of a profile are the loader's limits; defaults otherwise."""
-    from refacelib.data import bids as data
-    from refacelib.pipeline import cohort
-
-    folder = tmp_path / "big"
-    folder.mkdir()
-    seen = {}
-
-    def fake_load_bids(root, **kw):
-        seen.update(kw)
-        raise data.DatasetError("stop here")
-
-    monkeypatch.setattr(cohort, "load_bids", fake_load_bids)
-    for overrides, voxels, shear in (({}, data.MAX_VOXELS, data.MAX_SHEAR_DEG),
-                                     ({"cohort.max_voxels": 1024 ** 3, "cohort.max_shear_deg": 12.5}, 1024 ** 3, 12.5)):
+    defaults = (tuple(data.AGE_RANGE), data.MAX_VOXELS, data.MAX_SHEAR_DEG)
+    chosen = {"cohort.age_range": [0, 120], "cohort.max_voxels": 1024 ** 3, "cohort.max_shear_deg": 12.5}
+    for overrides, expected in (({}, defaults), (chosen, ((0, 120), 1024 ** 3, 12.5))):
         seen.clear()
         with pytest.raises(data.DatasetError, match="stop here"):
             cohort.prepare_dataset(config.open_run("tiny", str(folder), overrides=overrides))
-        assert (seen["max_voxels"], seen["max_shear_deg"]) == (voxels, shear)
-    for key, bad in (("cohort.max_voxels", 0), ("cohort.max_voxels", "big"), ("cohort.max_shear_deg", 60)):
+        assert (tuple(seen["age_range"]), seen["max_voxels"], seen["max_shear_deg"]) == expected
+    for key, bad in (("cohort.age_range", [0]), ("cohort.max_voxels", 0), ("cohort.max_voxels", "big"),
+                     ("cohort.max_shear_deg", 60)):
         with pytest.raises(config.ConfigError, match=key):
             config.open_run("tiny", str(folder), overrides={key: bad})

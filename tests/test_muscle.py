@@ -439,3 +439,16 @@ def test_analyze_muscle_equals_one_muscle_at_a_time():
                                         n_boot=12, n_components=4, seed=3)
         got = boot[boot["muscle"] == mus].drop(columns="muscle").reset_index(drop=True)
         pd.testing.assert_frame_equal(got, alone, atol=1e-12)
+
+
+def test_an_undefined_comparison_is_neither_significant_nor_not():
+    """A constant prediction has no correlation: its comparison's `diff_significant` is None (read "n/a"), not False."""
+    from refacelib import report
+
+    boot = pd.DataFrame({"boot": np.repeat(np.arange(30), 3), "image": ["original", "pydeface", "skullstrip"] * 30,
+                         "rho": np.tile([0.4, 0.1, np.nan], 30) + np.repeat(np.linspace(-0.05, 0.05, 30), 3)})
+    diff = m.compare_images(boot).set_index("image")
+    assert diff.loc["pydeface", "diff_significant"] == True  # noqa: E712  (the CI of 0.3 +- 0 excludes 0)
+    assert diff.loc["skullstrip", "diff_significant"] is None
+    cells = report.format_table(diff.reset_index(), columns={"image": "Image", "diff_significant": "CI excludes 0"})
+    assert cells["CI excludes 0"].tolist() == ["yes", "n/a"]

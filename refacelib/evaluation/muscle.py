@@ -633,7 +633,8 @@ def compare_images(boot: pd.DataFrame, *, reference: str = "original",
 
     ``diff = rho[reference] - rho[image]`` per resample (paired by ``boot``;
     resamples with NaN in either are dropped). Reported: its mean and
-    percentile interval (``diff_significant`` when it excludes 0), and the
+    percentile interval (``diff_significant`` when it excludes 0; None when no resample
+    has both correlations, e.g. a constant prediction), and the
     paper's two-sided Wilcoxon signed-rank p on the paired correlations,
     which shrinks with the number of resamples and so is not a valid test.
     The resamples of :func:`resample_correlations` refit every image type
@@ -661,7 +662,8 @@ def compare_images(boot: pd.DataFrame, *, reference: str = "original",
                      "diff_mean": float(diff.mean()) if len(diff) else np.nan,
                      "ci_low": low, "ci_high": high,
                      "wilcoxon_p": _wilcoxon_p(ref, other),
-                     "diff_significant": bool(low > 0 or high < 0)})
+                     # undefined (no resample with both correlations, e.g. a constant prediction): neither
+                     "diff_significant": bool(low > 0 or high < 0) if len(diff) else None})
     return pd.DataFrame(rows, columns=_DIFF_COLUMNS)
 
 
