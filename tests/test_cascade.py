@@ -35,6 +35,9 @@ def test_config_roundtrip_and_unknown_keys():
         StageConfig.from_dict({"chanels": [4]})
     with pytest.raises(ValueError, match="norm_num_groups"):
         StageConfig(channels=(6, 8), norm_num_groups=4)
+    with pytest.raises(ValueError, match="per_method=True is not implemented"):  # refused, not ignored
+        CascadeConfig.from_dict({"per_method": True})
+    assert CascadeConfig().to_dict()["per_method"] is False  # kept in the dict: shipped checkpoints are named by it
 
 
 def test_face_box_contains_region_and_is_aligned(rng):

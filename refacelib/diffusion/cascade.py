@@ -153,8 +153,11 @@ class CascadeConfig:
         Stage-2 crop on the common grid, ``((x0, x1), (y0, y1), (z0, z1))``;
         see :func:`face_box`. None means the whole grid.
     per_method : bool
-        One model per defacing method instead of one shared model (the
-        caller trains and stores one model per method; the code is the same).
+        Must be False: the cascade is one model for every defacing method,
+        conditioned on each example's removal mask. One model per method is
+        not implemented; True is refused rather than silently ignored. The
+        field stays in :meth:`to_dict` because the names of shipped
+        checkpoints are hashes of that dict.
     seed : int
         Seed of every random draw during training.
     """
@@ -170,6 +173,9 @@ class CascadeConfig:
         self.stage1 = StageConfig.from_dict(self.stage1)
         self.stage2 = StageConfig.from_dict(self.stage2)
         self.factor = int(self.factor)
+        if self.per_method:
+            raise ValueError("per_method=True is not implemented: the cascade is one model for every defacing "
+                             "method, conditioned on the removal mask (set cascade.per_method: false)")
         if self.factor < 1:
             raise ValueError("factor must be >= 1")
         if self.box is not None:
