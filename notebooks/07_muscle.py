@@ -34,9 +34,9 @@ import time
 from IPython.display import Markdown, display
 from myst_nb import glue
 
-from refacelib import deface, report
+from refacelib import report
 from refacelib.evaluation import muscle
-from refacelib.pipeline import cohort, stages, start_chapter
+from refacelib.pipeline import cohort, muscle_stage, start_chapter
 from refacelib.report import paper, save_figure, save_table, viz
 from refacelib.report.viz import placeholder_figure
 
@@ -94,18 +94,12 @@ glue("n_resamples", settings["n_boot"], display=False)
 #    (original minus the other image) on the same half-samples and folds.
 
 # %% tags=["hide-input"]
-if ds.has_muscle:
-    template = stages.study_template(run)
-    folder, qc = stages.deface_cohort(run, ds, template)
-    failed = stages.qc_failures(qc)
-    table = ds.participants[~ds.participants["participant_id"].isin(failed)].reset_index(drop=True)
-    images = ["original", *run.params["deface"]["methods"]]
-    region = deface.face_region(template)
-    features = {name: stages.face_features(folder, table["participant_id"], name, region=region,
-                                           brain=template.brain, stride=settings["stride"]) for name in images}
+if ds.has_muscle:  # features and the refitted resamples: a stage of the run's cache (pipeline.muscle_stage)
+    result = muscle_stage.muscle_evaluation(run, ds)
+    table, corr, diff, boot = result.table, result.corr, result.diff, result.boot
     glue("n_muscle_subjects", len(table), display=False)
-    glue("n_features", features["original"].shape[1], display=False)
-    glue("n_excluded", len(failed), display=False)
+    glue("n_features", result.n_features, display=False)
+    glue("n_excluded", result.n_excluded, display=False)
 else:
     display(Markdown("**Skipped:** this dataset has no `muscle_hu_abdomen`, `muscle_hu_thigh`, "
                      "`muscle_hu_shin` columns in `participants.tsv`."))
@@ -121,8 +115,6 @@ else:
 
 # %% tags=["hide-input"]
 if ds.has_muscle:
-    corr, diff, boot = muscle.analyze_muscle(table, features, n_boot=settings["n_boot"], seed=int(run.params["seed"]),
-                                             n_splits=settings["n_splits"], n_components=settings["n_components"])
     corr_csv = save_table(corr, run.tables / "muscle_corr.csv")
     diff_csv = save_table(diff[["muscle", "image", "diff_mean", "ci_low", "ci_high", "wilcoxon_p"]],
                           run.tables / "muscle_diff.csv")
@@ -224,10 +216,13 @@ if ds.has_muscle:
         ("diff_ci_low", "diff_ci_high"): "Difference in rho, 95% CI"},
         formats={"wilcoxon_p": "p-sci", ("diff_ci_low", "diff_ci_high"): 3}))
 glue("muscle_seconds", round(time.perf_counter() - start, 1), display=False)
+glue("muscle_analysis_seconds", result.seconds if ds.has_muscle else "n/a", display=False)
 
 # %% [markdown]
-# This chapter took {glue:text}`muscle_seconds` s (features, and the models refitted in
-# every fold of every half-sample; the defacing stage is cached from the previous chapter).
+# This chapter took {glue:text}`muscle_seconds` s. The analysis (features, and the models
+# refitted in every fold of every half-sample) is a stage of the run's cache
+# (`refacelib.pipeline.muscle_stage`, keyed by the defaced images, the participants, the
+# settings and its code): it took {glue:text}`muscle_analysis_seconds` s when it ran.
 
 # %% [markdown]
 # ## Key results

@@ -536,6 +536,55 @@ def test_face_evaluation_is_a_cached_stage_equal_to_a_fresh_measurement(tiny_boo
     assert evaluation.faces_folder(run, study.deface_folder, refaced, study.test_subjects, study.methods) != folder
 
 
+def test_muscle_analysis_is_a_cached_stage_equal_to_a_fresh_analysis(tiny_book, monkeypatch, tmp_path):
+    """Chapter 07's analysis comes from a stage of the run's cache: read back, its tables equal a fresh
+    analyze_muscle bit for bit; a second call computes nothing; an interrupted stage computes again; the key
+    follows the analysing code and the participants' muscle values."""
+    from refacelib.deface import methods as deface
+    from refacelib.evaluation import muscle
+    from refacelib.pipeline import cohort, config, muscle_stage, stages
+
+    run = config.open_run("tiny", "phantom")
+    ds = cohort.prepare_dataset(run)
+    template = stages.study_template(run)
+    deface_folder, _ = stages.deface_cohort(run, ds, template)
+    images = ["original", *run.params["deface"]["methods"]]
+    calls = []
+    analyze = muscle.analyze_muscle
+    monkeypatch.setattr(muscle, "analyze_muscle", lambda *a, **k: calls.append(1) or analyze(*a, **k))
+    result = muscle_stage.muscle_evaluation(run, ds)
+    assert calls == []  # the book's chapter 07 made it
+    settings = run.params["muscle"]
+    features = {name: stages.face_features(deface_folder, result.table["participant_id"], name,
+                                           region=deface.face_region(template), brain=template.brain,
+                                           stride=settings["stride"]) for name in images}
+    assert result.n_features == features["original"].shape[1]
+    corr, diff, boot = analyze(result.table, features, n_boot=settings["n_boot"], seed=int(run.params["seed"]),
+                               n_splits=settings["n_splits"], n_components=settings["n_components"])
+    for stored, fresh in ((result.corr, corr), (result.diff, diff), (result.boot, boot)):
+        pd.testing.assert_frame_equal(stored, fresh, check_exact=True)
+    assert result.diff.loc[result.diff["image"] == "skullstrip", "diff_significant"].isna().all()
+    # the chapter's own table is this stage's
+    pd.testing.assert_frame_equal(pd.read_csv(run.tables / "muscle_corr.csv", float_precision="round_trip"),
+                                  result.corr, check_exact=True)
+    folder = muscle_stage.muscle_folder(run, deface_folder, result.table, images)
+    (folder / "done.json").unlink()  # an interrupted stage computes again
+    muscle_stage.muscle_evaluation(run, ds)
+    assert calls == [1] and (folder / "done.json").is_file()
+    # the key: the analysing code and the muscle values, not an edit elsewhere
+    package = tmp_path / "refacelib"
+    shutil.copytree(Path(muscle_stage.__file__).resolve().parents[1], package)
+    before = muscle_stage.code_digest(package)
+    assert before == muscle_stage.code_digest()
+    (package / "report" / "values.py").write_text("# edited\n")
+    assert muscle_stage.code_digest(package) == before
+    with open(package / "evaluation" / "muscle.py", "a") as fh:
+        fh.write("\n# edited\n")
+    assert muscle_stage.code_digest(package) != before
+    changed = result.table.assign(muscle_hu_thigh=result.table["muscle_hu_thigh"] + 1.0)
+    assert muscle_stage.muscle_folder(run, deface_folder, changed, images) != folder
+
+
 def test_ridge_prior_cascade_end_to_end(tiny_book, tmp_path):
     """cascade.prior: ridge trains on out-of-fold linear priors, refaces with the linear prior
     (written as its own candidate, measured like the others) and ships the record its refit needs."""

@@ -40,6 +40,9 @@ _MODULES = {
         "install_shipped", "training_provenance", "ship", "cascade_prior", "training_recipe", "shuffle_faces",
         "recipe_id", "linear_models", "refit_linear", "LINEAR_CANDIDATES", "LINEAR_RECORD",
     ],
+    "muscle_stage": [
+        "MUSCLE_VERSION", "MUSCLE_MODULES", "MUSCLE_SETTINGS", "MuscleResult", "muscle_folder", "muscle_evaluation",
+    ],
     "chapter": [
         "Chapter", "dataset_name", "start_chapter",
     ],

@@ -260,7 +260,8 @@ def plot_muscle_correlations(boot: pd.DataFrame, corr: pd.DataFrame, diff: pd.Da
             ax.errorbar(i, row["mean"], yerr=[[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]],
                         fmt="o", color="black", mfc=face, ms=7, capsize=4, zorder=5)
             d = diff[(diff["muscle"] == muscle) & (diff["image"] == image)]
-            if len(d) and bool(d["diff_significant"].iloc[0]):
+            flag = d["diff_significant"].iloc[0] if len(d) else None
+            if pd.notna(flag) and bool(flag):  # None or NaN: an undefined comparison, no star
                 ax.text(i, row["ci_high"] + 0.04, "*", ha="center", fontsize=14)
         ax.axhline(0, color="0.5", lw=0.8, ls="--")
         ax.set_title(muscle)
