@@ -53,7 +53,7 @@ from refacelib.data.template import load_template
 from refacelib.imaging.registration import DICE_SUCCESS
 from refacelib.diffusion import resolve_device
 from refacelib.diffusion.train import load_stage
-from refacelib.pipeline import config, evaluation, refacing, start_chapter
+from refacelib.pipeline import config, evaluation, muscle_stage, refacing, start_chapter
 from refacelib.pipeline.cache import is_done
 from refacelib.pipeline.stages import stage_stats
 from refacelib.report import save_figure, save_table
@@ -105,14 +105,15 @@ if costs is not None:
 # %% [markdown]
 # The chapters took {glue:text}`book_minutes` minutes in all in their last execution, with a
 # peak of {glue:text}`book_peak_gib` GiB. The cached stages, as measured when they were built
-# (the records of the defacing and face-distance stages and `tables/timings.csv`):
+# (the records of the defacing, face-distance and muscle stages and `tables/timings.csv`):
 
 # %% tags=["hide-input"]
 timing_csv = run.tables / "timings.csv"
 faces_done = evaluation.faces_folder(run, study.deface_folder, refaced, study.test_subjects, study.methods)
 stages_table = bq.stage_costs(stage_stats(study.deface_folder),
                               pd.read_csv(timing_csv) if timing_csv.exists() else None,
-                              stage_stats(faces_done) if is_done(faces_done) else None)
+                              stage_stats(faces_done) if is_done(faces_done) else None,
+                              muscle_stage.cached_record(run, study.ds))
 stages_csv = save_table(stages_table, run.tables / "bench_stage_costs.csv")
 dominant = stages_table.sort_values("seconds", ascending=False).iloc[0]
 glue("dominant_stage", f"{dominant['stage']} ({dominant['seconds']:.0f} s)", display=False)

@@ -349,16 +349,17 @@ def chapter_costs(timings: pd.DataFrame, *, budget_s: float = BOOK_BUDGET_S,
 
 
 def stage_costs(deface_stats: dict | None, timings: pd.DataFrame | None,
-                faces_stats: dict | None = None) -> pd.DataFrame:
-    """Cold cost of the cached stages: defacing (its ``done.json``), the rows of ``timings.csv``
-    and the face distances (their ``done.json``, :func:`refacelib.pipeline.evaluation.face_evaluation`).
+                faces_stats: dict | None = None, muscle_stats: dict | None = None) -> pd.DataFrame:
+    """Cold cost of the cached stages: defacing (its ``done.json``), the rows of ``timings.csv``,
+    the face distances (their ``done.json``, :func:`refacelib.pipeline.evaluation.face_evaluation`)
+    and the muscle analysis (:func:`refacelib.pipeline.muscle_stage.muscle_evaluation`).
 
     Examples
     --------
     >>> stage_costs({"seconds": 5.0, "peak_rss_mib": 300.0},
     ...             pd.DataFrame({"step": ["train stage 1"], "device": ["cpu"], "seconds": [2.0]}),
-    ...             {"seconds": 3.0, "peak_rss_mib": 400.0})["seconds"].tolist()
-    [5.0, 2.0, 3.0]
+    ...             {"seconds": 3.0, "peak_rss_mib": 400.0}, {"seconds": 4.0, "peak_rss_mib": 500.0})["seconds"].tolist()
+    [5.0, 2.0, 3.0, 4.0]
     """
     rows = []
     if deface_stats:
@@ -372,4 +373,8 @@ def stage_costs(deface_stats: dict | None, timings: pd.DataFrame | None,
         rows.append({"stage": "face distances (every candidate, test subjects)", "device": "cpu",
                      "seconds": float(faces_stats.get("seconds", np.nan)),
                      "peak_rss_mib": float(faces_stats.get("peak_rss_mib", np.nan))})
+    if muscle_stats:
+        rows.append({"stage": "muscle analysis (features, refitted resamples)", "device": "cpu",
+                     "seconds": float(muscle_stats.get("seconds", np.nan)),
+                     "peak_rss_mib": float(muscle_stats.get("peak_rss_mib", np.nan))})
     return pd.DataFrame(rows, columns=["stage", "device", "seconds", "peak_rss_mib"])

@@ -41,7 +41,8 @@ _MODULES = {
         "recipe_id", "linear_models", "refit_linear", "LINEAR_CANDIDATES", "LINEAR_RECORD",
     ],
     "muscle_stage": [
-        "MUSCLE_VERSION", "MUSCLE_MODULES", "MUSCLE_SETTINGS", "MuscleResult", "muscle_folder", "muscle_evaluation",
+        "MUSCLE_VERSION", "MUSCLE_MODULES", "MUSCLE_SETTINGS", "MuscleResult", "muscle_folder", "cached_record",
+        "muscle_evaluation",
     ],
     "chapter": [
         "Chapter", "dataset_name", "start_chapter",

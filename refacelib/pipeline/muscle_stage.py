@@ -31,7 +31,7 @@ from refacelib.pipeline.config import Run
 from refacelib.pipeline.stages import deface_cohort, face_features, qc_failures, study_template
 
 __all__ = ["MUSCLE_VERSION", "MUSCLE_MODULES", "MUSCLE_SETTINGS", "MuscleResult", "muscle_folder",
-           "muscle_evaluation"]
+           "cached_record", "muscle_evaluation"]
 
 #: Version of what the stage writes; part of its key: raise it when that changes.
 MUSCLE_VERSION = 1
@@ -96,6 +96,27 @@ def _read(path: Path, **kw) -> pd.DataFrame:
     return pd.read_csv(path, float_precision="round_trip", **kw)
 
 
+def _inputs(run: Run, ds: BIDSDataset):
+    """The template, the defacing stage's folder, the analysed participants, the failures and the image types."""
+    template = study_template(run)
+    deface_folder, qc = deface_cohort(run, ds, template)
+    failed = qc_failures(qc)
+    table = ds.participants[~ds.participants["participant_id"].isin(failed)].reset_index(drop=True)
+    return template, deface_folder, table, failed, ["original", *run.params["deface"]["methods"]]
+
+
+def cached_record(run: Run, ds: BIDSDataset) -> dict | None:
+    """The record of the run's complete muscle stage (seconds, peak memory, sizes), None when it has not run.
+
+    Computes nothing (the defacing stage it reads is cached by then).
+    """
+    if not ds.has_muscle:
+        return None
+    _, deface_folder, table, _, images = _inputs(run, ds)
+    folder = muscle_folder(run, deface_folder, table, images)
+    return read_done(folder) if is_done(folder) else None
+
+
 def muscle_evaluation(run: Run, ds: BIDSDataset) -> MuscleResult:
     """Chapter 07's analysis of ``ds`` (which must have muscle columns), computed once and kept in the run's cache.
 
@@ -108,11 +129,7 @@ def muscle_evaluation(run: Run, ds: BIDSDataset) -> MuscleResult:
     if not ds.has_muscle:
         raise ValueError("the dataset has no muscle columns (muscle_hu_abdomen, muscle_hu_thigh, muscle_hu_shin)")
     settings = run.params["muscle"]
-    template = study_template(run)
-    deface_folder, qc = deface_cohort(run, ds, template)
-    failed = qc_failures(qc)
-    table = ds.participants[~ds.participants["participant_id"].isin(failed)].reset_index(drop=True)
-    images = ["original", *run.params["deface"]["methods"]]
+    template, deface_folder, table, failed, images = _inputs(run, ds)
     folder = muscle_folder(run, deface_folder, table, images)
     if not is_done(folder):
         start = time.perf_counter()
