@@ -40,8 +40,7 @@ from refacelib.report import save_figure, save_table, viz
 from refacelib.report.viz import placeholder_figure
 
 run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces, study=True)
-ds, template, folder, methods, cfg = study.ds, study.template, study.deface_folder, study.methods, study.config
-settings = run.params["cascade"]
+folder, methods, settings = study.deface_folder, study.methods, run.params["cascade"]
 ckpt_folder, _ = refacing.trained_cascade(run, study)
 device = str(resolve_device(settings.get("device", "auto")))
 

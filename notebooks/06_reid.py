@@ -44,10 +44,8 @@ from refacelib.report import reid_plots, save_figure, save_table
 from refacelib.report.viz import placeholder_figure
 
 run, note, faces, chapter_start, study = start_chapter(profile, dataset, publish_faces, study=True)
-ds, template, folder, methods, cfg = study.ds, study.template, study.deface_folder, study.methods, study.config
-settings = run.params["cascade"]
 ckpt_folder, _ = refacing.trained_cascade(run, study)
-subjects = study.test_subjects
+template, folder, methods, subjects = study.template, study.deface_folder, study.methods, study.test_subjects
 refaced, _ = refacing.refaced_test_set(run, study, ckpt_folder)
 
 

@@ -42,7 +42,6 @@ costs_cores = 16  # the larger machine of the cost projection
 import json
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 from IPython.display import Image, Markdown, display
 from myst_nb import glue
