@@ -165,33 +165,10 @@ else:
 perm = report.read_table(run.tables, "controls_permutation")
 perm_ok = (perm is not None and len(perm) > 0 and "recipe" in perm
            and bool((perm["recipe"].astype(str) == recipe).all()))
-if perm_ok:
-    perm0 = perm.assign(coupling=0.0)
-    vs_swap = report.negative_control_summary(perm0, baseline="swapped", estimators=("refaced_mean",))
-    vs_avg = report.negative_control_summary(perm0, baseline="average", estimators=("refaced_mean",))
-    # the book's own model, measured the same way (re-identification chapter)
-    own = report.read_table(run.tables, "face_tests")
-    own_avg = (report.negative_control_summary(own.assign(coupling=0.0), baseline="average",
-                                               estimators=("refaced_mean",))
-               if own is not None and len(own) else None)
-    face_removal = ~vs_avg["method"].eq("skullstrip")
-    perm_gain = float(vs_avg.loc[face_removal, "hl_diff_mm"].median())
-    own_gain = float(own_avg.loc[~own_avg["method"].eq("skullstrip"), "hl_diff_mm"].median()) \
-        if own_avg is not None else float("nan")
-    n_swap = int(vs_swap["closer_significant"].sum())
-    glue("perm_text", Markdown(
-        f"Trained on shuffled faces, the refaced face was significantly closer than the swap check in "
-        f"**{n_swap} of {len(vs_swap)}** method × test-set comparisons, and closer than the matched average face "
-        f"in {int(vs_avg['closer_significant'].sum())} of {len(vs_avg)}. "
-        + ("**So beating the swap check is not evidence that a model knows the person.** A model whose residual "
-           "fits each subject's own removal mask, registration and intensity misfits another subject, so the swap "
-           "check (a partner's residual) is a handicapped baseline, not a person-independent one. The permutation "
-           "model is the person-independent baseline: " if n_swap else
-           "The swap check found nothing where nothing could be learned, as it should. The permutation model is "
-           "the person-independent baseline: ")
-        + f"its face MSD minus the matched average face's is a median {perm_gain:+.2f} mm for the face-removal "
-        f"methods, the book's model's {own_gain:+.2f} mm (Hodges–Lehmann, median over methods and test "
-        "sets; negative: closer): only the difference can come from the person's own face."), display=False)
+if perm_ok:  # against the swap check and the matched average face, beside the book's own model
+    perm_summary = report.permutation_summary(perm, report.read_table(run.tables, "face_tests"))
+    vs_swap = perm_summary["vs_swap"]
+    glue("perm_text", Markdown(report.permutation_text(perm_summary)), display=False)
     display(report.reader_table(vs_swap, csv=run.tables / "controls_permutation.csv", columns=TEST_COLUMNS,
                                 formats={"rbc": 2},
                                 caption="Permutation control: mean of samples vs the swap check."))
@@ -204,19 +181,9 @@ if perm_ok and perm_msd is not None and own_msd is not None and "recipe" in perm
         and bool((perm_msd["recipe"].astype(str) == recipe).all()):
     paired = controls_lib.permutation_tests(own_msd, perm_msd)
     paired_csv = report.save_table(paired, run.tables / "controls_permutation_paired.csv")
-    main_est = paired[paired["estimator"] == "refaced_mean"]
-    fr = ~main_est["method"].eq("skullstrip")
-    n_person = int(((main_est["p_holm"] < 0.05) & (main_est["hl_diff_mm"] < 0))[fr].sum())
     # (significant wins, comparisons, median shift in mm) over the face-removal methods; also for the landing page
-    perm_landing = (n_person, int(fr.sum()), float(main_est.loc[fr, "hl_diff_mm"].median()))
-    glue("perm_paired_text", Markdown(
-        f"**The book's model against the permutation model, subject by subject.** Both models reface the same "
-        f"test subjects under the same methods; they differ only in whether each training head was paired with "
-        f"its own face. The book's mean of samples is significantly closer than the permutation model's in "
-        f"**{perm_landing[0]} of {perm_landing[1]}** face-removal method × test-set comparisons (median shift "
-        f"{perm_landing[2]:+.2f} mm; Wilcoxon signed-rank, Holm across methods). This "
-        f"is the test of whether the model learned something about the person; the rows for the single sample "
-        f"and the linear prior alone are in the table."), display=False)
+    perm_landing = report.permutation_paired_summary(paired)
+    glue("perm_paired_text", Markdown(report.permutation_paired_text(perm_landing)), display=False)
     display(report.reader_table(paired, csv=paired_csv, columns=TEST_COLUMNS_PAIRED, formats={"rbc": 2},
                                 caption="Book's model minus permutation model, paired by subject (mm)."))
 else:
