@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from refacelib.report import controls as report_controls
 from refacelib.report import values as report
 from refacelib.pipeline.config import open_run
 
@@ -206,7 +207,7 @@ def test_every_glue_key_the_landing_page_quotes_is_produced(face_tables):
         | set(report.person_key_values(face_tables[1].assign(hl_diff_mm=-0.1), estimator="refaced_mean"))
         | set(report.gap_key_values(None)),
         "07_muscle": set(report.muscle_key_values(None)),
-        "09_controls": set(report.landing_controls_text(None, None, {}, None, profile="tiny")),
+        "09_controls": set(report_controls.landing_controls_text(None, None, {}, None, profile="tiny")),
     }
     assert {doc for doc, _ in quoted} == set(made)
     for doc, key in quoted:
@@ -424,9 +425,9 @@ def test_offsets_table_and_key_values_summarise_the_signed_offsets():
     table = controls.offsets_table(msd)
     assert table.set_index("candidate").loc["average", "offset_mm"] == pytest.approx(-0.8)
     with_coupling = controls.controls_table({0.0: table})
-    keys = report.offset_key_values(with_coupling)
+    keys = report_controls.offset_key_values(with_coupling)
     assert keys == {"offset_average_external": "-0.80", "offset_refaced_mean_external": "0.00"}
-    assert report.offset_key_values(with_coupling, coupling=0.5) == {}
+    assert report_controls.offset_key_values(with_coupling, coupling=0.5) == {}
 
 
 def test_upsert_coupling_replaces_only_its_own_rows(tmp_path):
