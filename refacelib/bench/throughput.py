@@ -41,7 +41,7 @@ from refacelib._utils.io import atomic_write_text
 from refacelib._utils.machine import cpu_model, ram_gib
 from refacelib.diffusion.cascade import CascadeConfig, STAGE_IN_CHANNELS, box_slices, make_unet, stage1_inputs
 from refacelib.diffusion.grid import common_grid
-from refacelib.diffusion.sample import _sample_stage, auto_batch_size, make_sampler, reface
+from refacelib.diffusion.sample import sample_stage, auto_batch_size, make_sampler, reface
 from refacelib.diffusion.train import train_stage
 from refacelib.pipeline.config import load_profile, project_root, runs_root
 
@@ -338,8 +338,8 @@ def sampling_sync_audit(config: CascadeConfig, grid_shape, *, steps: int = 3, de
         sampler = (sched, timesteps[:steps], eta)  # DDPM: its first steps of the full schedule
         gen = torch.Generator(device=device)
         gen.manual_seed(0)
-        _sample_stage(models[0], sampler, low, gen=gen)  # one-time CUDA set-up (cuDNN, kernels built at first use)
-        _, syncs = count_host_syncs(_sample_stage, models[0], sampler, low, gen=gen, cuda=device.type == "cuda")
+        sample_stage(models[0], sampler, low, gen=gen)  # one-time CUDA set-up (cuDNN, kernels built at first use)
+        _, syncs = count_host_syncs(sample_stage, models[0], sampler, low, gen=gen, cuda=device.type == "cuda")
         rows.append({"sampler": kind, "steps": len(sampler[1]), "device": str(device), "syncs": syncs})
     return pd.DataFrame(rows)
 

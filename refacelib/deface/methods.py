@@ -39,7 +39,7 @@ import pandas as pd
 from scipy import ndimage
 
 from refacelib.data.template import Template, head_mask_from_intensity, pydeface_version
-from refacelib.imaging.registration import Registration, _voxel_mm, register_template
+from refacelib.imaging.registration import Registration, voxel_sizes_mm, register_template
 
 __all__ = [
     "template_regions",
@@ -77,12 +77,12 @@ def _dilate_mm(mask: np.ndarray, mm: float, affine: np.ndarray) -> np.ndarray:
     """Voxels within ``mm`` of ``mask`` (exact Euclidean distance)."""
     if not mask.any():
         return mask.copy()
-    return ndimage.distance_transform_edt(~mask, sampling=_voxel_mm(affine)) <= mm
+    return ndimage.distance_transform_edt(~mask, sampling=voxel_sizes_mm(affine)) <= mm
 
 
 def _erode_mm(mask: np.ndarray, mm: float, affine: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` farther than ``mm`` from its outside."""
-    return ndimage.distance_transform_edt(mask, sampling=_voxel_mm(affine)) > mm
+    return ndimage.distance_transform_edt(mask, sampling=voxel_sizes_mm(affine)) > mm
 
 
 
@@ -252,7 +252,7 @@ def deface_quickshear(image, affine, *, brain_mask, registration=None, engine: s
         raise ToolNotFoundError("quickshear: Python package 'quickshear' not installed") from err
     image = np.asarray(image, np.float32)
     mask = nib.Nifti1Image(np.asarray(brain_mask, np.uint8), affine)
-    buff = 10.0 / float(_voxel_mm(affine).min())
+    buff = 10.0 / float(voxel_sizes_mm(affine).min())
     ones = quickshear.quickshear(nib.Nifti1Image(np.ones(image.shape, np.float32), affine), mask, buff=buff)
     removal = np.asarray(ones.dataobj) == 0
     out = np.asarray(quickshear.quickshear(nib.Nifti1Image(image, affine), mask, buff=buff).dataobj, np.float32)

@@ -52,7 +52,7 @@ from refacelib.diffusion.cascade import (
 )
 from refacelib._utils.device import autocast_context, resolve_device
 
-__all__ = ["reface", "one_step_estimate", "make_sampler", "auto_batch_size", "batch_from_memory"]
+__all__ = ["reface", "sample_stage", "one_step_estimate", "make_sampler", "auto_batch_size", "batch_from_memory"]
 
 
 def make_sampler(stage_cfg, *, sampler: str = "ddim", steps: int | None = 25, eta: float | None = None,
@@ -109,7 +109,7 @@ def _step(sched, x0_hat, t: int, x, gen, eta):
 
 
 @torch.no_grad()
-def _sample_stage(model, sampler, inputs: dict, *, gen: torch.Generator, coarse=None):
+def sample_stage(model, sampler, inputs: dict, *, gen: torch.Generator, coarse=None):
     """Run one stage's inpainting chain.
 
     Returns
@@ -156,7 +156,7 @@ def _cascade_chunk(vol: dict, idx: torch.Tensor, models, samplers, config: Casca
     """Both stages for one batch of items; full-grid composites (B, 1, X, Y, Z)."""
     d, m, p = vol["defaced"][idx], vol["mask"][idx], vol["prior"][idx]
     low = stage1_inputs(d, m, p, factor=config.factor, multiple=config.stage1.multiple, device=d.device)
-    x1, first1, _ = _sample_stage(models[0], samplers[0], low, gen=gen)
+    x1, first1, _ = sample_stage(models[0], samplers[0], low, gen=gen)
     up = {k: stage1_to_full(v, factor=config.factor, crop=low["crop"], prior_low=low["prior"], prior=p.unsqueeze(1),
                             mask_low=low["mask"])
           for k, v in (("sample", x1), ("one_step", first1))}
@@ -168,7 +168,7 @@ def _cascade_chunk(vol: dict, idx: torch.Tensor, models, samplers, config: Casca
     sl = (Ellipsis, *box_slices(config.box, tuple(d.shape)))
     crop = stage2_inputs(d, m, p, up["sample"], box=config.box, device=d.device,
                          multiple=config.stage2.multiple)
-    x2, _, noise2 = _sample_stage(models[1], samplers[1], crop, gen=gen)
+    x2, _, noise2 = sample_stage(models[1], samplers[1], crop, gen=gen)
     first2 = _first_estimate(models[1], samplers[1], crop, noise=noise2, coarse=up["one_step"][sl])
     out["sample"][sl] = x2
     out["one_step"][sl] = first2

@@ -35,7 +35,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from refacelib._utils.arrays import bounding_box
-from refacelib.imaging.surface import (Mesh, MeshIndex, _default_threshold, as_mesh, compact_mesh, face_msd,
+from refacelib.imaging.surface import (Mesh, MeshIndex, default_threshold, as_mesh, compact_mesh, face_msd,
                                        head_mask, index_mesh, iso_surface, mesh_msd, point_mesh_distance,
                                        restrict_to_region)
 
@@ -64,7 +64,7 @@ def smoothed_threshold(image: np.ndarray, mask_sigma: float) -> float:
     positive = vol[vol > 0]
     if positive.size == 0:
         raise ValueError("face_mesh: the image has no positive voxels")
-    return _default_threshold(positive)
+    return default_threshold(positive)
 
 
 def _clamped_field(vol: np.ndarray, threshold: float) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from refacelib.data.template import Template, head_mask_from_intensity
 
-__all__ = ["Registration", "register_template", "DICE_SUCCESS", "AFFINE_ITERATIONS", "AFFINE_SHRINK_FACTORS",
+__all__ = ["Registration", "register_template", "voxel_sizes_mm", "DICE_SUCCESS", "AFFINE_ITERATIONS", "AFFINE_SHRINK_FACTORS",
            "AFFINE_SMOOTHING_SIGMAS", "INITIAL_STARTS"]
 
 #: Dice of template vs subject head masks above which a registration succeeded.
@@ -34,14 +34,21 @@ def _ants():
     return ants
 
 
-def _voxel_mm(affine: np.ndarray) -> np.ndarray:
+def voxel_sizes_mm(affine: np.ndarray) -> np.ndarray:
+    """Voxel sizes (mm) along the array axes of an image with this affine (shear and rotation allowed).
+
+    Examples
+    --------
+    >>> voxel_sizes_mm(np.diag([2.0, -3.0, 1.5, 1.0])).tolist()
+    [2.0, 3.0, 1.5]
+    """
     return np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
 
 
 def _to_ants(array: np.ndarray, affine: np.ndarray):
     """ANTs image of ``array``: RAS affine converted to ANTs' LPS physical space."""
     lps = _LPS @ np.asarray(affine, float)
-    spacing = _voxel_mm(lps)
+    spacing = voxel_sizes_mm(lps)
     return _ants().from_numpy(np.asarray(array, np.float32), origin=tuple(lps[:3, 3]),
                               spacing=tuple(spacing), direction=lps[:3, :3] / spacing)
 

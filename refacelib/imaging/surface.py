@@ -35,6 +35,7 @@ from refacelib._utils.arrays import largest_component
 
 __all__ = [
     "Mesh",
+    "default_threshold",
     "as_mesh",
     "head_mask",
     "iso_surface",
@@ -79,7 +80,7 @@ def as_mesh(mesh) -> Mesh:
                 np.asarray(faces, dtype=np.int64).reshape(-1, 3))
 
 
-def _default_threshold(values: np.ndarray) -> float:
+def default_threshold(values: np.ndarray) -> float:
     """Half of Otsu's threshold of ``values`` (the positive smoothed voxels)."""
     from skimage.filters import threshold_otsu
 
@@ -146,7 +147,7 @@ def head_mask(
         positive = vol[vol > 0]
         if positive.size == 0:
             raise ValueError("head_mask: the volume has no positive voxels")
-        threshold = _default_threshold(positive)
+        threshold = default_threshold(positive)
     mask = largest_component(vol > threshold)
     mask = ndi.binary_fill_holes(mask)
     for axis in fill_axes:

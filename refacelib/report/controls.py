@@ -12,7 +12,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from refacelib.report.values import _n_significant, _significant, fmt_mm
+from refacelib.report.values import count_significant, is_significant, fmt_mm
 
 __all__ = ["negative_control_summary", "offset_key_values", "landing_controls_text", "dose_response_text",
            "controls_overview", "permutation_summary", "permutation_text", "permutation_paired_summary",
@@ -42,7 +42,7 @@ def negative_control_summary(controls: pd.DataFrame, *, coupling: float = 0.0, a
     sel = controls[(controls["coupling"] == coupling) & (controls["baseline"] == baseline)
                    & controls["estimator"].isin(list(estimators))]
     out = sel[["method", "test_set", "estimator", "n", "hl_diff_mm", "ci_low_mm", "ci_high_mm", "p_holm", "rbc"]].copy()
-    out["closer_significant"] = _significant(out, sign=-1, alpha=alpha)
+    out["closer_significant"] = is_significant(out, sign=-1, alpha=alpha)
     return out.reset_index(drop=True)
 
 
@@ -218,7 +218,7 @@ def controls_overview(controls: pd.DataFrame, *, alpha: float = 0.05) -> pd.Data
     rows = []
     for (c, t, e), sub in sel.groupby(["coupling", "test_set", "estimator"], sort=True):
         rows.append({"coupling": c, "test_set": t, "estimator": e,
-                     "closer": f"{_n_significant(sub, sign=-1, alpha=alpha)} of {len(sub)}",
+                     "closer": f"{count_significant(sub, sign=-1, alpha=alpha)} of {len(sub)}",
                      "median_hl_diff_mm": round(float(sub["hl_diff_mm"].median()), 3)})
     return pd.DataFrame(rows, columns=["coupling", "test_set", "estimator", "closer", "median_hl_diff_mm"])
 
@@ -305,7 +305,7 @@ def permutation_paired_summary(paired: pd.DataFrame, *, alpha: float = 0.05, est
     (1, 2, -0.5)
     """
     rows = paired[(paired["estimator"] == estimator) & ~paired["method"].isin(list(exclude))]
-    return (_n_significant(rows, sign=-1, alpha=alpha), len(rows),
+    return (count_significant(rows, sign=-1, alpha=alpha), len(rows),
             float(rows["hl_diff_mm"].median()) if len(rows) else float("nan"))
 
 

@@ -42,6 +42,8 @@ from refacelib._utils.paths import dataset_label, project_root
 from refacelib.report import paper
 
 __all__ = [
+    "is_significant",
+    "count_significant",
     "reid_test_values",
     "gap_key_values",
     "PAPER_METHODS",
@@ -227,7 +229,7 @@ def face_key_values(summary: pd.DataFrame, tests: pd.DataFrame, *, estimator: st
             out[f"key_closer_{m}"] = NA
             continue
         n_tested += 1
-        closer = bool(_significant(sel.loc[[m]], sign=-1, alpha=alpha).iloc[0])
+        closer = bool(is_significant(sel.loc[[m]], sign=-1, alpha=alpha).iloc[0])
         n_closer += closer
         out[f"key_closer_{m}"] = "yes" if closer else ("no, farther" if p < alpha else "no, tie")
     out["key_n_closer"] = f"{n_closer} of {n_tested}"
@@ -395,7 +397,7 @@ def closer_counts(tests: pd.DataFrame, *, estimator: str, baseline: str = "avera
     out = {}
     for test_set in test_sets:
         sub = sel[sel["test_set"] == test_set]
-        k = _n_significant(sub, sign=-1, alpha=alpha)
+        k = count_significant(sub, sign=-1, alpha=alpha)
         out[f"{prefix}_{test_set}"] = f"{k} of {len(sub)}" if len(sub) else NA
     return out
 
@@ -494,7 +496,7 @@ def muscle_chapter_values(corr: pd.DataFrame | None, diff: pd.DataFrame | None, 
     return {k: str(v) for k, v in zip(keys, values)}
 
 
-def _significant(tests: pd.DataFrame, *, sign: int, alpha: float) -> pd.Series:
+def is_significant(tests: pd.DataFrame, *, sign: int, alpha: float) -> pd.Series:
     """The one rule of "significantly closer" (``sign=-1``) or "farther" (``+1``) in every count of the book.
 
     Holm-corrected p below ``alpha`` and a Hodges-Lehmann paired shift (the signed-rank
@@ -503,9 +505,9 @@ def _significant(tests: pd.DataFrame, *, sign: int, alpha: float) -> pd.Series:
     return (tests["p_holm"] < alpha) & (sign * tests["hl_diff_mm"] > 0)
 
 
-def _n_significant(tests: pd.DataFrame, *, sign: int, alpha: float) -> int:
+def count_significant(tests: pd.DataFrame, *, sign: int, alpha: float) -> int:
     """Rows with Holm p < ``alpha`` and a paired shift of ``sign`` (-1: the estimator closer, +1: farther)."""
-    return int(_significant(tests, sign=sign, alpha=alpha).sum())
+    return int(is_significant(tests, sign=sign, alpha=alpha).sum())
 
 
 def reid_test_values(tests: pd.DataFrame, *, estimator: str, alpha: float = 0.05) -> dict:
@@ -537,7 +539,7 @@ def reid_test_values(tests: pd.DataFrame, *, estimator: str, alpha: float = 0.05
     def med(t: pd.DataFrame) -> str:
         return f"{t['hl_diff_mm'].median():+.2f} mm"
 
-    sig = lambda t, sign: _n_significant(t, sign=sign, alpha=alpha)  # noqa: E731
+    sig = lambda t, sign: count_significant(t, sign=sign, alpha=alpha)  # noqa: E731
     headline = rows(estimator, "average")
     out = {"n_closer": sig(headline, -1), "n_comparisons": len(headline),
            "n_swap_closer": sig(rows("swapped", "average"), -1),
@@ -595,7 +597,7 @@ def person_key_values(tests: pd.DataFrame, *, estimator: str, alpha: float = 0.0
                            ("key_permuted_n_closer", estimator, "linear_permuted")):
         sub = tests[(tests["test_set"] == test_set) & (tests["estimator"] == est) & (tests["baseline"] == base)]
         sub = sub.dropna(subset=["p_holm"])
-        out[key] = f"{_n_significant(sub, sign=-1, alpha=alpha)} of {len(sub)}" if len(sub) else NA
+        out[key] = f"{count_significant(sub, sign=-1, alpha=alpha)} of {len(sub)}" if len(sub) else NA
     return out
 
 
