@@ -53,7 +53,8 @@ def variants(params: dict) -> dict[str, dict]:
     ``base recipe`` is the profile's recipe when the comparison runs (no change);
     each other variant changes one thing of it:
     four times the training steps of both stages, the cosine noise schedule,
-    twice the channels, stage 2 on the grid the faces are measured on
+    twice the channels, Min-SNR-gamma loss weighting over timesteps (both stages),
+    stage 2 on the grid the faces are measured on
     (``deface.voxel_mm``; stage 1 keeps its resolution) when the cascade's grid
     is coarser, and stage 2 trained on the downsampled original instead of
     stage 1's samples, and the linear prior (:mod:`refacelib.diffusion.linear`) under the cascade.
@@ -65,6 +66,8 @@ def variants(params: dict) -> dict[str, dict]:
     >>> v = variants(p)
     >>> v["base recipe"], v["4x steps (40 + 24)"]["cascade.stage2.steps"], v["2x channels"]["cascade.stage1.channels"]
     ({}, 24, [8, 16])
+    >>> v["min-SNR loss weighting"]
+    {'cascade.stage1.loss_weighting': 'min_snr', 'cascade.stage2.loss_weighting': 'min_snr'}
     >>> p.update(deface={"voxel_mm": 2.0}); p["cascade"].update(voxel_mm=4.0, factor=2)
     >>> variants(p)["stage 2 at the study's grid"]
     {'cascade.voxel_mm': 2.0, 'cascade.factor': 4}
@@ -78,6 +81,8 @@ def variants(params: dict) -> dict[str, dict]:
         out["cosine schedule"] = {f"cascade.stage{s}.beta_schedule": "cosine" for s in (1, 2)}
     out["2x channels"] = {f"cascade.stage{s}.channels": [2 * int(ch) for ch in c[f"stage{s}"]["channels"]]
                           for s in (1, 2)}
+    if any(c[f"stage{s}"].get("loss_weighting", "uniform") != "min_snr" for s in (1, 2)):
+        out["min-SNR loss weighting"] = {f"cascade.stage{s}.loss_weighting": "min_snr" for s in (1, 2)}
     fine = float(params.get("deface", {}).get("voxel_mm", c.get("voxel_mm", 1.0)))
     ratio = float(c.get("voxel_mm", fine)) / fine
     if ratio > 1 and ratio.is_integer():  # stage 2 at the grid the faces are measured on, stage 1 where it was

@@ -120,3 +120,22 @@ def test_torchrun_two_processes(tmp_path):
     assert "step 3" in proc.stdout
     saved = torch.load(tmp_path / "ck.pt", weights_only=True)
     assert saved["step"] == 3 and saved["config"]["stage"] == 1
+
+
+def test_min_snr_weighting_scales_each_example_by_its_capped_snr():
+    """`loss_weighting: min_snr` multiplies each example's masked x0 loss by min(SNR(t), gamma); `uniform`
+    leaves the loss as it was; the validation loss stays uniform; a config at the defaults hashes as before."""
+    from refacelib.diffusion import train as tr
+    from refacelib.diffusion.cascade import CascadeConfig, StageConfig, make_scheduler
+
+    sched = make_scheduler(StageConfig(train_timesteps=1000))  # the profiles' schedule
+    t = torch.tensor([0, 100, 500, 999])
+    ac = sched.alphas_cumprod[t].float()
+    w = tr.timestep_weights(sched, t, weighting="min_snr", gamma=5.0)
+    assert torch.allclose(w, torch.clamp(ac / (1 - ac), max=5.0))
+    assert w[0] == 5.0 and w[-1] < 0.1  # capped where nearly clean, small where nearly pure noise
+    assert torch.equal(tr.timestep_weights(sched, t), torch.ones(4))
+    with pytest.raises(ValueError, match="loss_weighting"):
+        StageConfig(loss_weighting="snr")
+    assert "loss_weighting" not in CascadeConfig().to_dict()["stage1"]  # shipped checkpoint names unchanged
+    assert CascadeConfig.from_dict({"stage1": {"loss_weighting": "min_snr"}}).config_hash() != CascadeConfig().config_hash()

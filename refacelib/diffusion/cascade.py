@@ -38,6 +38,7 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 __all__ = [
+    "LOSS_WEIGHTINGS",
     "STAGE_IN_CHANNELS",
     "StageConfig",
     "CascadeConfig",
@@ -73,6 +74,10 @@ def _from_dict(cls, data):
     return cls(**data)
 
 
+#: Values of ``StageConfig.loss_weighting``.
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
+
+
 @dataclass
 class StageConfig:
     """Network, noise schedule and training settings of one cascade stage.
@@ -103,6 +108,13 @@ class StageConfig:
         Standard deviation of the Gaussian conditioning augmentation added to
         the ground-truth coarse image when stage 2 trains without stage-1
         outputs.
+    loss_weighting : {"uniform", "min_snr"}
+        Weight of each example's masked x0 loss over timesteps: ``uniform`` (every
+        timestep alike), or ``min_snr``, Min-SNR-gamma (Hang et al., ICCV 2023):
+        ``min(SNR(t), snr_gamma)`` for an x0 target, which caps the weight of the
+        nearly clean timesteps and lowers that of the noisiest ones.
+    snr_gamma : float
+        The cap of ``min_snr``.
     """
 
     channels: tuple[int, ...] = (8, 16, 32)
@@ -115,9 +127,15 @@ class StageConfig:
     batch_size: int = 4
     ema_decay: float = 0.995
     cond_noise: float = 0.02
+    loss_weighting: str = "uniform"
+    snr_gamma: float = 5.0
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
+        if not self.snr_gamma > 0:
+            raise ValueError(f"snr_gamma must be positive, got {self.snr_gamma}")
         bad = [c for c in self.channels if c % self.norm_num_groups]
         if bad:
             raise ValueError(f"norm_num_groups={self.norm_num_groups} does not divide channels {bad}")
@@ -133,9 +151,20 @@ class StageConfig:
         return _from_dict(cls, data)
 
     def to_dict(self) -> dict:
-        """Plain JSON-able dict (tuples become lists)."""
+        """Plain JSON-able dict (tuples become lists).
+
+        The loss-weighting fields appear only when they differ from their defaults: they
+        came after checkpoints were shipped, whose names are hashes of this dict.
+
+        Examples
+        --------
+        >>> "loss_weighting" in StageConfig().to_dict(), StageConfig(loss_weighting="min_snr").to_dict()["snr_gamma"]
+        (False, 5.0)
+        """
         out = dataclasses.asdict(self)
         out["channels"] = list(self.channels)
+        if self.loss_weighting == "uniform" and self.snr_gamma == 5.0:
+            del out["loss_weighting"], out["snr_gamma"]
         return out
 
 

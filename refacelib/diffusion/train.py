@@ -45,7 +45,7 @@ from refacelib.diffusion.cascade import (
 from refacelib._utils.device import autocast_context, resolve_device
 from refacelib._utils.io import atomic_path, load_checkpoint
 
-__all__ = ["train_stage", "load_stage", "validation_trend", "prepare_stage_data", "CHECKPOINT_VERSION", "main"]
+__all__ = ["train_stage", "timestep_weights", "load_stage", "validation_trend", "prepare_stage_data", "CHECKPOINT_VERSION", "main"]
 
 CHECKPOINT_VERSION = f"refacelib-{__version__}-cascade-ckpt-1"
 _MODEL_KEYS = ("channels", "num_res_blocks", "norm_num_groups", "train_timesteps", "beta_schedule")
@@ -90,9 +90,36 @@ def prepare_stage_data(stage: int, data: dict, config: CascadeConfig, *, device)
     return out
 
 
+def timestep_weights(scheduler, t: torch.Tensor, *, weighting: str = "uniform", gamma: float = 5.0) -> torch.Tensor:
+    """Per-example loss weights at timesteps ``t``: 1 (``uniform``) or ``min(SNR(t), gamma)`` (``min_snr``).
+
+    ``SNR(t) = alpha_bar(t) / (1 - alpha_bar(t))`` from the scheduler's table.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> sched = SimpleNamespace(alphas_cumprod=torch.tensor([0.99, 0.5, 0.01]))
+    >>> [round(w, 4) for w in timestep_weights(sched, torch.tensor([0, 1, 2]), weighting="min_snr").tolist()]
+    [5.0, 1.0, 0.0101]
+    >>> timestep_weights(sched, torch.tensor([0, 2])).tolist()
+    [1.0, 1.0]
+    """
+    if weighting == "uniform":
+        return torch.ones(t.shape, dtype=torch.float32, device=t.device)
+    if weighting != "min_snr":
+        raise ValueError(f"unknown loss weighting {weighting!r}")
+    ac = scheduler.alphas_cumprod.to(t.device)[t].float()
+    return torch.clamp(ac / (1.0 - ac), max=float(gamma))
+
+
 def _batch_loss(model, scheduler, tensors: dict, idx: torch.Tensor, gen: torch.Generator, *,
-                cond_noise: float, device, amp: bool = True) -> torch.Tensor:
-    """Masked x0 MSE of one batch, averaged per example (noise, timesteps drawn from ``gen``)."""
+                cond_noise: float, device, amp: bool = True, weighting: str = "uniform",
+                gamma: float = 5.0) -> torch.Tensor:
+    """Masked x0 MSE of one batch, averaged per example (noise, timesteps drawn from ``gen``).
+
+    ``weighting``/``gamma``: :func:`timestep_weights` of each example (training only; the
+    validation loss is always the uniform one, so that recipes compare on one scale).
+    """
     b = {k: v[idx] for k, v in tensors.items() if isinstance(v, torch.Tensor)}
     x0, mask = b["original"], b["mask"]
     t = torch.randint(0, scheduler.num_train_timesteps, (x0.shape[0],), generator=gen, device=device)
@@ -108,6 +135,8 @@ def _batch_loss(model, scheduler, tensors: dict, idx: torch.Tensor, gen: torch.G
     m = mask.float()
     dims = tuple(range(1, m.ndim))
     per_example = (((x0_hat - x0) ** 2) * m).sum(dim=dims) / m.sum(dim=dims).clamp_min(1.0)
+    if weighting != "uniform":
+        per_example = per_example * timestep_weights(scheduler, t, weighting=weighting, gamma=gamma)
     return per_example.mean()
 
 
@@ -274,7 +303,8 @@ def train_stage(stage: int, data: dict, config: CascadeConfig | dict, *, val_dat
         gen = torch.Generator(device=device)
         gen.manual_seed(_step_seed(config.seed, stage, rank, step))
         idx = torch.randint(0, n, (st.batch_size,), generator=gen, device=device)
-        loss = _batch_loss(net, scheduler, tensors, idx, gen, cond_noise=st.cond_noise, device=device, amp=amp)
+        loss = _batch_loss(net, scheduler, tensors, idx, gen, cond_noise=st.cond_noise, device=device, amp=amp,
+                           weighting=st.loss_weighting, gamma=st.snr_gamma)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
