@@ -66,7 +66,7 @@ def variants(params: dict) -> dict[str, dict]:
     >>> v = variants(p)
     >>> v["base recipe"], v["4x steps (40 + 24)"]["cascade.stage2.steps"], v["2x channels"]["cascade.stage1.channels"]
     ({}, 24, [8, 16])
-    >>> v["min-SNR loss weighting"]
+    >>> v["min-SNR loss weighting (average prior, 10 + 6 steps)"]
     {'cascade.stage1.loss_weighting': 'min_snr', 'cascade.stage2.loss_weighting': 'min_snr'}
     >>> p.update(deface={"voxel_mm": 2.0}); p["cascade"].update(voxel_mm=4.0, factor=2)
     >>> variants(p)["stage 2 at the study's grid"]
@@ -82,7 +82,9 @@ def variants(params: dict) -> dict[str, dict]:
     out["2x channels"] = {f"cascade.stage{s}.channels": [2 * int(ch) for ch in c[f"stage{s}"]["channels"]]
                           for s in (1, 2)}
     if any(c[f"stage{s}"].get("loss_weighting", "uniform") != "min_snr" for s in (1, 2)):
-        out["min-SNR loss weighting"] = {f"cascade.stage{s}.loss_weighting": "min_snr" for s in (1, 2)}
+        # named with the recipe it modifies: later bases (a ridge prior, more steps) differ from the first rows'
+        base = f"{c.get('prior', 'average')} prior, {c['stage1']['steps']} + {c['stage2']['steps']} steps"
+        out[f"min-SNR loss weighting ({base})"] = {f"cascade.stage{s}.loss_weighting": "min_snr" for s in (1, 2)}
     fine = float(params.get("deface", {}).get("voxel_mm", c.get("voxel_mm", 1.0)))
     ratio = float(c.get("voxel_mm", fine)) / fine
     if ratio > 1 and ratio.is_integer():  # stage 2 at the grid the faces are measured on, stage 1 where it was
