@@ -490,6 +490,23 @@ def test_training_recipe_ablation_on_the_validation_split(tiny_book):
         (run.tables / "ablation.csv").unlink()
 
 
+def _assert_digest_follows(digest, tmp_path, module: str) -> None:
+    """``digest(root)`` of a copy of the package: equal to this package's, unchanged by an edit of
+    report/values.py, changed by an edit of ``module`` (a stage's key follows its own code only)."""
+    from refacelib.pipeline import cache
+
+    package = tmp_path / "refacelib"
+    shutil.copytree(Path(cache.__file__).resolve().parents[1], package)
+    before = digest(package)
+    assert before == digest()
+    (package / "report" / "values.py").write_text("# edited\n")
+    assert digest(package) == before
+    with open(package / module, "a") as fh:
+        fh.write("\n# edited\n")
+    assert digest(package) != before
+    shutil.rmtree(package)
+
+
 def test_face_evaluation_is_a_cached_stage_equal_to_a_fresh_measurement(tiny_book, monkeypatch, tmp_path):
     """Chapter 06's face distances come from a stage of the run's cache: read back, they equal a fresh
     face_msd_table bit for bit; a second call measures nothing; an interrupted stage or an edit of the
@@ -523,15 +540,7 @@ def test_face_evaluation_is_a_cached_stage_equal_to_a_fresh_measurement(tiny_boo
     evaluation.face_evaluation(run, *args, progress=False)
     assert calls == [1] and (folder / "done.json").is_file()
     # the key follows the measuring code: a changed metric module changes the digest, another module does not
-    package = tmp_path / "refacelib"
-    shutil.copytree(Path(evaluation.__file__).resolve().parents[1], package)
-    before = evaluation.metric_source_digest(package)
-    assert before == evaluation.metric_source_digest()
-    (package / "report" / "values.py").write_text("# edited\n")
-    assert evaluation.metric_source_digest(package) == before
-    with open(package / "evaluation" / "reid.py", "a") as fh:
-        fh.write("\n# edited\n")
-    assert evaluation.metric_source_digest(package) != before
+    _assert_digest_follows(evaluation.metric_source_digest, tmp_path, "evaluation/reid.py")
     monkeypatch.setattr(evaluation, "metric_source_digest", lambda root=None: "edited")
     assert evaluation.faces_folder(run, study.deface_folder, refaced, study.test_subjects, study.methods) != folder
 
@@ -572,15 +581,7 @@ def test_muscle_analysis_is_a_cached_stage_equal_to_a_fresh_analysis(tiny_book, 
     muscle_stage.muscle_evaluation(run, ds)
     assert calls == [1] and (folder / "done.json").is_file()
     # the key: the analysing code and the muscle values, not an edit elsewhere
-    package = tmp_path / "refacelib"
-    shutil.copytree(Path(muscle_stage.__file__).resolve().parents[1], package)
-    before = muscle_stage.code_digest(package)
-    assert before == muscle_stage.code_digest()
-    (package / "report" / "values.py").write_text("# edited\n")
-    assert muscle_stage.code_digest(package) == before
-    with open(package / "evaluation" / "muscle.py", "a") as fh:
-        fh.write("\n# edited\n")
-    assert muscle_stage.code_digest(package) != before
+    _assert_digest_follows(muscle_stage.code_digest, tmp_path, "evaluation/muscle.py")
     changed = result.table.assign(muscle_hu_thigh=result.table["muscle_hu_thigh"] + 1.0)
     assert muscle_stage.muscle_folder(run, deface_folder, changed, images) != folder
 

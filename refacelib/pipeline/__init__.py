@@ -16,7 +16,7 @@ _MODULES = {
         "open_run", "stable_hash", "parse_flag", "check_parameters", "validate_params",
     ],
     "cache": [
-        "stage_folder", "is_done", "read_done", "mark_done",
+        "stage_folder", "is_done", "read_done", "mark_done", "source_digest",
     ],
     "stages": [
         "study_template", "subject_brain_mask", "deface_cohort", "load_defaced",

@@ -9,13 +9,14 @@ it is an interrupted stage that runs again.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from refacelib._utils.hashing import stable_hash
+from refacelib._utils.hashing import files_digest, stable_hash
 from refacelib._utils.io import atomic_write_text
 
-__all__ = ["stage_folder", "is_done", "read_done", "mark_done"]
+__all__ = ["stage_folder", "is_done", "read_done", "mark_done", "source_digest"]
 
 #: The record of a complete stage (a cascade stage's is ``stage<N>.done``).
 DONE = "done.json"
@@ -46,3 +47,26 @@ def read_done(folder: Path, record: str = DONE) -> dict:
 def mark_done(folder: Path, info: dict, record: str = DONE) -> None:
     """Record the stage in ``folder`` as complete (atomically, last of its files)."""
     atomic_write_text(Path(folder) / record, json.dumps(info))
+
+
+def source_digest(modules: tuple[str, ...], root: Path | None = None) -> str:
+    """A digest of the bytes of ``modules`` (paths inside the package): the code of a stage, in its key.
+
+    ``root``: a copy of the package (default: this one, read once per process, so that a key
+    describes the code this process runs even when the files change under it). The face
+    distances and the muscle analysis key their folders with it, so an edit of the code that
+    computes them computes again and an edit anywhere else reuses them.
+
+    Examples
+    --------
+    >>> len(source_digest(("pipeline/cache.py",)))
+    12
+    """
+    if root is None:
+        return _loaded_source_digest(tuple(modules))
+    return files_digest((name, Path(root) / name) for name in modules)
+
+
+@lru_cache(maxsize=None)
+def _loaded_source_digest(modules: tuple[str, ...]) -> str:
+    return source_digest(modules, Path(__file__).resolve().parents[1])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import resource
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +21,9 @@ from scipy import ndimage
 from refacelib.evaluation import reid
 from refacelib.deface.methods import face_region
 from refacelib._utils.parallel import worker_pool
-from refacelib.pipeline.cache import is_done, mark_done, stage_folder
+from refacelib.pipeline.cache import is_done, mark_done, source_digest, stage_folder
 from refacelib.pipeline.refacing import LINEAR_CANDIDATES
 from refacelib.pipeline.stages import load_defaced, load_registration
-from refacelib._utils.hashing import files_digest
 from refacelib._utils.io import atomic_path, save_table
 from refacelib.imaging.surface import index_mesh
 from refacelib.data.template import Template
@@ -187,15 +185,7 @@ def metric_source_digest(root: Path | None = None) -> str:
     >>> len(metric_source_digest())
     12
     """
-    if root is None:
-        return _loaded_metric_digest()
-    return files_digest((name, Path(root) / name) for name in METRIC_MODULES)
-
-
-@lru_cache(maxsize=1)
-def _loaded_metric_digest() -> str:
-    """:func:`metric_source_digest` of this package, read once: the code this process measures with."""
-    return metric_source_digest(Path(__file__).resolve().parents[1])
+    return source_digest(METRIC_MODULES, root)
 
 
 def _surface_key(sid: str, name: str) -> str:

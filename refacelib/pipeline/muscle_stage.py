@@ -16,17 +16,16 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
 
-from refacelib._utils.hashing import files_digest, stable_hash
+from refacelib._utils.hashing import stable_hash
 from refacelib._utils.io import save_table
 from refacelib.data.bids import MUSCLE_COLUMNS, BIDSDataset
 from refacelib.deface import methods as deface
 from refacelib.evaluation import muscle
-from refacelib.pipeline.cache import is_done, mark_done, read_done, stage_folder
+from refacelib.pipeline.cache import is_done, mark_done, read_done, source_digest, stage_folder
 from refacelib.pipeline.config import Run
 from refacelib.pipeline.stages import deface_cohort, face_features, qc_failures, study_template
 
@@ -72,14 +71,7 @@ def code_digest(root: Path | None = None) -> str:
     >>> len(code_digest())
     12
     """
-    if root is None:
-        return _loaded_digest()
-    return files_digest((name, Path(root) / name) for name in MUSCLE_MODULES)
-
-
-@lru_cache(maxsize=1)
-def _loaded_digest() -> str:
-    return code_digest(Path(__file__).resolve().parents[1])
+    return source_digest(MUSCLE_MODULES, root)
 
 
 def muscle_folder(run: Run, deface_folder: Path, table: pd.DataFrame, images) -> Path:
