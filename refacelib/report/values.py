@@ -294,6 +294,9 @@ def muscle_key_values(corr: pd.DataFrame | None, *, images: Iterable[str] = ("or
     ...                   "ci_low": [0.207], "ci_high": [0.538], "significant": [True]})
     >>> muscle_key_values(c, images=["original"], muscles=["shin"])
     {'key_rho_shin_original': '0.38 [0.21, 0.54]', 'key_sig_shin_original': 'yes'}
+    >>> undefined = c.assign(mean=float("nan"), ci_low=float("nan"), ci_high=float("nan"), significant=False)
+    >>> muscle_key_values(undefined, images=["original"], muscles=["shin"])
+    {'key_rho_shin_original': 'undefined', 'key_sig_shin_original': 'n/a'}
     """
     table = None if corr is None else corr.set_index(["muscle", "image"])
     out = {}
@@ -304,7 +307,9 @@ def muscle_key_values(corr: pd.DataFrame | None, *, images: Iterable[str] = ("or
                 continue
             row = table.loc[(muscle, image)]
             out[f"key_rho_{muscle}_{image}"] = fmt_ci(row["mean"], row["ci_low"], row["ci_high"], decimals=decimals)
-            out[f"key_sig_{muscle}_{image}"] = "yes" if bool(row["significant"]) else "no"
+            # an undefined correlation (constant prediction) is neither significant nor not
+            out[f"key_sig_{muscle}_{image}"] = (NA if _missing(row["mean"]) else
+                                                "yes" if bool(row["significant"]) else "no")
     return out
 
 
