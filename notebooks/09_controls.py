@@ -24,12 +24,18 @@
 #   training subject's removed voxels taken from another subject): nothing the attacker sees
 #   predicts the face the model learns, so whatever it still gains is not about the person.
 #   It is the null for the whole pipeline, and it runs on any dataset.
-# - **Coupling 0** (and no soft tissue on the scalp: the run `runs/<profile>-phantom-null`):
-#   the face latents are independent of what an attacker sees. The face's position and the
-#   skull-driven part of its shape near the edge of the face region still are not (see below),
-#   so a model may gain there, up to the oracle at coupling 0.
+# - **Negative control, the null phantom** (the run `runs/<profile>-phantom-null`): coupling 0,
+#   no soft tissue on the scalp and no skull deformation
+#   ([`control_overrides`](../book/methods.md)). The visible head is then the template under
+#   pose, scale, intensity, bias field and noise only, which every candidate receives through
+#   the same registration: nothing an attacker sees predicts the face. (Coupling 0 alone is not
+#   such a null: the skull's deformation fades into the face over a band the removal masks
+#   reach, and it biases the registration in ways the visible head reveals, so a model could
+#   learn where the face lies.)
 # - **Dose response**: the paired difference (refaced minus matched baseline) should fall
-#   below zero as the coupling grows, if the model learns the predictable part of a face.
+#   below zero as the coupling grows, if the model learns the predictable part of a face. Its
+#   point at coupling 0 is the null phantom: from 0 to 0.5 the skull deformation comes in as
+#   well, so the change from 0.5 to 1 is the coupling's alone.
 # - **Swap check**: each subject's baseline plus *another* subject's learned correction.
 #   If it helps as much as the subject's own, the "gain" is not about the person.
 # - **Oracle**: the face the phantom's generator predicts from the rest of the head, the
@@ -115,14 +121,15 @@ glue("dose_response_text", Markdown(dose_text or "*Fewer than two couplings ran 
 # coupling): the Hodges–Lehmann paired difference of the face MSD, mean of samples minus the
 # matched cohort-average baseline (mm), with its 95% interval, against the phantom's
 # `face_coupling`; one line per defacing method, one panel per test set. Below zero the
-# refaced face is closer to the original.
+# refaced face is closer to the original. At coupling 0 the null phantom (no soft tissue on
+# the scalp, no skull deformation either).
 # ```
 #
 # {glue:md}`dose_response_text`
 
 # %% tags=["hide-input"]
 null = person = None  # the negative control's summaries, when it ran (also for the landing page)
-if have:
+if have and bool((controls["coupling"] == 0).any()):
     null = report.negative_control_summary(controls)
     person = report.negative_control_summary(controls, baseline="swapped")
     glue("null_wins", int(null["closer_significant"].sum()), display=False)
@@ -131,27 +138,31 @@ if have:
     glue("null_win_methods", ", ".join(win_methods) if win_methods else "none", display=False)
     glue("null_person_wins", int(person["closer_significant"].sum()), display=False)
     glue("null_person_n", len(person), display=False)
+    glue("null_reading", report.null_reading(int(null["closer_significant"].sum()),
+                                             int(person["closer_significant"].sum()), in_chapter=True), display=False)
+    oracle = report.negative_control_summary(controls, estimators=("oracle",))
+    oracle = oracle[oracle["method"] != "skullstrip"].groupby("test_set")["hl_diff_mm"].median()
+    for test_set in ("internal", "external"):
+        glue(f"null_oracle_{test_set}", report.fmt_mm(oracle.get(f"test_{test_set}", float("nan"))), display=False)
     display(report.reader_table(null, csv=controls_csv, columns=TEST_COLUMNS, formats={"rbc": 2},
-                                caption="Negative control (coupling 0): refaced vs the matched cohort-average baseline."))
+                                caption="Negative control (null phantom): refaced vs the matched cohort-average baseline."))
 else:
-    for key in ("null_wins", "null_n", "null_person_wins", "null_person_n", "null_win_methods"):
+    for key in ("null_wins", "null_n", "null_person_wins", "null_person_n", "null_win_methods", "null_reading",
+                "null_oracle_internal", "null_oracle_external"):
         glue(key, "not run", display=False)
+    glue("null_reading", "The negative control has not been run for this book.", display=False)
 
 # %% [markdown]
-# At coupling 0, a refaced face (either estimator) was significantly closer to the
+# In the null phantom, a refaced face (either estimator) was significantly closer to the
 # original than its matched baseline (Holm p < 0.05, negative difference) in
 # {glue:text}`null_wins` of {glue:text}`null_n` method × test-set × estimator comparisons
-# (methods: {glue:text}`null_win_methods`). Neither a face latent nor the soft tissue can be
-# learned there from what the attacker sees outside the face region; the refaced face was
-# significantly closer than the swap check (a gain that needs the person) in
-# {glue:text}`null_person_wins` of {glue:text}`null_person_n` comparisons. What the visible
-# head can still predict at coupling 0 is the part of the face that the rest of the head
-# sets: the removal masks reach beyond the face region into the band where the phantom's
-# skull deformation fades out (the face weight rises over 2 to 12 mm), and the attacker's
-# registration to the defaced image errs in ways the visible head reveals. The oracle at
-# coupling 0 keeps all of that, which is why it is still much closer than the average face
-# (dose-response figure). Coupling 0 therefore removes the face latents, not every
-# person-specific signal; the permutation control below is the null for the whole pipeline.
+# (methods: {glue:text}`null_win_methods`), and significantly closer than the swap check (a
+# gain that needs the person) in {glue:text}`null_person_wins` of {glue:text}`null_person_n`.
+# {glue:text}`null_reading` The oracle, here the mean face under the subject's true pose,
+# minus the matched average face: a median paired difference of {glue:text}`null_oracle_external` mm
+# (external) and {glue:text}`null_oracle_internal` mm (internal) over the face-removal methods
+# (negative: the oracle is closer), what the attacker's registration and the averaged baseline
+# cost every candidate, with no face signal in it.
 #
 # ## Permutation control: trained on shuffled faces
 #
@@ -202,7 +213,7 @@ else:
 # The face MSD says how far a candidate's skin surface is from the original's, not in which
 # direction. The signed offset ([`reid.surface_offset`](../book/methods.md)) does: the mean
 # distance of the candidate's surface from the original's, negative where it lies inside the
-# true skin. Per method, the median over the test subjects at coupling 0:
+# true skin. Per method, the median over the test subjects in the null phantom:
 
 # %% tags=["hide-input"]
 if have_offsets:
@@ -216,10 +227,14 @@ else:
     glue("fig_controls_offsets", placeholder_figure(missing if not run.is_phantom else
                                                     "Not drawn: the signed offsets were not measured for this book."),
          display=False)
+skull = report.offset_key_values(offsets[offsets["method"] == "skullstrip"], coupling=0.0,
+                                 candidates=("average", "swapped"), exclude=()) if have_offsets else {}
 for cand in ("average", "refaced_mean", "swapped", "oracle"):
     for test_set in ("internal", "external"):
         key = f"offset_{cand}_{test_set}"
         glue(key, keys.get(key, "not run"), display=False)
+        if cand in ("average", "swapped"):
+            glue(f"offset_{cand}_skullstrip_{test_set}", skull.get(key, "not run"), display=False)
 # the landing page's sentences on the controls, complete whether or not each control ran
 for key, text in report.landing_controls_text(null, person, keys, perm_landing, profile=profile,
                                               is_phantom=run.is_phantom, dose=dose_text).items():
@@ -229,7 +244,7 @@ for key, text in report.landing_controls_text(null, person, keys, perm_landing, 
 # ```{glue:figure} fig_controls_offsets
 # :name: fig-controls-offsets
 #
-# Signed surface offset of each candidate face from the original's skin at coupling 0
+# Signed surface offset of each candidate face from the original's skin in the null phantom
 # (`tables/controls_offsets.csv` of this run's control studies): median over the test
 # subjects (mm; negative: inside the true skin), per defacing method, for the matched
 # cohort-average baseline, the refaced face (mean of samples), the swap check and the
@@ -237,23 +252,28 @@ for key, text in report.landing_controls_text(null, person, keys, perm_landing, 
 # ```
 
 # %% [markdown]
-# Median over the methods other than skull-stripping, at coupling 0: the matched baseline's
+# Median over the methods other than skull-stripping, in the null phantom: the matched baseline's
 # face lies {glue:text}`offset_average_internal` mm (internal) and
 # {glue:text}`offset_average_external` mm (external) from the true skin; the refaced face
 # (mean of samples) {glue:text}`offset_refaced_mean_internal` and
 # {glue:text}`offset_refaced_mean_external` mm; the swap check
 # {glue:text}`offset_swapped_internal` and {glue:text}`offset_swapped_external` mm; the
 # oracle {glue:text}`offset_oracle_internal` and {glue:text}`offset_oracle_external` mm.
-# The baseline is the voxel-wise mean of the training heads, intensity-matched to each
-# subject. One likely reason a baseline sits inside the skin: averaging faces that differ by
-# millimetres blurs the skin, and a blurred, darker intensity profile crosses the surface
-# threshold further in. A cascade that learned nothing about the person can still learn to
-# move every face's skin outward, and the swap check, which adds *another* subject's learned
-# correction, then moves it by about as much as the subject's own: where the refaced face's
-# and the swap check's offsets agree, the correction does not depend on the person. Such a
-# gain is a property of the average-face baseline, not of re-identification: against the
-# average face, a generative model can "win" with no information about whose face it is.
-# Whether a refaced face carries the person is therefore read from the swap check below,
+# The oracle is the mean face under each subject's true pose: its offset is how far the test
+# subjects' own faces lie from the mean face, on average. The baseline is the voxel-wise mean
+# of the training heads, intensity-matched to each subject and placed by the attacker's
+# registration. Skull-stripping shows how a baseline can be wrong for everyone at once: there
+# the matched average face lies {glue:text}`offset_average_skullstrip_internal` mm (internal)
+# and {glue:text}`offset_average_skullstrip_external` mm (external) from the true skin, the
+# swap check {glue:text}`offset_swapped_skullstrip_internal` and
+# {glue:text}`offset_swapped_skullstrip_external` mm (a skull-stripped image leaves the
+# registration only the brain to align). A cascade that learned nothing about the person can
+# still learn to move every such face outward, and the swap check, which adds *another*
+# subject's learned correction, then moves it by about as much as the subject's own: where the
+# refaced face's and the swap check's offsets agree, the correction does not depend on the
+# person. Such a gain is a property of the average-face baseline, not of re-identification:
+# against the average face, a generative model can "win" with no information about whose face
+# it is. Whether a refaced face carries the person is therefore read from the swap check below,
 # never from the average face alone.
 
 # %% tags=["hide-input"]
@@ -276,9 +296,9 @@ else:
 # ```
 
 # %% tags=["hide-input"]
-if have:
+if person is not None:
     display(report.reader_table(person, csv=controls_csv, columns=TEST_COLUMNS, formats={"rbc": 2},
-                                caption="Negative control (coupling 0): refaced vs the swap check."))
+                                caption="Negative control (null phantom): refaced vs the swap check."))
 
 # %% [markdown]
 # The person-specific part of the gain (refaced minus swap check) against the coupling:

@@ -6,9 +6,9 @@ phantom study of a profile under other values of ``phantom.face_coupling``
 own cached run folder ``runs/<profile>-phantom-coupling-<value>``, and writes (or updates, coupling
 by coupling) ``tables/controls.csv`` in the main run folder:
 
-* **negative control**: at coupling 0, with no soft tissue on the scalp
-  (:func:`control_overrides`), nothing the attacker sees predicts the face, so a
-  refaced face must not beat its matched baseline;
+* **negative control** (the null phantom): at coupling 0, with no soft tissue on the
+  scalp and no cranial deformation (:func:`control_overrides`), nothing the attacker
+  sees predicts the face, so a refaced face must not beat its matched baseline;
 * **dose response**: the paired difference (refaced - matched baseline) against
   the coupling, which should fall as the face becomes predictable;
 * **swap check** (in every run): the learned residual of another subject of
@@ -47,23 +47,30 @@ BASELINES = ("average", "template_average")
 
 
 def control_overrides(coupling: float) -> dict:
-    """The phantom parameters a control run changes: the coupling, and at coupling 0 the scalp.
+    """The phantom parameters a control run changes: the coupling, and at coupling 0 everything else
+    that ties the face to what an attacker sees.
 
-    At coupling 0 the face latents are independent of what defacing leaves, but the
-    soft-tissue factor still thickens the scalp by ``soft_tissue_scalp_fraction`` and
-    so stays visible to an attacker: the negative control sets that fraction to 0 as
-    well, so that nothing an attacker sees predicts the face (book/phantom.md).
+    At coupling 0 the face latents are independent of what defacing leaves, but two other paths
+    still carry the person from the visible head to the face: the soft-tissue factor thickens the
+    scalp by ``soft_tissue_scalp_fraction``, and the cranial deformation, visible on the rest of the
+    head, fades into the face over the face weight's ramp and biases the affine registration that
+    places every candidate's face (a model can learn to undo that bias from the visible head; the
+    average face cannot). The negative control (the null phantom) therefore sets
+    ``soft_tissue_scalp_fraction`` and ``cranial_amplitude_mm`` to 0 as well: the visible head is
+    then the template under pose, scale, intensity, bias field and noise only, and nothing an
+    attacker sees predicts the face (book/phantom.md).
 
     Examples
     --------
     >>> control_overrides(0.0)
-    {'phantom.face_coupling': 0.0, 'phantom.soft_tissue_scalp_fraction': 0.0}
+    {'phantom.face_coupling': 0.0, 'phantom.soft_tissue_scalp_fraction': 0.0, 'phantom.cranial_amplitude_mm': 0.0}
     >>> control_overrides(0.5)
     {'phantom.face_coupling': 0.5}
     """
     out = {"phantom.face_coupling": float(coupling)}
     if float(coupling) == 0.0:
         out["phantom.soft_tissue_scalp_fraction"] = 0.0
+        out["phantom.cranial_amplitude_mm"] = 0.0
     return out
 
 

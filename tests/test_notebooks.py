@@ -346,7 +346,9 @@ def test_controls_table_from_the_cached_run(tiny_book):
     null = controls.control_run("tiny", 0.0)
     assert null.folder.name == "tiny-phantom-null"
     assert null.params["phantom"]["face_coupling"] == 0.0
-    assert null.params["phantom"]["soft_tissue_scalp_fraction"] == 0.0  # nothing visible predicts the face
+    assert null.params["phantom"]["soft_tissue_scalp_fraction"] == 0.0  # nothing visible predicts the face:
+    assert null.params["phantom"]["cranial_amplitude_mm"] == 0.0  # no skull deformation to fade into it either
+    assert "cranial_amplitude_mm" not in controls.control_run("tiny", 0.5).params["phantom"]
     assert "soft_tissue_scalp_fraction" not in controls.control_run("tiny", 0.5).params["phantom"]
     # the permutation control's own training is tested below without its hours on a CPU
     assert controls.main(["--profile", "tiny", "--couplings", f"{own:g}", "--permutation", "no"]) == 0

@@ -63,8 +63,13 @@ def test_face_coupling_changes_what_the_rest_of_the_head_predicts(template):
 
 
 def test_negative_control_face_varies_but_is_unpredictable(template):
-    params = phantom.PhantomParams(voxel_mm=4.0, face_coupling=0.0, cranial_amplitude_mm=0.0,
-                                   soft_tissue_scalp_fraction=0.0, **STILL)
+    """The phantom of the negative control (`make controls`, coupling 0): two subjects' heads are the
+    same outside the face, so nothing an attacker sees predicts the face (pose, scale and intensity,
+    shared by every candidate through the registration, held still here)."""
+    from refacelib.controls import control_overrides
+
+    null = {k.removeprefix("phantom."): v for k, v in control_overrides(0.0).items()}
+    params = phantom.PhantomParams(voxel_mm=4.0, **null, **STILL)
     basis = phantom.build_basis(template, params)
     a, b = (phantom.generate_subject(i, basis, params)["image"] for i in (0, 1))
     rest = template.head & (basis.face_weight < 0.02)

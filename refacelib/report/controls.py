@@ -14,7 +14,7 @@ import pandas as pd
 
 from refacelib.report.values import count_significant, is_significant, fmt_mm
 
-__all__ = ["negative_control_summary", "offset_key_values", "landing_controls_text", "dose_response_text",
+__all__ = ["negative_control_summary", "null_reading", "offset_key_values", "landing_controls_text", "dose_response_text",
            "controls_overview", "permutation_summary", "permutation_text", "permutation_paired_summary",
            "permutation_paired_text"]
 
@@ -67,13 +67,42 @@ def offset_key_values(offsets: pd.DataFrame, *, coupling: float = 0.0,
     return out
 
 
-_NULL_DESIGN = ("the phantom rerun with face_coupling 0 and no soft tissue on the scalp, so that no face latent "
-                "and no soft tissue can be learned from what an attacker sees")
+_NULL_DESIGN = ("the null phantom: face_coupling 0, no soft tissue on the scalp and no skull deformation, so that "
+                "nothing an attacker sees predicts the face")
 
-#: What coupling 0 leaves to learn (the Controls chapter's reading), said wherever its wins are counted.
-_NULL_RESIDUE = ("Coupling 0 removes the face latents, not every person-specific signal: the removal masks reach "
-                 "into the band where the skull's deformation fades into the face, and the attacker's registration "
-                 "errs in ways the visible head reveals.")
+
+def null_reading(null_wins: int, person_wins: int, *, in_chapter: bool = False) -> str:
+    """What the negative control's counts mean (plain text), said wherever they are counted.
+
+    ``null_wins``: significant wins of the refaced face over its matched average face;
+    ``person_wins``: over the swap check. At the null phantom the visible head carries only pose,
+    scale, intensity, bias field and noise, so a win over the swap check is a false positive of
+    the pipeline, and a win over the average face alone a correction that does not need the person.
+    ``in_chapter``: the sentence stands in the Controls chapter itself (points below, not to it).
+
+    Examples
+    --------
+    >>> null_reading(0, 0)
+    'The pipeline found no advantage where none was planted.'
+    >>> "false positive" in null_reading(0, 2), "not about the person" in null_reading(3, 0)
+    (True, True)
+    >>> null_reading(3, 0, in_chapter=True).endswith("(below: where each face lies).")
+    True
+    """
+    if null_wins == 0 and person_wins == 0:
+        return "The pipeline found no advantage where none was planted."
+    out = []
+    if person_wins:
+        out.append("A win over the swap check where no face signal was planted is a false positive of the "
+                   "pipeline: some part of the attacker's view still carries the person.")
+    where = "below: where each face lies" if in_chapter else "the Controls chapter shows where each face lies"
+    if null_wins and not person_wins:
+        out.append("The wins over the matched average face are shared by the swap check (another subject's learned "
+                   f"correction), so they are not about the person: they correct the average face itself ({where}).")
+    elif null_wins:
+        out.append("Wins over the matched average face that the swap check shares are corrections of the average "
+                   f"face, not about the person ({where}).")
+    return " ".join(out)
 
 
 def landing_controls_text(null: pd.DataFrame | None, person: pd.DataFrame | None, offsets: dict,
@@ -100,7 +129,7 @@ def landing_controls_text(null: pd.DataFrame | None, person: pd.DataFrame | None
     ...                             "offset_refaced_mean_external": "-0.50"}, (3, 4, -0.7), profile="quick")
     >>> "closer than its matched average face in 1 of 2" in out["key_controls_null"]
     True
-    >>> "not every person-specific signal" in out["key_controls_null"]  # wins at coupling 0 are explained
+    >>> "false positive of the pipeline" in out["key_controls_null"]  # a win over the swap check is read as one
     True
     >>> out["key_controls_permutation"].endswith("in 3 of 4 face-removal method × test-set comparisons (median shift -0.70 mm).")
     True
@@ -124,11 +153,10 @@ def landing_controls_text(null: pd.DataFrame | None, person: pd.DataFrame | None
                      f"matched average face in {int(null['closer_significant'].sum())} of {len(null)} method × "
                      f"test-set × estimator comparisons (methods: {', '.join(methods) if methods else 'none'}), and "
                      f"closer than the swap check in {int(person['closer_significant'].sum())} of {len(person)}.")
-        if int(null["closer_significant"].sum()) or int(person["closer_significant"].sum()):
-            null_text += " " + _NULL_RESIDUE
+        null_text += " " + null_reading(int(null["closer_significant"].sum()), int(person["closer_significant"].sum()))
         average, refaced = offsets.get("offset_average_external"), offsets.get("offset_refaced_mean_external")
         if average is not None and refaced is not None:
-            null_text += (f" The signed surface offset says where each face lies: at coupling 0 the matched average "
+            null_text += (f" The signed surface offset says where each face lies: in the null phantom the matched average "
                           f"face lies {average} mm from the true skin on the external test set (median over methods "
                           f"without skull-stripping; negative: inside), the refaced face {refaced} mm.")
     if permutation is None:
