@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import time
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def variants(params: dict) -> dict[str, dict]:
     each other variant changes one thing of it:
     four times the training steps of both stages, the cosine noise schedule,
     twice the channels, Min-SNR-gamma loss weighting over timesteps (both stages),
+    v-prediction (both stages; :class:`refacelib.diffusion.cascade.StageConfig`),
     stage 2 on the grid the faces are measured on
     (``deface.voxel_mm``; stage 1 keeps its resolution) when the cascade's grid
     is coarser, and stage 2 trained on the downsampled original instead of
@@ -68,6 +70,8 @@ def variants(params: dict) -> dict[str, dict]:
     ({}, 24, [8, 16])
     >>> v["min-SNR loss weighting (average prior, 10 + 6 steps)"]
     {'cascade.stage1.loss_weighting': 'min_snr', 'cascade.stage2.loss_weighting': 'min_snr'}
+    >>> v["v-prediction (average prior, 10 + 6 steps)"]
+    {'cascade.stage1.prediction': 'v', 'cascade.stage2.prediction': 'v'}
     >>> p.update(deface={"voxel_mm": 2.0}); p["cascade"].update(voxel_mm=4.0, factor=2)
     >>> variants(p)["stage 2 at the study's grid"]
     {'cascade.voxel_mm': 2.0, 'cascade.factor': 4}
@@ -81,10 +85,12 @@ def variants(params: dict) -> dict[str, dict]:
         out["cosine schedule"] = {f"cascade.stage{s}.beta_schedule": "cosine" for s in (1, 2)}
     out["2x channels"] = {f"cascade.stage{s}.channels": [2 * int(ch) for ch in c[f"stage{s}"]["channels"]]
                           for s in (1, 2)}
+    # named with the recipe they modify: later bases (a ridge prior, more steps) differ from the first rows'
+    base = f"{c.get('prior', 'average')} prior, {c['stage1']['steps']} + {c['stage2']['steps']} steps"
     if any(c[f"stage{s}"].get("loss_weighting", "uniform") != "min_snr" for s in (1, 2)):
-        # named with the recipe it modifies: later bases (a ridge prior, more steps) differ from the first rows'
-        base = f"{c.get('prior', 'average')} prior, {c['stage1']['steps']} + {c['stage2']['steps']} steps"
         out[f"min-SNR loss weighting ({base})"] = {f"cascade.stage{s}.loss_weighting": "min_snr" for s in (1, 2)}
+    if any(c[f"stage{s}"].get("prediction", "x0") != "v" for s in (1, 2)):
+        out[f"v-prediction ({base})"] = {f"cascade.stage{s}.prediction": "v" for s in (1, 2)}
     fine = float(params.get("deface", {}).get("voxel_mm", c.get("voxel_mm", 1.0)))
     ratio = float(c.get("voxel_mm", fine)) / fine
     if ratio > 1 and ratio.is_integer():  # stage 2 at the grid the faces are measured on, stage 1 where it was
@@ -247,6 +253,19 @@ def run_ablation(run: Run, *, names: list[str] | None = None, progress: bool = T
     return pd.read_csv(path)
 
 
+def variant_names(text: str) -> list[str]:
+    """The names of ``--variants``: comma-separated, a comma inside parentheses belonging to a name.
+
+    Examples
+    --------
+    >>> variant_names("cosine schedule, v-prediction (ridge prior, 1200 + 960 steps)")
+    ['cosine schedule', 'v-prediction (ridge prior, 1200 + 960 steps)']
+    >>> variant_names("")
+    []
+    """
+    return [n.strip() for n in re.split(r",(?![^()]*\))", text) if n.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m refacelib.ablation --profile quick [--ship]``: compare recipes on the validation split."""
     import shutil
@@ -256,11 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m refacelib.ablation", description=main.__doc__)
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--dataset", default="phantom")
-    parser.add_argument("--variants", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--variants", default="", help="comma-separated names, as the training chapter lists them (default: all)")
     parser.add_argument("--ship", action="store_true", help=f"copy the table to checkpoints/ablation-<profile>.csv")
     args = parser.parse_args(argv)
     run = open_run(args.profile, args.dataset)
-    names = [n.strip() for n in args.variants.split(",") if n.strip()] or None
+    names = variant_names(args.variants) or None
     with run_lock(run, holder="training-recipe ablation (make ablation)"):
         table = run_ablation(run, names=names)
     print(table.to_string(index=False))

@@ -39,6 +39,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 __all__ = [
     "LOSS_WEIGHTINGS",
+    "PREDICTIONS",
     "STAGE_IN_CHANNELS",
     "StageConfig",
     "CascadeConfig",
@@ -76,6 +77,9 @@ def _from_dict(cls, data):
 
 #: Values of ``StageConfig.loss_weighting``.
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
+
+#: Values of ``StageConfig.prediction``: what the network outputs.
+PREDICTIONS = ("x0", "v")
 
 
 @dataclass
@@ -115,6 +119,12 @@ class StageConfig:
         nearly clean timesteps and lowers that of the noisiest ones.
     snr_gamma : float
         The cap of ``min_snr``.
+    prediction : {"x0", "v"}
+        What the network outputs: ``x0``, the residual of the clean image over the
+        prior; or ``v`` (Salimans & Ho, ICLR 2022), the velocity of that residual,
+        ``v = sqrt(abar) eps - sqrt(1 - abar) (x0 - prior)``, trained on the v loss
+        (the masked x0 loss times ``1 + SNR(t)``; ``min_snr`` replaces that weight).
+        Sampling always reads the clean-image estimate (:func:`predict_x0`).
     """
 
     channels: tuple[int, ...] = (8, 16, 32)
@@ -129,11 +139,14 @@ class StageConfig:
     cond_noise: float = 0.02
     loss_weighting: str = "uniform"
     snr_gamma: float = 5.0
+    prediction: str = "x0"
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         if not self.snr_gamma > 0:
             raise ValueError(f"snr_gamma must be positive, got {self.snr_gamma}")
         bad = [c for c in self.channels if c % self.norm_num_groups]
@@ -153,18 +166,22 @@ class StageConfig:
     def to_dict(self) -> dict:
         """Plain JSON-able dict (tuples become lists).
 
-        The loss-weighting fields appear only when they differ from their defaults: they
-        came after checkpoints were shipped, whose names are hashes of this dict.
+        The loss-weighting and prediction fields appear only when they differ from their
+        defaults: they came after checkpoints were shipped, whose names are hashes of this dict.
 
         Examples
         --------
         >>> "loss_weighting" in StageConfig().to_dict(), StageConfig(loss_weighting="min_snr").to_dict()["snr_gamma"]
         (False, 5.0)
+        >>> "prediction" in StageConfig().to_dict(), StageConfig(prediction="v").to_dict()["prediction"]
+        (False, 'v')
         """
         out = dataclasses.asdict(self)
         out["channels"] = list(self.channels)
         if self.loss_weighting == "uniform" and self.snr_gamma == 5.0:
             del out["loss_weighting"], out["snr_gamma"]
+        if self.prediction == "x0":
+            del out["prediction"]
         return out
 
 
@@ -376,14 +393,21 @@ def make_unet(in_channels: int, *, stage: StageConfig) -> DiffusionModelUNet:
 
 
 def make_scheduler(stage: StageConfig, *, kind: str = "ddpm"):
-    """DDPM or DDIM scheduler predicting the clean sample, without clipping."""
+    """DDPM or DDIM scheduler stepping from the clean-sample estimate, without clipping.
+
+    The scheduler always receives the clean-image estimate of :func:`predict_x0`; what the
+    network outputs (``stage.prediction``) is kept on it as ``network_output`` for that
+    function.
+    """
     cls = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}[kind]
-    return cls(
+    sched = cls(
         num_train_timesteps=stage.train_timesteps,
         schedule=stage.beta_schedule,
         prediction_type="sample",
         clip_sample=False,
     )
+    sched.network_output = stage.prediction
+    return sched
 
 
 def as_volume_tensor(array, device: torch.device, *, dtype=torch.float32) -> torch.Tensor:
@@ -502,10 +526,39 @@ def conditioning(inputs: dict, *, coarse: torch.Tensor | None = None) -> torch.T
     return torch.cat(parts, dim=1)
 
 
-def predict_x0(model, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-    """Clean-image estimate ``prior + model([x_t, cond], t)`` in float32."""
-    residual = model(torch.cat([x_t, cond], dim=1), timesteps=t)
-    return prior + residual.float()
+def predict_x0(model, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, prior: torch.Tensor,
+               scheduler=None) -> torch.Tensor:
+    """Clean-image estimate in float32 from the network's output ``out = model([x_t, cond], t)``.
+
+    ``prior + out`` when the network predicts the residual (``x0``, the default, and whenever
+    ``scheduler`` is None); ``prior + x0_from_v(out, ...)`` when ``scheduler.network_output``
+    is ``"v"`` (:func:`make_scheduler`).
+    """
+    out = model(torch.cat([x_t, cond], dim=1), timesteps=t).float()
+    if getattr(scheduler, "network_output", "x0") == "v":
+        return prior + x0_from_v(out, x_t, t, prior, scheduler.alphas_cumprod)
+    return prior + out
+
+
+def x0_from_v(v: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, prior: torch.Tensor,
+              alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The residual ``x0 - prior`` from a velocity ``v`` of the residual (Salimans & Ho 2022).
+
+    The forward process noises the image, ``x_t = sqrt(abar) x0 + sqrt(1 - abar) eps``, so
+    the residual ``r = x0 - prior`` is noised as ``r_t = x_t - sqrt(abar) prior``, and
+    ``r = sqrt(abar) r_t - sqrt(1 - abar) v``.
+
+    Examples
+    --------
+    >>> ac = torch.tensor([0.64])  # sqrt 0.8, sqrt(1 - ac) 0.6
+    >>> x0, prior, eps = torch.tensor([[2.0]]), torch.tensor([[0.5]]), torch.tensor([[1.0]])
+    >>> x_t = 0.8 * x0 + 0.6 * eps
+    >>> v = 0.8 * eps - 0.6 * (x0 - prior)
+    >>> round(float(x0_from_v(v, x_t, torch.tensor([0]), prior, ac)), 6)
+    1.5
+    """
+    ac = alphas_cumprod.to(x_t.device)[t].float().view(-1, *([1] * (x_t.ndim - 1)))
+    return ac.sqrt() * (x_t - ac.sqrt() * prior) - (1.0 - ac).sqrt() * v
 
 
 def noise_in_mask(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

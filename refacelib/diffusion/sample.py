@@ -132,7 +132,7 @@ def sample_stage(model, sampler, inputs: dict, *, gen: torch.Generator, coarse=N
     for t in timesteps:
         tt = torch.full((n,), t, dtype=torch.long, device=dev)
         with autocast_context(dev):
-            x0_hat = predict_x0(model, x, tt, cond, prior)
+            x0_hat = predict_x0(model, x, tt, cond, prior, sched)
         if first is None:
             first = torch.where(mask, x0_hat, known)
         x = torch.where(mask, _step(sched, x0_hat, t, x, gen, eta), known)
@@ -148,7 +148,7 @@ def _first_estimate(model, sampler, inputs: dict, *, noise: torch.Tensor, coarse
     tt = torch.full((n,), timesteps[0], dtype=torch.long, device=dev)
     x = torch.where(mask, sched.add_noise(prior, noise, tt), known)
     with autocast_context(dev):
-        x0_hat = predict_x0(model, x, tt, conditioning(inputs, coarse=coarse), prior)
+        x0_hat = predict_x0(model, x, tt, conditioning(inputs, coarse=coarse), prior, sched)
     return torch.where(mask, x0_hat, known)
 
 

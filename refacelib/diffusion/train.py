@@ -90,8 +90,11 @@ def prepare_stage_data(stage: int, data: dict, config: CascadeConfig, *, device)
     return out
 
 
-def timestep_weights(scheduler, t: torch.Tensor, *, weighting: str = "uniform", gamma: float = 5.0) -> torch.Tensor:
-    """Per-example loss weights at timesteps ``t``: 1 (``uniform``) or ``min(SNR(t), gamma)`` (``min_snr``).
+def timestep_weights(scheduler, t: torch.Tensor, *, weighting: str = "uniform", gamma: float = 5.0,
+                     prediction: str = "x0") -> torch.Tensor:
+    """Per-example weights of the masked x0 loss at timesteps ``t``: 1 (``uniform``), ``1 + SNR(t)``
+    (``uniform`` with ``prediction="v"``: the v loss on the x0 scale) or ``min(SNR(t), gamma)``
+    (``min_snr``, whatever the prediction).
 
     ``SNR(t) = alpha_bar(t) / (1 - alpha_bar(t))`` from the scheduler's table.
 
@@ -103,22 +106,27 @@ def timestep_weights(scheduler, t: torch.Tensor, *, weighting: str = "uniform", 
     [5.0, 1.0, 0.0101]
     >>> timestep_weights(sched, torch.tensor([0, 2])).tolist()
     [1.0, 1.0]
+    >>> [round(w, 4) for w in timestep_weights(sched, torch.tensor([1, 2]), prediction="v").tolist()]
+    [2.0, 1.0101]
     """
-    if weighting == "uniform":
-        return torch.ones(t.shape, dtype=torch.float32, device=t.device)
-    if weighting != "min_snr":
+    if weighting not in ("uniform", "min_snr"):
         raise ValueError(f"unknown loss weighting {weighting!r}")
+    if weighting == "uniform" and prediction == "x0":
+        return torch.ones(t.shape, dtype=torch.float32, device=t.device)
     ac = scheduler.alphas_cumprod.to(t.device)[t].float()
+    if weighting == "uniform":  # v loss = x0 loss / (1 - alpha_bar)
+        return 1.0 / (1.0 - ac)
     return torch.clamp(ac / (1.0 - ac), max=float(gamma))
 
 
 def _batch_loss(model, scheduler, tensors: dict, idx: torch.Tensor, gen: torch.Generator, *,
-                cond_noise: float, device, amp: bool = True, weighting: str = "uniform",
+                cond_noise: float, device, amp: bool = True, weighting: str | None = "uniform",
                 gamma: float = 5.0) -> torch.Tensor:
     """Masked x0 MSE of one batch, averaged per example (noise, timesteps drawn from ``gen``).
 
-    ``weighting``/``gamma``: :func:`timestep_weights` of each example (training only; the
-    validation loss is always the uniform one, so that recipes compare on one scale).
+    ``weighting``/``gamma``: :func:`timestep_weights` of each example for the network's
+    output (``scheduler.network_output``); None: unweighted, for the validation loss, so that
+    recipes compare on one scale.
     """
     b = {k: v[idx] for k, v in tensors.items() if isinstance(v, torch.Tensor)}
     x0, mask = b["original"], b["mask"]
@@ -129,14 +137,15 @@ def _batch_loss(model, scheduler, tensors: dict, idx: torch.Tensor, gen: torch.G
     if coarse is not None and tensors["coarse_is_truth"] and cond_noise > 0:
         coarse = coarse + cond_noise * torch.randn(coarse.shape, generator=gen, device=device)
     with autocast_context(device, enabled=amp):
-        x0_hat = predict_x0(model, x_t, t, conditioning(b, coarse=coarse), b["prior"])
+        x0_hat = predict_x0(model, x_t, t, conditioning(b, coarse=coarse), b["prior"], scheduler)
     # each example weighs the same, whatever the size of its removal mask (a skull-stripped
     # head removes ten times the voxels of a defaced face and would otherwise dominate)
     m = mask.float()
     dims = tuple(range(1, m.ndim))
     per_example = (((x0_hat - x0) ** 2) * m).sum(dim=dims) / m.sum(dim=dims).clamp_min(1.0)
-    if weighting != "uniform":
-        per_example = per_example * timestep_weights(scheduler, t, weighting=weighting, gamma=gamma)
+    if weighting is not None:
+        per_example = per_example * timestep_weights(scheduler, t, weighting=weighting, gamma=gamma,
+                                                     prediction=getattr(scheduler, "network_output", "x0"))
     return per_example.mean()
 
 
@@ -150,7 +159,7 @@ def _val_loss(model, scheduler, tensors: dict, *, seed: int, batch_size: int, de
     total, count = 0.0, 0.0
     for start in range(0, n, batch_size):
         idx = torch.arange(start, min(start + batch_size, n), device=device)
-        loss = _batch_loss(model, scheduler, tensors, idx, gen, cond_noise=0.0, device=device)
+        loss = _batch_loss(model, scheduler, tensors, idx, gen, cond_noise=0.0, device=device, weighting=None)
         total, count = total + loss.item() * len(idx), count + len(idx)
     model.train()
     return total / max(count, 1.0)

@@ -114,6 +114,7 @@ _STAGE = _optional({
     "norm_num_groups": _int(1), "train_timesteps": _int(1), "beta_schedule": Spec("str"),
     "lr": _pos(), "steps": _int(1), "batch_size": _int(1), "ema_decay": _num(0, 1), "cond_noise": _num(0),
     "loss_weighting": _one_of("uniform", "min_snr", optional=True), "snr_gamma": _pos(optional=True),
+    "prediction": _one_of("x0", "v", optional=True),
 })
 
 #: Every key a profile may hold; keys the code reads with ``params[...]`` are required.
