@@ -54,7 +54,7 @@ html: $(STAMP) ## rebuild the HTML from the executed chapters of PROFILE on DATA
 bench: $(STAMP) ## make book, then the Performance appendix (long on a CPU: see bench/README.md)
 	$(BIN)/python -m refacelib.pipeline bench --profile '$(PROFILE)' --dataset '$(DATASET)' --publish-faces '$(PUBLISH_FACES)'
 
-controls: $(STAMP) ## the re-identification controls (shuffled faces; face_coupling 0, 0.5, 0.8, 1), then make book (long on a CPU)
+controls: $(STAMP) ## the re-identification controls (shuffled faces; the null phantom at face_coupling 0; 0.5, 0.8, 1), then make book (long on a CPU)
 	$(BIN)/python -m refacelib.controls --profile '$(PROFILE)'
 	$(BIN)/python -m refacelib.pipeline book --profile '$(PROFILE)' --dataset phantom --publish-faces '$(PUBLISH_FACES)'
 
