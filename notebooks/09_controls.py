@@ -147,7 +147,7 @@ if have and bool((controls["coupling"] == 0).any()):
     display(report.reader_table(null, csv=controls_csv, columns=TEST_COLUMNS, formats={"rbc": 2},
                                 caption="Negative control (null phantom): refaced vs the matched cohort-average baseline."))
 else:
-    for key in ("null_wins", "null_n", "null_person_wins", "null_person_n", "null_win_methods", "null_reading",
+    for key in ("null_wins", "null_n", "null_person_wins", "null_person_n", "null_win_methods",
                 "null_oracle_internal", "null_oracle_external"):
         glue(key, "not run", display=False)
     glue("null_reading", "The negative control has not been run for this book.", display=False)
