@@ -132,37 +132,31 @@ null = person = None  # the negative control's summaries, when it ran (also for 
 if have and bool((controls["coupling"] == 0).any()):
     null = report.negative_control_summary(controls)
     person = report.negative_control_summary(controls, baseline="swapped")
-    glue("null_wins", int(null["closer_significant"].sum()), display=False)
-    glue("null_n", len(null), display=False)
+    wins, person_wins = int(null["closer_significant"].sum()), int(person["closer_significant"].sum())
     win_methods = sorted(set(null.loc[null["closer_significant"].astype(bool), "method"]))
-    glue("null_win_methods", ", ".join(win_methods) if win_methods else "none", display=False)
-    glue("null_person_wins", int(person["closer_significant"].sum()), display=False)
-    glue("null_person_n", len(person), display=False)
-    glue("null_reading", report.null_reading(int(null["closer_significant"].sum()),
-                                             int(person["closer_significant"].sum()), in_chapter=True), display=False)
     oracle = report.negative_control_summary(controls, estimators=("oracle",))
     oracle = oracle[oracle["method"] != "skullstrip"].groupby("test_set")["hl_diff_mm"].median()
-    for test_set in ("internal", "external"):
-        glue(f"null_oracle_{test_set}", report.fmt_mm(oracle.get(f"test_{test_set}", float("nan"))), display=False)
+    null_text = (
+        "In the null phantom, a refaced face (either estimator) was significantly closer to the original than its "
+        f"matched baseline (Holm p < 0.05, negative difference) in {wins} of {len(null)} method × test-set × "
+        f"estimator comparisons (methods: {', '.join(win_methods) if win_methods else 'none'}), and significantly "
+        f"closer than the swap check (a gain that needs the person) in {person_wins} of {len(person)}. "
+        + report.null_reading(wins, person_wins, in_chapter=True)
+        + " The oracle, here the mean face under the subject's true pose, minus the matched average face: a median "
+        f"paired difference of {report.fmt_mm(oracle.get('test_external', float('nan')))} mm (external) and "
+        f"{report.fmt_mm(oracle.get('test_internal', float('nan')))} mm (internal) over the face-removal methods "
+        "(negative: the oracle is closer), what the attacker's registration and the averaged baseline cost every "
+        "candidate, with no face signal in it.")
     display(report.reader_table(null, csv=controls_csv, columns=TEST_COLUMNS, formats={"rbc": 2},
                                 caption="Negative control (null phantom): refaced vs the matched cohort-average baseline."))
 else:
-    for key in ("null_wins", "null_n", "null_person_wins", "null_person_n", "null_win_methods",
-                "null_oracle_internal", "null_oracle_external"):
-        glue(key, "not run", display=False)
-    glue("null_reading", "The negative control has not been run for this book.", display=False)
+    null_text = (f"*The negative control (the null phantom) has not been run for this book: `make controls "
+                 f"PROFILE={profile}` runs it.*" if run.is_phantom else
+                 "*The negative control needs the phantom: it does not run on this dataset.*")
+glue("null_text", Markdown(null_text), display=False)
 
 # %% [markdown]
-# In the null phantom, a refaced face (either estimator) was significantly closer to the
-# original than its matched baseline (Holm p < 0.05, negative difference) in
-# {glue:text}`null_wins` of {glue:text}`null_n` method × test-set × estimator comparisons
-# (methods: {glue:text}`null_win_methods`), and significantly closer than the swap check (a
-# gain that needs the person) in {glue:text}`null_person_wins` of {glue:text}`null_person_n`.
-# {glue:text}`null_reading` The oracle, here the mean face under the subject's true pose,
-# minus the matched average face: a median paired difference of {glue:text}`null_oracle_external` mm
-# (external) and {glue:text}`null_oracle_internal` mm (internal) over the face-removal methods
-# (negative: the oracle is closer), what the attacker's registration and the averaged baseline
-# cost every candidate, with no face signal in it.
+# {glue:md}`null_text`
 #
 # ## Permutation control: trained on shuffled faces
 #
