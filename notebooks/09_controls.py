@@ -260,8 +260,8 @@ for key, text in report.landing_controls_text(null, person, keys, perm_landing, 
 # the matched average face lies {glue:text}`offset_average_skullstrip_internal` mm (internal)
 # and {glue:text}`offset_average_skullstrip_external` mm (external) from the true skin, the
 # swap check {glue:text}`offset_swapped_skullstrip_internal` and
-# {glue:text}`offset_swapped_skullstrip_external` mm (a skull-stripped image leaves the
-# registration only the brain to align). A cascade that learned nothing about the person can
+# {glue:text}`offset_swapped_skullstrip_external` mm (a skull-stripped image leaves the intensity match and the
+# registration only the brain to go by). A cascade that learned nothing about the person can
 # still learn to move every such face outward, and the swap check, which adds *another*
 # subject's learned correction, then moves it by about as much as the subject's own: where the
 # refaced face's and the swap check's offsets agree, the correction does not depend on the
