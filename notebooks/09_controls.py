@@ -132,21 +132,7 @@ null = person = None  # the negative control's summaries, when it ran (also for 
 if have and bool((controls["coupling"] == 0).any()):
     null = report.negative_control_summary(controls)
     person = report.negative_control_summary(controls, baseline="swapped")
-    wins, person_wins = int(null["closer_significant"].sum()), int(person["closer_significant"].sum())
-    win_methods = sorted(set(null.loc[null["closer_significant"].astype(bool), "method"]))
-    oracle = report.negative_control_summary(controls, estimators=("oracle",))
-    oracle = oracle[oracle["method"] != "skullstrip"].groupby("test_set")["hl_diff_mm"].median()
-    null_text = (
-        "In the null phantom, a refaced face (either estimator) was significantly closer to the original than its "
-        f"matched baseline (Holm p < 0.05, negative difference) in {wins} of {len(null)} method × test-set × "
-        f"estimator comparisons (methods: {', '.join(win_methods) if win_methods else 'none'}), and significantly "
-        f"closer than the swap check (a gain that needs the person) in {person_wins} of {len(person)}. "
-        + report.null_reading(wins, person_wins, in_chapter=True)
-        + " The oracle, here the mean face under the subject's true pose, minus the matched average face: a median "
-        f"paired difference of {report.fmt_mm(oracle.get('test_external', float('nan')))} mm (external) and "
-        f"{report.fmt_mm(oracle.get('test_internal', float('nan')))} mm (internal) over the face-removal methods "
-        "(negative: the oracle is closer), what the attacker's registration and the averaged baseline cost every "
-        "candidate, with no face signal in it.")
+    null_text = report.null_chapter_text(controls, null, person)
     display(report.reader_table(null, csv=controls_csv, columns=TEST_COLUMNS, formats={"rbc": 2},
                                 caption="Negative control (null phantom): refaced vs the matched cohort-average baseline."))
 else:

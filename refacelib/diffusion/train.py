@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from refacelib import __version__
 from refacelib.diffusion.cascade import (
+    LOSS_WEIGHTINGS,
     STAGE_IN_CHANNELS,
     CascadeConfig,
     conditioning,
@@ -109,7 +110,7 @@ def timestep_weights(scheduler, t: torch.Tensor, *, weighting: str = "uniform", 
     >>> [round(w, 4) for w in timestep_weights(sched, torch.tensor([1, 2]), prediction="v").tolist()]
     [2.0, 1.0101]
     """
-    if weighting not in ("uniform", "min_snr"):
+    if weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"unknown loss weighting {weighting!r}")
     if weighting == "uniform" and prediction == "x0":
         return torch.ones(t.shape, dtype=torch.float32, device=t.device)
