@@ -209,6 +209,16 @@ else:
          display=False)
 skull = report.offset_key_values(offsets[offsets["method"] == "skullstrip"], coupling=0.0,
                                  candidates=("average", "swapped"), exclude=()) if have_offsets else {}
+# the skin band's brightness of the matched average face, relative to the true skin's
+skin = report.offset_key_values(offsets, coupling=0.0, candidates=("average",), column="skin_intensity",
+                                prefix="skin") if have_offsets else {}
+skin_skull = report.offset_key_values(offsets[offsets["method"] == "skullstrip"], coupling=0.0,
+                                      candidates=("average",), exclude=(), column="skin_intensity",
+                                      prefix="skin") if have_offsets else {}
+for test_set in ("internal", "external"):
+    glue(f"skin_average_{test_set}", skin.get(f"skin_average_{test_set}", "not measured"), display=False)
+    glue(f"skin_average_skullstrip_{test_set}", skin_skull.get(f"skin_average_{test_set}", "not measured"),
+         display=False)
 for cand in ("average", "refaced_mean", "swapped", "oracle"):
     for test_set in ("internal", "external"):
         key = f"offset_{cand}_{test_set}"
@@ -246,8 +256,15 @@ for key, text in report.landing_controls_text(null, person, keys, perm_landing, 
 # the matched average face lies {glue:text}`offset_average_skullstrip_internal` mm (internal)
 # and {glue:text}`offset_average_skullstrip_external` mm (external) from the true skin, the
 # swap check {glue:text}`offset_swapped_skullstrip_internal` and
-# {glue:text}`offset_swapped_skullstrip_external` mm (a skull-stripped image leaves the intensity match and the
-# registration only the brain to go by). A cascade that learned nothing about the person can
+# {glue:text}`offset_swapped_skullstrip_external` mm. A skull-stripped image leaves the registration
+# and the intensity match only the brain to go by. The registration keeps the template's size
+# (its metric includes the brain's edge, see the [methods](../book/methods.md)); the intensity
+# map does not reach the face: in the skin band that places the face surface, the matched
+# average's skin has {glue:text}`skin_average_skullstrip_internal` (internal) and
+# {glue:text}`skin_average_skullstrip_external` (external) of the true skin's intensity, against
+# {glue:text}`skin_average_internal` and {glue:text}`skin_average_external` for the other methods
+# (median; [skin intensity](../book/methods.md)). Fitted on brain voxels only, the map is
+# extrapolated below the brain's range of intensities, where the outer face lies. A cascade that learned nothing about the person can
 # still learn to move every such face outward, and the swap check, which adds *another*
 # subject's learned correction, then moves it by about as much as the subject's own: where the
 # refaced face's and the swap check's offsets agree, the correction does not depend on the

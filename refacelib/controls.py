@@ -199,8 +199,10 @@ def controls_table(results: dict[float, pd.DataFrame]) -> pd.DataFrame:
 
 
 def offsets_table(msd: pd.DataFrame) -> pd.DataFrame:
-    """Median signed surface offset (mm, ``offset_mm`` of the face table) and median MSD per test set,
-    method and candidate: in which direction each candidate's face misses the true skin.
+    """Median signed surface offset (mm, ``offset_mm`` of the face table), median MSD and, where
+    measured, median ``skin_intensity`` (the candidate's skin band intensity relative to the
+    original's) per test set, method and candidate: in which direction each candidate's face
+    misses the true skin, and whether its skin is too dark for the surface's level.
 
     Examples
     --------
@@ -210,7 +212,7 @@ def offsets_table(msd: pd.DataFrame) -> pd.DataFrame:
     [[-0.75, 1.5, 2.0]]
     """
     keys = ["test_set", "method", "candidate"]
-    out = msd.groupby(keys)[["offset_mm", "msd_mm"]].median()
+    out = msd.groupby(keys)[[c for c in ("offset_mm", "msd_mm", "skin_intensity") if c in msd]].median()
     return out.assign(n=msd.groupby(keys)["msd_mm"].count().astype(float)).reset_index()
 
 

@@ -79,8 +79,11 @@ def test_tiny_book_builds_with_real_figures_and_tables(tiny_book, project):
     assert list(diff.columns) == ["muscle", "image", "diff_mean", "ci_low", "ci_high", "wilcoxon_p"]
     assert (run / "figures" / "muscle_correlations.png").exists()
     msd = pd.read_csv(run / "tables" / "face_msd.csv")
-    assert list(msd.columns) == ["subject", "test_set", "method", "candidate", "msd_mm", "offset_mm"]
+    assert list(msd.columns) == ["subject", "test_set", "method", "candidate", "msd_mm", "offset_mm", "skin_intensity"]
     assert msd.loc[msd["candidate"] == "oracle", "offset_mm"].abs().median() < 0.5  # the oracle sits on the skin
+    # the oracle's skin is the true skin's brightness; a defaced face has (almost) none in the band
+    skin = msd.groupby("candidate")["skin_intensity"].median()
+    assert skin["oracle"] == pytest.approx(1.0, abs=0.15) and skin["defaced"] < 0.5
     # the profiles' cascade refines a linear prior, measured as its own candidate
     candidates = {"refaced", "refaced_mean", "linear", "linear_permuted", "average", "template_average", "defaced",
                   "swapped", "oracle"}

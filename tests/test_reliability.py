@@ -571,6 +571,27 @@ def test_defacing_cache_key_sees_an_image_replaced_in_place(tmp_path):
     assert after[phantom.dataset] == before[phantom.dataset]
 
 
+def test_attacker_side_of_defacing_keys_the_stage_not_the_training_data(tmp_path, monkeypatch):
+    """A change of the attacker's registration (stages.ATTACKER_VERSION) re-runs the defacing stage (its
+    folder changes) but keeps the cascade's training key (training_data_name), so a trained or shipped
+    checkpoint stays valid; a change of the data owner's side (STAGE_VERSION) changes both."""
+    import pandas as pd
+
+    from refacelib.pipeline import stages
+    from refacelib.data.bids import BIDSDataset, Subject
+
+    ds = BIDSDataset(root=tmp_path / "data", participants=pd.DataFrame({"participant_id": ["sub-01"]}),
+                     subjects=[Subject("sub-01", tmp_path / "data" / "sub-01_T1w.nii.gz")])
+    run = config.Run(profile="tiny", dataset=config.PHANTOM, params=config.load_profile("tiny"), folder=tmp_path / "run")
+    folder, training = stages._stage_folder(run, ds), stages.training_data_name(run, ds)
+    assert folder.name != training  # the attacker's side is in the stage's key
+    monkeypatch.setattr(stages, "ATTACKER_VERSION", stages.ATTACKER_VERSION + 1)
+    assert stages._stage_folder(run, ds) != folder
+    assert stages.training_data_name(run, ds) == training
+    monkeypatch.setattr(stages, "STAGE_VERSION", stages.STAGE_VERSION + 1)
+    assert stages.training_data_name(run, ds) != training
+
+
 def test_one_file_identity_keys_every_cache_of_a_real_dataset(tmp_path):
     """file_fingerprint (size, time in ns) is the identity of the defacing key, the chapters' key and the
     screening cache: a rewrite with the same size is seen, derivatives/ and the dataset's location are not."""

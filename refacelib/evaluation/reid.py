@@ -44,7 +44,7 @@ __all__ = [
     "CANDIDATES", "MSD_COLUMNS", "REID_COLUMNS", "face_mesh", "face_surface", "surface_msd", "candidate_msd",
     "surface_offset", "msd_and_offset", "msd_table", "hodges_lehmann", "wilcoxon_tests", "summary_table", "gap_closed", "align_rigid", "msd_matrix",
     "identification_ranks", "cmc", "identification_rates", "reid_table",
-    "vertex_distance_volume",
+    "vertex_distance_volume", "skin_band", "band_intensity_ratio",
 ]
 
 CANDIDATES = ("refaced", "refaced_mean", "average", "template_average", "defaced")
@@ -261,6 +261,51 @@ def msd_and_offset(candidate: Mesh, original: MeshIndex, smoothed: np.ndarray, a
     d_ba = point_mesh_distance(_vertices(original), candidate)
     return float(0.5 * (d_ab.mean() + d_ba.mean())), _signed_mean(verts, d_ab, np.asarray(smoothed, np.float64),
                                                                    affine, threshold)
+
+
+#: Depth (mm) of the skin band that :func:`skin_band` takes inside the original's skin.
+SKIN_BAND_MM = 4.0
+
+
+def skin_band(smoothed: np.ndarray, affine: np.ndarray, region: np.ndarray, *, threshold: float,
+              depth_mm: float = SKIN_BAND_MM) -> np.ndarray:
+    """The original's skin band in the face region: voxels of its head within ``depth_mm`` of the outside.
+
+    ``smoothed``: the original image smoothed as :func:`face_mesh` smooths it; its head is where
+    it exceeds ``threshold`` (the face surface's level), so the band is the tissue that decides
+    where the face surface lies.
+
+    Examples
+    --------
+    >>> img = np.zeros((20, 20, 20)); img[4:16, 4:16, 4:16] = 1.0
+    >>> band = skin_band(img, np.eye(4), np.ones_like(img, bool), threshold=0.5, depth_mm=2)
+    >>> int(band.sum()), bool(band[10, 10, 10]), bool(band[4, 10, 10])
+    (1216, False, True)
+    """
+    from scipy import ndimage as ndi
+
+    head = np.asarray(smoothed) > threshold
+    depth = ndi.distance_transform_edt(head, sampling=np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+    return head & (depth <= float(depth_mm)) & np.asarray(region, bool)
+
+
+def band_intensity_ratio(candidate: np.ndarray, original: np.ndarray, band: np.ndarray) -> float:
+    """Mean intensity of ``candidate`` over that of ``original`` in ``band`` (:func:`skin_band`); NaN if empty.
+
+    Below 1, the candidate's skin is darker than the true skin, so its face surface at the
+    original's level lies inside the true one whatever its shape.
+
+    Examples
+    --------
+    >>> band = np.ones((2, 2, 2), bool)
+    >>> band_intensity_ratio(np.full((2, 2, 2), 3.0), np.full((2, 2, 2), 4.0), band)
+    0.75
+    """
+    band = np.asarray(band, bool)
+    if not band.any():
+        return float("nan")
+    true = float(np.asarray(original, np.float64)[band].mean())
+    return float(np.asarray(candidate, np.float64)[band].mean() / true) if true > 0 else float("nan")
 
 
 def _is_mesh(x) -> bool:

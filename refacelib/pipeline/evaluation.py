@@ -121,6 +121,7 @@ def _subject_faces(deface_folder: Path, refaced_folder: Path, template: Template
     # its smoothed image (the offset's inside test, as face_mesh smooths it)
     target = index_mesh(orig_mesh) if len(orig_mesh.verts) else orig_mesh
     smoothed = ndimage.gaussian_filter(np.asarray(original, np.float64), 1.0)
+    band = reid.skin_band(smoothed, affine, region, threshold=threshold)  # the tissue that places the face surface
     rows, surfaces, floor = [], {(sid, "original"): orig_mesh.verts}, []
     retest = _stored(deface_folder, "retest", sid)
     if retest is not None:
@@ -132,7 +133,8 @@ def _subject_faces(deface_folder: Path, refaced_folder: Path, template: Template
                 surfaces[(sid, f"{method}:{name}")] = mesh.verts
             msd, offset = reid.msd_and_offset(mesh, target, smoothed, affine, threshold=threshold)
             rows.append({"subject": sid, "test_set": test_set, "method": method, "candidate": name,
-                         "msd_mm": msd, "offset_mm": offset})
+                         "msd_mm": msd, "offset_mm": offset,
+                         "skin_intensity": reid.band_intensity_ratio(image, original, band)})
     return rows, surfaces, floor
 
 
@@ -154,7 +156,9 @@ def face_msd_table(deface_folder: Path, refaced_folder: Path, template: Template
     -------
     msd : DataFrame with columns subject, test_set, method, candidate, msd_mm, offset_mm (the mean
         signed distance of the candidate's surface from the original's, :func:`refacelib.evaluation.reid.surface_offset`:
-        negative when it sits inside the true skin)
+        negative when it sits inside the true skin) and skin_intensity (the candidate's mean
+        intensity over the original's in the original's skin band of the face region,
+        :func:`refacelib.evaluation.reid.skin_band`: below 1, a skin too dark for the surface's level)
     surfaces : dict (sid, name) -> face vertices (mm), name ``original`` or ``<method>:<candidate>``
     floor : DataFrame with columns subject, test_set, msd_mm: the test-retest floor, the MSD
         between the original and a second scan of the same head (phantom only; empty otherwise)

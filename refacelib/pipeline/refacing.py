@@ -33,7 +33,8 @@ from refacelib.diffusion.train import load_stage, train_stage
 from refacelib.pipeline.cache import is_done, mark_done, stage_folder
 from refacelib.pipeline.cohort import prepare_dataset
 from refacelib.pipeline.config import Run, open_run, project_root, stable_hash
-from refacelib.pipeline.stages import deface_cohort, load_defaced, load_registration, qc_failures, study_template
+from refacelib.pipeline.stages import (deface_cohort, load_defaced, load_registration, qc_failures, study_template,
+                                      training_data_name)
 
 __all__ = [
     "CASCADE_VERSION",
@@ -418,8 +419,10 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
 
     p = run.params["cascade"]
     test_sets = list(test_sets) if test_sets is not None else ["test"] * len(test_ids)
+    # the defacing stage by its folder: the checkpoint's name holds only its training side, and the
+    # attacker's registrations (stages.ATTACKER_VERSION) carry every test input and output
     key = [CASCADE_VERSION, REFACE_VERSION, ckpt_folder.name, p["sampler"], p["sample_steps"], p["n_samples"], list(test_ids),
-           test_sets, models is None, list(val_ids or []), bool(p.get("shuffle_faces"))]
+           test_sets, models is None, list(val_ids or []), bool(p.get("shuffle_faces")), Path(deface_folder).name]
     out = stage_folder(run, "refaced", key)
     if is_done(out):
         return out, pd.read_csv(out / "timings.csv")
@@ -534,10 +537,12 @@ class RefacingSetup:
     methods: list
     ids: dict  # split -> participant ids that passed QC (train, val)
     test_subjects: dict  # participant id -> test set
+    training_data: str  # the defacing stage's key without its attacker's side (stages.training_data_name)
 
     @property
     def data_key(self) -> str:
-        return stable_hash([self.deface_folder.name, self.ids, self.methods])
+        """What the cascade trains on: the data owner's side of the defacing stage, the subjects and methods."""
+        return stable_hash([self.training_data, self.ids, self.methods])
 
 
 def setup(run: Run) -> RefacingSetup:
@@ -552,7 +557,7 @@ def setup(run: Run) -> RefacingSetup:
              if str(s.row.get("split", "")).startswith("test") and s.participant_id not in failed}
     return RefacingSetup(ds=ds, template=template, deface_folder=folder, qc=qc,
                          config=cascade_config(run, template), methods=list(run.params["deface"]["methods"]),
-                         ids=ids, test_subjects=tests)
+                         ids=ids, test_subjects=tests, training_data=training_data_name(run, ds))
 
 
 def trained_cascade(run: Run, study: RefacingSetup, *, progress: bool = True) -> tuple[Path, pd.DataFrame]:

@@ -25,11 +25,20 @@ from refacelib._utils.io import save_nifti, save_table
 from refacelib._utils.parallel import backend_settings, default_jobs, worker_pool
 from refacelib.data.template import Template, head_mask_from_intensity, load_template
 
-__all__ = ["study_template", "subject_brain_mask", "deface_cohort", "load_defaced", "load_registration", "attacker_registration", "phantom_truth",
+__all__ = ["study_template", "subject_brain_mask", "deface_cohort", "training_data_name", "load_defaced", "load_registration", "attacker_registration", "phantom_truth",
            "cohort_average_from_folder", "face_features", "qc_failures", "stage_stats", "qc_summary"]
 
-#: Version of what the defacing stage writes; part of its cache key: raise it when that changes.
+#: Version of the data owner's side of the defacing stage (the originals, defaced images, removal
+#: masks and template-space copies every model trains on); part of its cache key and of the training
+#: data's (:func:`training_data_name`): raise it when that changes.
 STAGE_VERSION = 4
+#: Version of the attacker's side (registrations to the defaced test images,
+#: :func:`attacker_registration`); part of the stage's cache key, not of the training data's, since
+#: no training example reads it. 1: a skull-stripped image's metric region includes the brain's border.
+ATTACKER_VERSION = 1
+#: A skull-stripped image is registered to the template's brain over the kept brain grown by this
+#: margin, so that the brain's edge (brain against zeros, in both images) is part of the metric.
+SKULLSTRIP_METRIC_MARGIN_MM = 8.0
 
 
 
@@ -53,7 +62,7 @@ def subject_brain_mask(run: Run, ds: BIDSDataset, subject: Subject, image, affin
     return deface.deepbet_brain_mask(image, affine), "deepbet"
 
 
-def _stage_folder(run: Run, ds: BIDSDataset) -> Path:
+def _training_key(run: Run, ds: BIDSDataset) -> dict:
     # the dataset enters by its folder name (the phantom's is a hash of its parameters) and its
     # subjects, never by its absolute path: a fresh clone elsewhere finds the same key; a real
     # dataset's images also enter by size and time (image_fingerprint), the phantom's are
@@ -62,7 +71,21 @@ def _stage_folder(run: Run, ds: BIDSDataset) -> Path:
            "methods": deface.method_table().to_dict("records")}
     if not run.is_phantom:
         key["images"] = image_fingerprint(ds)
-    return stage_folder(run, "defaced", key)
+    return key
+
+
+def _stage_folder(run: Run, ds: BIDSDataset) -> Path:
+    return stage_folder(run, "defaced", {**_training_key(run, ds), "attacker": ATTACKER_VERSION})
+
+
+def training_data_name(run: Run, ds: BIDSDataset) -> str:
+    """The key of what the cascade trains on from the defacing stage (the data owner's side).
+
+    The stage folder's name without the attacker's side (:data:`ATTACKER_VERSION`): a change of
+    the attacker's registration re-runs the stage and the refacing but keeps the trained
+    cascade, shipped checkpoints included, since no training example reads it.
+    """
+    return stage_folder(run, "defaced", _training_key(run, ds)).name
 
 
 def _mkdir(path: Path) -> Path:
@@ -132,13 +155,19 @@ def attacker_registration(defaced: np.ndarray, removal: np.ndarray, affine: np.n
     """The template registered to a defaced image, as an attacker can do it (no original needed).
 
     The removal mask is left out of the similarity metric; a skull-stripped
-    image is matched by the template's brain alone. ``options`` (resolution and
+    image is matched by the template's brain alone, over the kept brain grown by
+    :data:`SKULLSTRIP_METRIC_MARGIN_MM`: both images are then brain against zeros there,
+    and the brain's edge is what fixes the scale. Left out with the rest of the
+    removal mask, that edge let the template's brain shrink by 1 to 5% in linear size
+    on the phantom (its dark edge matched the template's zeros), which moved the
+    template's face several millimetres inward. ``options`` (resolution and
     schedule) go to :func:`refacelib.imaging.registration.register_template`; the book
     passes none (:mod:`refacelib.bench.registration` does).
     """
     if method == "skullstrip":
+        kept = deface._dilate_mm(~np.asarray(removal, bool), SKULLSTRIP_METRIC_MARGIN_MM, affine)
         return registration.register_template(defaced, affine, template, seed=seed, template_part=template.brain,
-                                        exclude=removal, **options)
+                                              exclude=~kept, **options)
     return registration.register_template(defaced, affine, template, seed=seed, exclude=removal, **options)
 
 

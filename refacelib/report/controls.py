@@ -48,22 +48,29 @@ def negative_control_summary(controls: pd.DataFrame, *, coupling: float = 0.0, a
 
 def offset_key_values(offsets: pd.DataFrame, *, coupling: float = 0.0,
                       candidates: Iterable[str] = ("average", "refaced_mean", "swapped", "oracle"),
-                      exclude: Iterable[str] = ("skullstrip",)) -> dict[str, str]:
-    """Glue values ``offset_<candidate>_<test set>``: the median over methods (without ``exclude``) of
-    the median signed surface offset (mm) at ``coupling``, from ``tables/controls_offsets.csv``.
+                      exclude: Iterable[str] = ("skullstrip",), column: str = "offset_mm",
+                      prefix: str = "offset") -> dict[str, str]:
+    """Glue values ``<prefix>_<candidate>_<test set>``: the median over methods (without ``exclude``) of
+    the per-method median of ``column`` at ``coupling``, from ``tables/controls_offsets.csv``: the
+    signed surface offset (mm, the default) or ``skin_intensity`` (the candidate's skin band
+    intensity relative to the original's, :func:`refacelib.evaluation.reid.band_intensity_ratio`).
 
     Examples
     --------
     >>> o = pd.DataFrame({"coupling": 0.0, "test_set": "test_external", "method": ["a", "b", "skullstrip"],
-    ...                   "candidate": "average", "offset_mm": [-0.8, -1.0, -8.0]})
+    ...                   "candidate": "average", "offset_mm": [-0.8, -1.0, -8.0], "skin_intensity": [1.0, 0.9, 0.4]})
     >>> offset_key_values(o)
     {'offset_average_external': '-0.90'}
+    >>> offset_key_values(o, exclude=(), column="skin_intensity", prefix="skin")
+    {'skin_average_external': '0.90'}
     """
+    if column not in offsets:
+        return {}
     sel = offsets[np.isclose(offsets["coupling"], coupling) & ~offsets["method"].isin(list(exclude))]
     out = {}
     for cand in candidates:
         for test_set, part in sel[sel["candidate"] == cand].groupby("test_set"):
-            out[f"offset_{cand}_{test_set.removeprefix('test_')}"] = f"{part['offset_mm'].median():.2f}"
+            out[f"{prefix}_{cand}_{test_set.removeprefix('test_')}"] = f"{part[column].median():.2f}"
     return out
 
 
