@@ -58,12 +58,12 @@ device = str(resolve_device(settings.get("device", "auto")))
 #
 # The cascade sees only what an attacker has: the template is registered to each *defaced*
 # image (the removed voxels left out of the similarity metric; a skull-stripped image is
-# matched by the template's brain), and the defaced image and its removal mask are brought
+# matched by the template's brain, its edge included), and the defaced image and its removal mask are brought
 # to the cascade's grid by that registration.
 #
 # The cascade generates a *residual over the prior* (the cohort-average head, matched in
-# intensity to the kept head voxels of the defaced image by quantile matching,
-# `refacelib.diffusion.grid.intensity_match`) on its own grid. Detail finer than that grid is not
+# intensity to the kept head voxels of the defaced image by quantile matching, those along
+# the cut left out, `refacelib.diffusion.grid.intensity_match`) on its own grid. Detail finer than that grid is not
 # generated: the refaced image is the full-resolution matched average head plus the
 # upsampled residual (`refacelib.diffusion.grid.full_resolution`). An untrained cascade
 # therefore returns exactly the matched average head; this zero-residual output, written

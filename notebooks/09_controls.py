@@ -252,26 +252,33 @@ for key, text in report.landing_controls_text(null, person, keys, perm_landing, 
 # The oracle is the mean face under each subject's true pose: its offset is how far the test
 # subjects' own faces lie from the mean face, on average. The baseline is the voxel-wise mean
 # of the training heads, intensity-matched to each subject and placed by the attacker's
-# registration. Skull-stripping shows how a baseline can be wrong for everyone at once: there
-# the matched average face lies {glue:text}`offset_average_skullstrip_internal` mm (internal)
-# and {glue:text}`offset_average_skullstrip_external` mm (external) from the true skin, the
-# swap check {glue:text}`offset_swapped_skullstrip_internal` and
-# {glue:text}`offset_swapped_skullstrip_external` mm. A skull-stripped image leaves the registration
-# and the intensity match only the brain to go by. The registration keeps the template's size
-# (its metric includes the brain's edge, see the [methods](../book/methods.md)); the intensity
-# map does not reach the face: in the skin band that places the face surface, the matched
-# average's skin has {glue:text}`skin_average_skullstrip_internal` (internal) and
+# registration.
+#
+# Skull-stripping leaves the registration and the intensity match only the brain to go by, and
+# this control found two errors of this project's there. The registration left the brain's edge
+# out of its metric, which let the template's brain shrink and moved its face inward; it now
+# includes the edge. The intensity map was fitted partly on the brain's edge, where resampling
+# blends in the removed zeros, which made the matched average's skin far too dark; the voxels
+# along the cut are now left out of the fit ([methods](../book/methods.md)). With both errors, a
+# cascade learned to move every skull-stripped face outward and beat its baseline in the null
+# phantom, knowing no face. Now the skull-stripped matched average face lies
+# {glue:text}`offset_average_skullstrip_internal` mm (internal) and
+# {glue:text}`offset_average_skullstrip_external` mm (external) from the true skin (the swap
+# check {glue:text}`offset_swapped_skullstrip_internal` and
+# {glue:text}`offset_swapped_skullstrip_external` mm), and in the skin band that places the face
+# surface its skin has {glue:text}`skin_average_skullstrip_internal` (internal) and
 # {glue:text}`skin_average_skullstrip_external` (external) of the true skin's intensity, against
 # {glue:text}`skin_average_internal` and {glue:text}`skin_average_external` for the other methods
-# (median; [skin intensity](../book/methods.md)). Fitted on brain voxels only, the map is
-# extrapolated below the brain's range of intensities, where the outer face lies. A cascade that learned nothing about the person can
-# still learn to move every such face outward, and the swap check, which adds *another*
-# subject's learned correction, then moves it by about as much as the subject's own: where the
-# refaced face's and the swap check's offsets agree, the correction does not depend on the
-# person. Such a gain is a property of the average-face baseline, not of re-identification:
-# against the average face, a generative model can "win" with no information about whose face
-# it is. Whether a refaced face carries the person is therefore read from the swap check below,
-# never from the average face alone.
+# (median; [skin intensity](../book/methods.md)). A brain-only map is extrapolated below the
+# brain's range of intensities, where the outer face lies, so on a site with another contrast it
+# can still miss the skin's brightness.
+#
+# Such an error of a baseline, the same for everyone, is what a generative model can "beat"
+# with no information about whose face it is: the swap check, which adds *another* subject's
+# learned correction, then moves a face by about as much as the subject's own. Where the refaced
+# face's and the swap check's offsets agree, the correction does not depend on the person.
+# Whether a refaced face carries the person is therefore read from the matched average face,
+# the swap check and the permutation model together, never from the average face alone.
 
 # %% tags=["hide-input"]
 if have:

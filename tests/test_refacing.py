@@ -98,6 +98,23 @@ def test_intensity_match_undoes_a_contrast_change_one_ratio_cannot():
     assert grid.apply_match(np.array([0.0]), knots)[0] == 0.0  # air stays air
 
 
+def test_intensity_match_ignores_the_cut_blended_by_resampling():
+    """A skull-stripped head: the kept voxels are a brain whose edge resampling blends with the removed
+    zeros. The map must still carry the average's darker outer tissue to the subject's level (the
+    voxels along the cut are left out of the fit); fitted on them, it maps that tissue too dark."""
+    from scipy import ndimage
+
+    idx = np.indices((24, 24, 24)) - 11.5
+    r = np.sqrt((idx ** 2).sum(axis=0))
+    average = np.select([r < 7, r < 10], [0.6 + 0.4 * (1 - r / 7), 0.3], 0.0)  # brain, then scalp and face
+    subject = 1.3 * average  # the same head, brighter
+    head, mask = average > 0, r >= 7  # the skull-stripping removes everything but the brain
+    defaced = ndimage.gaussian_filter(np.where(mask, 0.0, subject), 1.0)  # the cut, blended by resampling
+    matched = grid.apply_match(average, grid.intensity_match(defaced, average, head, mask))
+    outer = head & mask
+    assert np.abs(matched[outer] / subject[outer] - 1).mean() < 0.1
+
+
 def test_swap_partners_stay_in_their_test_set():
     assert refacing.swap_partners(["a", "b", "c"], ["x", "x", "y"]) == [1, 0, 2]
 

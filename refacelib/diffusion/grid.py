@@ -53,8 +53,14 @@ def intensity_match(defaced: np.ndarray, average: np.ndarray, head: np.ndarray, 
                     n_quantiles: int = 33) -> np.ndarray:
     """Monotone intensity map from the average head to a defaced head (quantile matching).
 
-    Fitted on the template's head voxels that the method kept (``head & ~mask``,
-    both images on one grid): the ``n_quantiles`` quantiles (2nd to 98th
+    Fitted on the template's head voxels that the method kept, less those that touch
+    the removal mask (``head & ~dilate(mask)``, both images on one grid): resampling
+    blends the removed voxels' zeros into the kept voxels along the cut, and for a
+    skull-stripped image, whose kept voxels are the brain, that edge is a large share
+    of them and pulls the low quantiles down (on half of the quick null phantom's test
+    subjects it darkened the skull-stripped matched average's skin, and its face MSD was
+    4.8 mm (median) with that edge in the fit, 1.5 mm without; pydeface's 1.2 mm either way).
+    The ``n_quantiles`` quantiles (2nd to 98th
     percentile) of the average head are paired with those of the defaced
     image, so a contrast change that one ratio cannot match (an external
     site's gamma) is matched too, and brightness is not something a refacing
@@ -69,7 +75,8 @@ def intensity_match(defaced: np.ndarray, average: np.ndarray, head: np.ndarray, 
     >>> float(apply_match(np.array([1.5]), knots)[0])
     4.5
     """
-    sel = head & ~mask & (average > 0)
+    mask = np.asarray(mask, bool)
+    sel = head & ~ndimage.binary_dilation(mask, structure=np.ones((3,) * mask.ndim, bool)) & (average > 0)
     if not sel.any():
         return np.array([[0.0, 1.0], [0.0, 1.0]], np.float64)
     qs = np.linspace(0.02, 0.98, int(n_quantiles))

@@ -138,7 +138,8 @@ def build_examples(folder: Path, ids, methods, template: Template, voxel_mm: flo
 
 
 #: Version of the training data and output composition; part of every cascade cache key.
-CASCADE_VERSION = 3
+#: 4: the intensity map leaves out the kept voxels that touch the removal mask (:func:`intensity_match`).
+CASCADE_VERSION = 4
 
 #: Steps between two validation losses (each costs about two training steps on a CPU;
 #: it does not change the weights: its noise comes from its own seeded generator).
