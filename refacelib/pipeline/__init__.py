@@ -20,7 +20,7 @@ _MODULES = {
     ],
     "stages": [
         "study_template", "subject_brain_mask", "deface_cohort", "load_defaced",
-        "load_registration", "attacker_registration", "phantom_truth", "cohort_average_from_folder",
+        "load_registration", "attacker_registration", "phantom_truth", "cohort_average_from_folder", "training_data_name",
         "face_features", "qc_failures", "stage_stats", "qc_summary",
     ],
     "cohort": [
