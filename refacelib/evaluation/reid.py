@@ -284,8 +284,10 @@ def skin_band(smoothed: np.ndarray, affine: np.ndarray, region: np.ndarray, *, t
     """
     from scipy import ndimage as ndi
 
+    from refacelib.imaging.registration import voxel_sizes_mm
+
     head = np.asarray(smoothed) > threshold
-    depth = ndi.distance_transform_edt(head, sampling=np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
+    depth = ndi.distance_transform_edt(head, sampling=voxel_sizes_mm(affine))
     return head & (depth <= float(depth_mm)) & np.asarray(region, bool)
 
 
