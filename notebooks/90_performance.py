@@ -144,6 +144,37 @@ if rebuild is not None:
     display(report.reader_table(rebuild, csv=rebuild_path))
 
 # %% [markdown]
+# ### Image files
+#
+# Every stage writes its images as `.nii.gz`. Floating-point voxels are stored at gzip level 0
+# (stored blocks, still a `.nii.gz` that every reader opens; `refacelib._utils.io.COMPRESSLEVEL`),
+# integer masks at level 1: noisy floating-point heads barely compress, and a cold build writes
+# and reads thousands of them. One refaced head of this run, saved at nibabel's default level
+# 1 and at level 0, fastest of three tries (ratios to level 1):
+
+# %% tags=["hide-input"]
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+
+from refacelib.bench import files as bench_files  # noqa: E402
+
+example_file = sorted((refaced / f"{run.params['refacing']['example_methods'][0]}_mean").glob("*.nii.gz"))[0]
+example_img = nib.load(str(example_file))
+file_costs = bench_files.nifti_file_costs(np.asarray(example_img.dataobj, np.float32), example_img.affine)
+file_csv = save_table(file_costs, run.tables / "bench_file_costs.csv")
+level0 = file_costs.set_index("level").loc[0]
+glue("file_write_ratio", f"{1 / level0['write_s_ratio']:.0f}", display=False)
+glue("file_read_ratio", f"{1 / level0['read_s_ratio']:.0f}", display=False)
+glue("file_size_pct", f"{100 * (level0['mb_ratio'] - 1):.0f}", display=False)
+report.reader_table(file_costs, csv=file_csv, formats={"mb": 2, "write_s": 4, "read_s": 4, "mb_ratio": 2,
+                                                       "write_s_ratio": 3, "read_s_ratio": 3})
+
+# %% [markdown]
+# Level 0 writes this head {glue:text}`file_write_ratio` times and reads it
+# {glue:text}`file_read_ratio` times faster than level 1, for a file
+# {glue:text}`file_size_pct`% larger.
+
+# %% [markdown]
 # ## Registration: cheaper settings
 #
 # The defacing stage registers pydeface's template to every subject with ANTsPy's affine

@@ -2,7 +2,8 @@
 
 ``python -m refacelib.bench sizes`` writes ``bench/stage_sizes.json``; ``python -m refacelib.bench
 registration`` measures cheaper ANTs settings on the phantom (``bench/results/registration-<profile>.csv``);
-``python -m refacelib.bench costs`` writes ``bench/results/costs-<profile>.csv`` (:mod:`refacelib.bench.costs`).
+``python -m refacelib.bench costs`` writes ``bench/results/costs-<profile>.csv`` (:mod:`refacelib.bench.costs`);
+:mod:`refacelib.bench.files` measures the image files' compression.
 The modules load on first use: ``bench/gpu_bench.py`` runs :mod:`refacelib.bench.throughput` on a machine
 without imaging packages.
 """
@@ -30,5 +31,6 @@ _MODULES = {
         "SPLITS", "STAGES", "scaled_splits", "stage_units", "measure_costs", "fit_costs", "gpu_network_seconds",
         "project_costs", "projection_lines", "write_costs", "load_costs",
     ],
+    "files": ["nifti_file_costs"],
 }
 __getattr__, __dir__, __all__ = attach(__name__, _MODULES)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from refacelib.report.values import count_significant, is_significant, fmt_mm
 
-__all__ = ["negative_control_summary", "null_chapter_text", "null_reading", "offset_key_values", "landing_controls_text", "dose_response_text",
+__all__ = ["negative_control_summary", "swap_check_counts", "null_chapter_text", "null_reading", "offset_key_values", "landing_controls_text", "dose_response_text",
            "controls_overview", "permutation_summary", "permutation_text", "permutation_paired_summary",
            "permutation_paired_text"]
 
@@ -85,6 +85,31 @@ def _null_counts(null: pd.DataFrame, person: pd.DataFrame) -> tuple[int, int, st
     return int(wins.sum()), int(person["closer_significant"].astype(bool).sum()), ", ".join(methods) or "none"
 
 
+def swap_check_counts(controls: pd.DataFrame, *, alpha: float = 0.05) -> dict[str, int]:
+    """The swap check as a candidate: how often it was significantly closer to the original than the
+    matched average face (Holm p < ``alpha``, negative difference).
+
+    The swap check is a subject's matched average face plus *another* subject's learned correction:
+    if it beat the average face, the model's gain would not need the person. Keys ``null_wins`` and
+    ``null_n`` (method × test-set comparisons in the null phantom, coupling 0), ``all_wins`` and
+    ``all_n`` (every coupling in ``controls``), ``couplings`` (how many couplings ran).
+
+    Examples
+    --------
+    >>> c = pd.DataFrame({"coupling": [0.0, 0.0, 0.8], "method": "m", "test_set": ["a", "b", "a"],
+    ...                   "estimator": "swapped", "baseline": "average", "n": 10, "hl_diff_mm": [0.1, -0.2, -0.3],
+    ...                   "ci_low_mm": -1.0, "ci_high_mm": 0.5, "p_holm": [0.5, 0.01, 0.01], "rbc": 0.1})
+    >>> swap_check_counts(c)
+    {'null_wins': 1, 'null_n': 2, 'all_wins': 2, 'all_n': 3, 'couplings': 2}
+    """
+    couplings = sorted(set(controls["coupling"]))
+    parts = {c: negative_control_summary(controls, coupling=c, alpha=alpha, estimators=("swapped",)) for c in couplings}
+    null = parts.get(0.0, pd.DataFrame({"closer_significant": []}))
+    return {"null_wins": int(null["closer_significant"].astype(bool).sum()), "null_n": len(null),
+            "all_wins": int(sum(t["closer_significant"].astype(bool).sum() for t in parts.values())),
+            "all_n": int(sum(len(t) for t in parts.values())), "couplings": len(couplings)}
+
+
 def null_chapter_text(controls: pd.DataFrame, null: pd.DataFrame, person: pd.DataFrame) -> str:
     """The Controls chapter's paragraph on the negative control (Markdown).
 
@@ -110,11 +135,23 @@ def null_chapter_text(controls: pd.DataFrame, null: pd.DataFrame, person: pd.Dat
             f"estimator comparisons (methods: {methods}), and significantly closer than the swap check (a gain that "
             f"another subject's learned correction does not give) in {person_wins} of {len(person)}. "
             + null_reading(wins, person_wins, in_chapter=True)
+            + _swap_sentence(swap_check_counts(controls))
             + " The oracle, here the mean face under the subject's true pose, minus the matched average face: a "
             f"median paired difference of {fmt_mm(oracle.get('test_external', float('nan')))} mm (external) and "
             f"{fmt_mm(oracle.get('test_internal', float('nan')))} mm (internal) over the face-removal methods "
             "(negative: the oracle is closer), what the attacker's registration and the averaged baseline cost "
             "every candidate, with no face signal in it.")
+
+
+def _swap_sentence(counts: dict[str, int]) -> str:
+    if not counts["null_n"]:
+        return ""
+    return (" The swap check itself (a subject's matched average face plus another subject's learned correction) "
+            f"was significantly closer to the original than the matched average face in {counts['null_wins']} of "
+            f"{counts['null_n']} method × test-set comparisons in the null phantom, and in {counts['all_wins']} of "
+            f"{counts['all_n']} over all {counts['couplings']} couplings run: "
+            + ("the correction the model learns for one person does not bring another person's face closer."
+               if counts["all_wins"] == 0 else "part of what the model learns is not about the person."))
 
 
 def null_reading(null_wins: int, person_wins: int, *, in_chapter: bool = False) -> str:
