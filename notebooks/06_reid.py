@@ -184,6 +184,35 @@ glue("key_gap_closed", gap_text, display=False)  # for the landing page
 # %% [markdown]
 # {glue:text}`gap_closed_text`
 
+# %% [markdown]
+# ### What the cascade's grid can hold
+#
+# The cascade generates its residual on a {glue:text}`cascade_voxel_mm` mm grid; finer detail
+# comes from the matched average head (`refacelib.diffusion.grid.full_resolution`). The
+# **grid ceiling** puts each test subject's own original (brought to that grid by the
+# attacker's registration) through the very path of the refaced face, as if a perfect model
+# had generated it, and measures its face like every candidate's
+# (`refacelib.pipeline.ceiling`). It reads the original, so it is a bound, not a candidate.
+# Median face MSD (mm) per method and test set, beside the oracle, the refaced face (mean of
+# samples) and the matched average face (`tables/face_grid_ceiling.csv`):
+
+# %% tags=["hide-input"]
+from refacelib.pipeline import ceiling  # noqa: E402
+
+voxel_mm = float(run.params["cascade"]["voxel_mm"])
+grid = ceiling.grid_ceiling(run, folder, template, subjects, methods, voxel_mm=voxel_mm)
+grid_summary = ceiling.ceiling_summary(grid, msd)
+grid_csv = save_table(grid_summary, run.tables / "face_grid_ceiling.csv")
+glue("cascade_voxel_mm", f"{voxel_mm:g}", display=False)
+glue("grid_ceiling_text", report.ceiling_text(grid_summary, voxel_mm), display=False)
+report.reader_table(grid_summary, csv=grid_csv,
+                    formats={c: 2 for c in grid_summary.columns if c not in ("method", "test_set")},
+                    columns={"method": "Method", "test_set": "Test set", "grid_ceiling": "Grid ceiling",
+                             "oracle": "Oracle", "refaced_mean": "Refaced (mean)", "average": "Matched average"})
+
+# %% [markdown]
+# {glue:text}`grid_ceiling_text`
+
 # %% tags=["hide-input"]
 fig = reid_plots.plot_paired_differences(tests, baseline="average", estimators=estimators, floor_mm=floor_mm,
                                          note=note)

@@ -95,6 +95,9 @@ def test_tiny_book_builds_with_real_figures_and_tables(tiny_book, project):
     assert set(tests["baseline"]) == {"average", "template_average", "swapped", "linear", "linear_permuted"}
     floor = pd.read_csv(run / "tables" / "face_floor.csv")
     assert len(floor) == len(msd["subject"].unique()) and (floor["msd_mm"] > 0).all()
+    # a perfect model on the cascade's grid (the original through the refacing path) beats the matched average
+    grid = pd.read_csv(run / "tables" / "face_grid_ceiling.csv")
+    assert len(grid) == 5 * msd["test_set"].nunique() and (grid["grid_ceiling"] < grid["average"]).all()
     reid = pd.read_csv(run / "tables" / "reid.csv")
     assert list(reid.columns) == ["method", "test_set", "candidate", "n", "top1", "top5"]
     timings = pd.read_csv(run / "tables" / "timings.csv")

@@ -38,7 +38,10 @@ _MODULES = {
         "swap_partners", "write_subject", "train_cascade", "reface_test_set", "record_timings",
         "masked_errors", "RefacingSetup", "setup", "trained_cascade", "refaced_test_set", "shipped_root",
         "install_shipped", "training_provenance", "ship", "cascade_prior", "training_recipe", "shuffle_faces",
-        "recipe_id", "linear_models", "refit_linear", "LINEAR_CANDIDATES", "LINEAR_RECORD",
+        "recipe_id", "linear_models", "refit_linear", "LINEAR_CANDIDATES", "LINEAR_RECORD", "subject_composites",
+    ],
+    "ceiling": [
+        "GRID_CEILING_VERSION", "grid_truth", "subject_ceiling", "grid_ceiling", "ceiling_summary",
     ],
     "muscle_stage": [
         "MUSCLE_VERSION", "MUSCLE_MODULES", "MUSCLE_SETTINGS", "MuscleResult", "muscle_folder", "cached_record",

@@ -43,6 +43,7 @@ __all__ = [
     "REFACED_NAMES",
     "swap_partners",
     "write_subject",
+    "subject_composites",
     "train_cascade",
     "reface_test_set",
     "record_timings",
@@ -478,20 +479,31 @@ def _write_refaced(out, deface_folder, template, sid, method, specs: dict, scale
     write_subject(out, deface_folder, template, sid, method, volumes, scale=scale)
 
 
-def write_subject(out: Path, deface_folder: Path, template: Template, sid: str, method: str, volumes: dict, *,
-                  scale: float) -> None:
-    """Bring each template-grid volume to the subject, composite inside its removal mask, save.
+def subject_composites(deface_folder: Path, template: Template, sid: str, method: str, volumes: dict, *,
+                       scale: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Each template-grid volume brought to the subject and composited inside its removal mask.
 
     The way back is the attacker's registration to the defaced image (the
-    defacing registration when no attacker registration was stored).
+    defacing registration when no attacker registration was stored). Returns the
+    composites by name and the subject's affine; :func:`write_subject` saves them.
     """
     defaced, affine = load_defaced(deface_folder, method, sid)
     removal = load_defaced(deface_folder, f"{method}_removal", sid)[0] > 0
     attacker = (Path(deface_folder) / "attacker" / "transforms" / method / f"{sid}.mat").is_file()
     registration = load_registration(deface_folder, sid, template, method=method if attacker else None)
+    out = {}
     for name, vol in volumes.items():
         subject = registration.to_subject((vol * np.float32(scale)).astype(np.float32), defaced.shape, affine, order=1)
-        final = np.where(removal, np.clip(subject, 0, None), defaced).astype(np.float32)
+        out[name] = np.where(removal, np.clip(subject, 0, None), defaced).astype(np.float32)
+    return out, affine
+
+
+def write_subject(out: Path, deface_folder: Path, template: Template, sid: str, method: str, volumes: dict, *,
+                  scale: float) -> None:
+    """Bring each template-grid volume to the subject, composite inside its removal mask, save
+    (:func:`subject_composites`)."""
+    finals, affine = subject_composites(deface_folder, template, sid, method, volumes, scale=scale)
+    for name, final in finals.items():
         save_nifti(nib.Nifti1Image(final, affine), out / f"{method}_{name}" / f"{sid}.nii.gz")
 
 

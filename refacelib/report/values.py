@@ -46,6 +46,7 @@ __all__ = [
     "count_significant",
     "reid_test_values",
     "gap_key_values",
+    "ceiling_text",
     "PAPER_METHODS",
     "MUSCLES",
     "muscle_chapter_values",
@@ -638,6 +639,44 @@ def gap_key_values(gap: pd.DataFrame | None, *, exclude=("skullstrip",)) -> dict
         f"{int((mean['fraction'] >= 0.5).sum())} of {len(mean)} method x test-set cells), and a single sample "
         f"a median {one['fraction'].median():.0%} (a quarter or more in {int((one['fraction'] >= 0.25).sum())} "
         f"of {len(one)})." + _linear_gap_sentence(kept))}
+
+
+def ceiling_text(summary: pd.DataFrame | None, voxel_mm: float, *, exclude=("skullstrip",)) -> str:
+    """A sentence on the grid ceiling (:func:`refacelib.pipeline.ceiling.ceiling_summary`'s table).
+
+    Medians over the face-removal methods and test sets (``exclude`` left out) of the grid
+    ceiling, the oracle (when present) and the refaced face (mean of samples).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"method": ["a", "b"], "test_set": "t", "grid_ceiling": [0.3, 0.4],
+    ...                   "oracle": [0.5, 0.6], "refaced_mean": [1.2, 1.4], "average": [2.0, 2.2]})
+    >>> text = ceiling_text(t, 4.0)
+    >>> "median face MSD of 0.35 mm" in text, "not what keeps the model from the oracle" in text
+    (True, True)
+    >>> "would help" in ceiling_text(t.assign(grid_ceiling=[0.7, 0.8]), 4.0)
+    True
+    >>> ceiling_text(None, 4.0)
+    'The grid ceiling was not measured.'
+    """
+    if summary is None or len(summary) == 0:
+        return "The grid ceiling was not measured."
+    kept = summary[~summary["method"].isin(exclude)]
+    ceil = kept["grid_ceiling"]
+    out = (f"A perfect model on the cascade's {voxel_mm:g} mm grid (each subject's own original put through the "
+           f"refacing path) reaches a median face MSD of {fmt_mm(ceil.median())} mm over the "
+           f"{kept['method'].nunique()} face-removal methods and {kept['test_set'].nunique()} test sets "
+           f"(range {fmt_mm(ceil.min())} to {fmt_mm(ceil.max())} mm)")
+    if "refaced_mean" in kept:
+        out += f", the refaced face (mean of samples) {fmt_mm(kept['refaced_mean'].median())} mm"
+    if "oracle" not in kept or kept["oracle"].isna().all():
+        return out + "."
+    oracle = kept["oracle"].median()
+    out += f" and the oracle face {fmt_mm(oracle)} mm"
+    if ceil.median() < oracle:
+        return out + (": what the grid loses is less than what the rest of the head leaves unpredictable, so the "
+                      "grid is not what keeps the model from the oracle.")
+    return out + ": the grid loses more than the oracle misses, so a finer grid would help."
 
 
 def _linear_gap_sentence(kept: pd.DataFrame) -> str:
