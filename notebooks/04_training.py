@@ -136,11 +136,11 @@ glue("fig_training_loss", fig, display=False)
 trend = validation_trend(history)
 per_stage = pd.DataFrame({"stage": seconds.index, "steps": steps.values, "seconds": seconds.values}).merge(
     trend, on="stage", how="left")
-report.reader_table(per_stage, csv=history_csv, columns={
+display(report.reader_table(per_stage, csv=history_csv, columns={
     "stage": "Stage", "steps": "Training steps", "seconds": "Wall time (s)",
     "first_val_loss": "First validation loss", "last_val_loss": "Last validation loss",
     "fell_pct": "Fall, first to last (%)", "tail_change_pct": "Change over the last quarter of steps (%)"},
-    formats={"fell_pct": 1, "tail_change_pct": 1})
+    formats={"fell_pct": 1, "tail_change_pct": 1}))
 for s in (1, 2):  # "n/a" without a validation loss (no validation subjects)
     row = trend[trend["stage"] == s]
     glue(f"stage{s}_val_fell_pct", f"{row['fell_pct'].iloc[0]:.0f}" if len(row) else "n/a", display=False)
@@ -179,11 +179,11 @@ if linear_record.is_file():
         "subjects; the penalty of each method (relative to the kernel's mean diagonal) was chosen by the "
         "validation subjects' mean squared error inside the removal mask (intensity unit squared), below."),
         display=False)
-    report.reader_table(pd.DataFrame(rows), csv_name="linear_prior.csv",
-                        columns={"method": "Method", "lambda": "Chosen penalty",
-                                 **{f"val_{k}": f"Validation error, penalty {k}" for k in
-                                    next(iter(record.values()))["val_masked_mse"]}},
-                        formats={f"val_{k}": 6 for k in next(iter(record.values()))["val_masked_mse"]})
+    display(report.reader_table(pd.DataFrame(rows), csv_name="linear_prior.csv",
+                                columns={"method": "Method", "lambda": "Chosen penalty",
+                                         **{f"val_{k}": f"Validation error, penalty {k}" for k in
+                                            next(iter(record.values()))["val_masked_mse"]}},
+                                formats={f"val_{k}": 6 for k in next(iter(record.values()))["val_masked_mse"]}))
 else:
     glue("prior_status", Markdown("This run's cascade uses the **matched average head** as its prior "
                                   "(`cascade.prior: average`)."), display=False)
@@ -229,7 +229,7 @@ else:
     save_figure(fig, run.figures / "training_ablation.png")
     glue("fig_training_ablation", fig, display=False)
     ablation_csv = save_table(ablation_table, run.tables / "training_ablation.csv")
-    report.reader_table(ablation_table, csv=ablation_csv, columns={
+    display(report.reader_table(ablation_table, csv=ablation_csv, columns={
         "variant": "Recipe", "stage1_steps": "Stage-1 steps", "stage2_steps": "Stage-2 steps",
         "stage1_val_loss": "Stage-1 validation loss", "stage2_val_loss": "Stage-2 validation loss",
         "refaced_mean_minus_average_mm": "Mean of samples - average face (mm)",
@@ -238,7 +238,7 @@ else:
         "linear_minus_average_mm": "Linear prior alone - average face (mm)",
         "refaced_mean_minus_swapped_mm": "Mean of samples - swap check (mm)",
         "refaced_mean_closer": "Share of pairs closer (mean)", "train_seconds": "Training time (s)",
-        "selected": "Selected"})
+        "selected": "Selected"}))
 
 # %% [markdown]
 # ```{glue:md} ablation_status

@@ -502,3 +502,40 @@ def test_closer_counts_follow_the_hodges_lehmann_shift():
                                                "candidate": ["refaced"] * 2, "median_mm": [1.0, 1.0]}),
                                  tests, estimator="refaced", methods=["a", "b"])
     assert (key["key_closer_a"], key["key_closer_b"], key["key_n_closer"]) == ("no, farther", "yes", "1 of 2")
+
+
+# ------------------------------------------------------------------ tables that reach the page
+#: Calls whose result is a table for the reader: shown only as a cell's last top-level expression or
+#: through display(...).
+_SHOWN_CALLS = ("reader_table",)
+
+
+def _lost_tables(source: str) -> list[int]:
+    """Lines of calls to :data:`_SHOWN_CALLS` whose result a notebook cell would drop: an expression
+    statement that is not the cell's last top-level statement (inside an ``if`` block, a loop, or
+    followed by more code), not wrapped in ``display``."""
+    import ast
+
+    lost = []
+    for cell in re.split(r"^# %%.*$", source, flags=re.M):
+        try:
+            tree = ast.parse(cell)
+        except SyntaxError:  # a markdown cell
+            continue
+        last = tree.body[-1] if tree.body else None
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and node is not last
+                    and getattr(node.value.func, "attr", getattr(node.value.func, "id", "")) in _SHOWN_CALLS):
+                lost.append(node.lineno)
+    return lost
+
+
+def test_lost_tables_finds_a_table_inside_a_block():
+    assert _lost_tables("# %%\nif x:\n    report.reader_table(t)\ny = 1\n") == [3]
+    assert _lost_tables("# %%\nif x:\n    display(report.reader_table(t))\n") == []
+    assert _lost_tables("# %%\nx = 1\nreport.reader_table(t)\n") == []
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.py")), ids=lambda p: p.stem)
+def test_every_reader_table_reaches_the_page(notebook):
+    assert _lost_tables(notebook.read_text()) == [], f"{notebook.name}: a table that is built but never shown"

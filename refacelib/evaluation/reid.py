@@ -607,7 +607,12 @@ def gap_closed(msd: pd.DataFrame, *, candidates=("refaced_mean", "refaced"), bas
     candidate is closer), the median paired gap ``baseline - bound`` (what the
     oracle face, the best any model could do, gains) and their ratio
     ``fraction`` (1: the candidate gains as much as the oracle; 0: nothing;
-    negative: it is farther than the baseline). Empty without ``bound`` rows
+    negative: it is farther than the baseline). ``fraction_per_subject``: the
+    median over subjects of each subject's own share of its gap
+    ``(baseline - candidate) / (baseline - bound)``, over the ``n_gap`` subjects
+    whose oracle is closer than their baseline (a subject with no gap has no
+    share to close). The two agree when subjects are alike; they part when the
+    gains and gaps vary from subject to subject. Empty without ``bound`` rows
     (real data have no oracle).
 
     Examples
@@ -615,10 +620,11 @@ def gap_closed(msd: pd.DataFrame, *, candidates=("refaced_mean", "refaced"), bas
     >>> msd = pd.DataFrame({"subject": ["a"] * 3 + ["b"] * 3, "test_set": "t", "method": "m",
     ...                     "candidate": ["average", "refaced_mean", "oracle"] * 2,
     ...                     "msd_mm": [2.0, 1.5, 1.0, 3.0, 2.5, 1.0]})
-    >>> gap_closed(msd, candidates=("refaced_mean",))[["gain_mm", "gap_mm", "fraction"]].values.tolist()
-    [[0.5, 1.5, 0.3333333333333333]]
+    >>> t = gap_closed(msd, candidates=("refaced_mean",))
+    >>> t[["gain_mm", "gap_mm", "fraction", "n_gap", "fraction_per_subject"]].values.tolist()
+    [[0.5, 1.5, 0.3333333333333333, 2.0, 0.375]]
     """
-    cols = ["test_set", "method", "candidate", "n", "gain_mm", "gap_mm", "fraction"]
+    cols = ["test_set", "method", "candidate", "n", "gain_mm", "gap_mm", "fraction", "n_gap", "fraction_per_subject"]
     if bound not in set(msd["candidate"]):
         return pd.DataFrame(columns=cols)
     wide = msd.pivot_table(index=["test_set", "method", "subject"], columns="candidate", values="msd_mm")
@@ -628,10 +634,13 @@ def gap_closed(msd: pd.DataFrame, *, candidates=("refaced_mean", "refaced"), bas
             if cand not in w:
                 continue
             both = w[[baseline, cand, bound]].dropna()
-            gain = float((both[baseline] - both[cand]).median())
-            gap = float((both[baseline] - both[bound]).median())
+            gains, gaps = both[baseline] - both[cand], both[baseline] - both[bound]
+            gain, gap = float(gains.median()), float(gaps.median())
+            shares = (gains / gaps)[gaps > 0]
             rows.append({"test_set": test_set, "method": method, "candidate": cand, "n": len(both),
-                         "gain_mm": gain, "gap_mm": gap, "fraction": gain / gap if gap > 0 else float("nan")})
+                         "gain_mm": gain, "gap_mm": gap, "fraction": gain / gap if gap > 0 else float("nan"),
+                         "n_gap": len(shares),
+                         "fraction_per_subject": float(shares.median()) if len(shares) else float("nan")})
     return pd.DataFrame(rows, columns=cols)
 
 

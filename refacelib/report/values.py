@@ -622,6 +622,8 @@ def gap_key_values(gap: pd.DataFrame | None, *, exclude=("skullstrip",)) -> dict
     True
     >>> gap_key_values(None)["key_gap_closed"].startswith("This dataset has no oracle")
     True
+    >>> "subject by subject" in gap_key_values(g.assign(fraction_per_subject=[0.6, 0.3]))["key_gap_closed"]
+    True
     >>> g2 = pd.concat([g, g.iloc[:1].assign(candidate="linear", fraction=0.4)])
     >>> gap_key_values(g2)["key_gap_closed"].endswith("linear prior alone (before the diffusion stages) closes a median 40% (range 40% to 40%).")
     True
@@ -638,7 +640,18 @@ def gap_key_values(gap: pd.DataFrame | None, *, exclude=("skullstrip",)) -> dict
         f"(range {mean['fraction'].min():.0%} to {mean['fraction'].max():.0%}; half or more in "
         f"{int((mean['fraction'] >= 0.5).sum())} of {len(mean)} method x test-set cells), and a single sample "
         f"a median {one['fraction'].median():.0%} (a quarter or more in {int((one['fraction'] >= 0.25).sum())} "
-        f"of {len(one)})." + _linear_gap_sentence(kept))}
+        f"of {len(one)})." + _per_subject_gap_sentence(mean) + _linear_gap_sentence(kept))}
+
+
+def _per_subject_gap_sentence(mean: pd.DataFrame) -> str:
+    """The same share per subject (``fraction_per_subject`` of :func:`refacelib.evaluation.reid.gap_closed`)."""
+    if "fraction_per_subject" not in mean or mean["fraction_per_subject"].isna().all():
+        return ""
+    per = mean["fraction_per_subject"]
+    return (" Taken subject by subject (each subject's own share of its gap, median over the subjects whose oracle "
+            f"is closer than their matched average face), the mean of samples closes a median {per.median():.0%} "
+            f"(range {per.min():.0%} to {per.max():.0%}; half or more in {int((per >= 0.5).sum())} of {len(per)} "
+            "cells): the two readings part where gains and gaps vary from subject to subject.")
 
 
 def ceiling_text(summary: pd.DataFrame | None, voxel_mm: float, *, exclude=("skullstrip",)) -> str:
