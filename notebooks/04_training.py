@@ -177,7 +177,8 @@ if linear_record.is_file():
     glue("prior_status", Markdown(
         f"This run's cascade uses the **linear (ridge) prior**, fitted on {len(study.ids['train'])} training "
         "subjects; the penalty of each method (relative to the kernel's mean diagonal) was chosen by the "
-        "validation subjects' mean squared error inside the removal mask (intensity unit squared), below."),
+        "validation subjects' mean squared error inside the removal mask (intensity unit squared), in the "
+        "table above."),
         display=False)
     display(report.reader_table(pd.DataFrame(rows), csv_name="linear_prior.csv",
                                 columns={"method": "Method", "lambda": "Chosen penalty",
