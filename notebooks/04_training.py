@@ -219,13 +219,8 @@ if ablation_table is None:
     glue("fig_training_ablation", viz.placeholder_figure("no recipe comparison for this run: make ablation"),
          display=False)
 else:
-    chosen = str(ablation_table.loc[ablation_table["selected"].astype(bool), "variant"].iloc[0])
     own = ablation_table.loc[ablation_table["checkpoint"] == ckpt_folder.name, "variant"].iloc[0]
-    glue("ablation_status", Markdown(f"Of the {len(ablation_table)} recipes compared, **{chosen}** gained most for the "
-                             f"person on the validation split; this run's checkpoints were trained with **{own}**"
-                             + ("." if chosen == own else
-                                f", so the book does not yet use the recipe the validation split prefers "
-                                f"(it would need {chosen}'s checkpoints trained and shipped).")), display=False)
+    glue("ablation_status", Markdown(ablation.status_text(ablation_table, own)), display=False)
     fig = viz.plot_ablation(ablation_table, note=note)
     save_figure(fig, run.figures / "training_ablation.png")
     glue("fig_training_ablation", fig, display=False)

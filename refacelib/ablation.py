@@ -40,8 +40,8 @@ from refacelib.diffusion import train
 from refacelib.pipeline import evaluation, refacing
 from refacelib.pipeline.config import Run, apply_overrides, open_run, validate_params
 
-__all__ = ["SELECT_BY", "variants", "variant_run", "evaluate_variant", "summarise", "select", "shipped_table",
-           "table_for_run", "main"]
+__all__ = ["SELECT_BY", "variants", "variant_run", "evaluate_variant", "summarise", "select", "status_text",
+           "shipped_table", "table_for_run", "main"]
 
 #: The candidate tried for every recipe, and its baseline (the matched average face).
 CANDIDATES = ("refaced_mean", "refaced", "swapped", "linear", "linear_permuted")
@@ -199,6 +199,32 @@ def select(table: pd.DataFrame) -> str:
     'b'
     """
     return str(table.loc[table[SELECT_BY].idxmin(), "variant"])
+
+
+def status_text(table: pd.DataFrame, own: str) -> str:
+    """What the training chapter says of the comparison (Markdown): the selected recipe, the one this
+    run's checkpoints were trained with (``own``) and, when they differ, by how much the selected one
+    gains more for the person on the validation split (:data:`SELECT_BY`).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"variant": ["a", "b"], "selected": [False, True],
+    ...                   "refaced_mean_minus_swapped_mm": [-1.400, -1.408]})
+    >>> text = status_text(t, "a")
+    >>> "trained with **a**, so the book does not yet use" in text, "**b** gains 0.008 mm more" in text
+    (True, True)
+    >>> status_text(t, "b").endswith("trained with **b**.")
+    True
+    """
+    chosen = str(table.loc[table["selected"].astype(bool), "variant"].iloc[0])
+    out = (f"Of the {len(table)} recipes compared, **{chosen}** gained most for the person on the validation "
+           f"split; this run's checkpoints were trained with **{own}**")
+    if chosen == own:
+        return out + "."
+    by = table.set_index("variant")[SELECT_BY]
+    return out + (f", so the book does not yet use the recipe the validation split prefers (**{chosen}** gains "
+                  f"{by[own] - by[chosen]:.3f} mm more for the person there; it would need its checkpoints, and "
+                  "those of the controls, trained and shipped).")
 
 
 def shipped_table(profile: str, *, root: Path | None = None) -> Path:
