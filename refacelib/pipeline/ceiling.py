@@ -30,8 +30,8 @@ from refacelib.data.template import Template
 from refacelib.diffusion.grid import common_grid, full_resolution, zoom_to_shape
 from refacelib.pipeline.cache import is_done, mark_done, stage_folder
 from refacelib.pipeline.evaluation import face_msd, metric_source_digest, original_face
-from refacelib.pipeline.refacing import build_examples, subject_composites
-from refacelib.pipeline.stages import load_defaced, load_registration
+from refacelib.pipeline.refacing import build_examples, carrying_registration, subject_composites
+from refacelib.pipeline.stages import load_defaced
 
 __all__ = ["GRID_CEILING_VERSION", "grid_truth", "subject_ceiling", "grid_ceiling", "ceiling_summary"]
 
@@ -43,15 +43,14 @@ def grid_truth(deface_folder: Path, template: Template, sid: str, method: str, v
     """The subject's original through the refacing path, on the subject's grid (a perfect model's output).
 
     The original goes to the template by the registration that carries the cascade's input
-    (the attacker's, where stored), onto the common grid at ``voxel_mm`` and into the
-    example's intensity unit; it then replaces the cascade's output in
+    (:func:`refacelib.pipeline.refacing.carrying_registration`), onto the common grid at
+    ``voxel_mm`` and into the example's intensity unit; it then replaces the cascade's output in
     :func:`refacelib.diffusion.grid.full_resolution` and
     :func:`refacelib.pipeline.refacing.subject_composites`, exactly as a refaced sample does.
     """
     data = build_examples(deface_folder, [sid], [method], template, voxel_mm, attacker=True)
     original, affine = load_defaced(deface_folder, "original", sid)
-    attacker = (Path(deface_folder) / "attacker" / "transforms" / method / f"{sid}.mat").is_file()
-    registration = load_registration(deface_folder, sid, template, method=method if attacker else None)
+    registration = carrying_registration(deface_folder, template, sid, method)
     _, _, shape = common_grid(template, voxel_mm)
     scale = float(data["scale"][0])
     truth = zoom_to_shape(registration.to_template(original, affine, order=1), shape, order=1) / np.float32(scale)

@@ -44,6 +44,7 @@ __all__ = [
     "swap_partners",
     "write_subject",
     "subject_composites",
+    "carrying_registration",
     "train_cascade",
     "reface_test_set",
     "record_timings",
@@ -479,18 +480,23 @@ def _write_refaced(out, deface_folder, template, sid, method, specs: dict, scale
     write_subject(out, deface_folder, template, sid, method, volumes, scale=scale)
 
 
+def carrying_registration(deface_folder: Path, template: Template, sid: str, method: str):
+    """The registration that carries a subject's cascade input and output under ``method``: the
+    attacker's to the defaced image where it was stored (test subjects), else the defacing one."""
+    attacker = (Path(deface_folder) / "attacker" / "transforms" / method / f"{sid}.mat").is_file()
+    return load_registration(deface_folder, sid, template, method=method if attacker else None)
+
+
 def subject_composites(deface_folder: Path, template: Template, sid: str, method: str, volumes: dict, *,
                        scale: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Each template-grid volume brought to the subject and composited inside its removal mask.
 
-    The way back is the attacker's registration to the defaced image (the
-    defacing registration when no attacker registration was stored). Returns the
-    composites by name and the subject's affine; :func:`write_subject` saves them.
+    The way back is :func:`carrying_registration`. Returns the composites by name and the
+    subject's affine; :func:`write_subject` saves them.
     """
     defaced, affine = load_defaced(deface_folder, method, sid)
     removal = load_defaced(deface_folder, f"{method}_removal", sid)[0] > 0
-    attacker = (Path(deface_folder) / "attacker" / "transforms" / method / f"{sid}.mat").is_file()
-    registration = load_registration(deface_folder, sid, template, method=method if attacker else None)
+    registration = carrying_registration(deface_folder, template, sid, method)
     out = {}
     for name, vol in volumes.items():
         subject = registration.to_subject((vol * np.float32(scale)).astype(np.float32), defaced.shape, affine, order=1)
