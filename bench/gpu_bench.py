@@ -10,7 +10,8 @@ It measures, with ``refacelib.bench`` (the functions the Performance appendix us
 * training steps/s of both stages at the ``paper`` profile's stage sizes and batch size,
   fp32 and bf16 autocast (``refacelib.diffusion.train.train_stage`` on synthetic volumes);
 * sampling throughput: ``refacelib.diffusion.sample.reface`` with ``batch_size="auto"`` (sized to
-  the free GPU memory), DDIM, seconds per item and per network evaluation;
+  the free GPU memory, one full batch of items), DDIM at the profile's ``sample_steps`` and at
+  fewer steps (``--sample-steps``), seconds per item and per network evaluation;
 * peak GPU memory of each measurement;
 * host-device synchronisations inside the denoising loops (CUDA sync debug mode);
 * optionally (``--compile``) the same with ``torch.compile``, if time is left.
@@ -48,6 +49,12 @@ def _parse(argv):
     p.add_argument("--budget-s", type=float, default=420.0, help="stop starting new measurements after this")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (minutes of compilation)")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="timed training steps per stage and precision (default: 300 on paper, 2 on tiny)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed training steps first (default: 10; tiny 1)")
+    p.add_argument("--sample-steps", default=None,
+                   help="DDIM steps per stage to time sampling at, comma-separated (default: the profile's "
+                        "sample_steps, then 20, 10 and 3; tiny: 2)")
     return p.parse_args(argv)
 
 
@@ -82,8 +89,11 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     start, skipped, tables = time.perf_counter(), [], {}
-    steps, warmup = (2, 1) if args.tiny else (5, 2)
-    n_items, sample_steps, auto_fit = (2, 2, None) if args.tiny else (None, 5, None)
+    steps = args.train_steps or (2 if args.tiny else 300)
+    warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 10)
+    default_steps = "2" if args.tiny else f"{params['cascade']['sample_steps']},20,10,3"
+    sample_steps = [int(x) for x in (args.sample_steps or default_steps).split(",")]
+    n_items, auto_fit = (2, None) if args.tiny else (None, None)
 
     def log(msg):
         print(f"[{time.perf_counter() - start:6.1f} s] {msg}", flush=True)
@@ -96,7 +106,12 @@ def main(argv=None) -> int:
 
     def save():
         """Write what was measured so far (a run killed at its limit still leaves a file)."""
-        done = {k: v for k, v in tables.items() if v is not None}
+        done = {k: v for k, v in tables.items() if v is not None and not k.startswith("sampling_")}
+        rows = [v for k, v in tables.items() if v is not None and k.startswith("sampling_") and k != "sampling_compiled"]
+        if rows:  # one table, a row per DDIM setting
+            done["sampling"] = pd.concat(rows, ignore_index=True)
+        if tables.get("sampling_compiled") is not None:
+            done["sampling_compiled"] = tables["sampling_compiled"]
         if skipped:
             done["skipped"] = pd.DataFrame(skipped)
         return bench.write_results(out_dir / f"{slug}-{date}.json", machine=machine, tables=done,
@@ -111,23 +126,24 @@ def main(argv=None) -> int:
     log(f"profile {profile}: grid {grid}, stage shapes {bench.stage_shapes(config, grid)}, device {device}")
     measure("training", "training", lambda: bench.training_throughput(
         config, grid, steps=steps, warmup=warmup, device=device))
-    if n_items is None:  # what fits in memory, then one chunk of at most 64 items (time box)
+    if n_items is None:  # what fits in memory: one full batch of items (the steady state of a large cohort)
         from refacelib.diffusion.sample import auto_batch_size
 
         models = bench._untrained_models(config, device)
         auto_fit = auto_batch_size(models, config, grid, device=device, n_items=1024)
-        n_items = min(auto_fit, 64)
+        n_items = auto_fit
         del models
         torch.cuda.empty_cache()
         log(f"auto batch size: {auto_fit} items fit; timing {n_items}")
-    measure("sampling", "sampling", lambda: bench.sampling_throughput(
-        config, grid, n_items=n_items, steps=sample_steps, batch_size="auto", device=device))
+    for k in sample_steps:  # the profile's setting first: the others are cut first by the time box
+        measure(f"sampling, DDIM-{k}", f"sampling_{k}", lambda k=k: bench.sampling_throughput(
+            config, grid, n_items=n_items, steps=k, batch_size="auto", device=device))
     measure("sync audit", "sync_audit", lambda: bench.sampling_sync_audit(config, grid, steps=3, device=device))
     if args.compile:
         measure("training, torch.compile", "training_compiled", lambda: bench.training_throughput(
             config, grid, steps=steps, warmup=warmup, device=device, precisions=("bf16",), compile=True))
         measure("sampling, torch.compile", "sampling_compiled", lambda: bench.sampling_throughput(
-            config, grid, n_items=n_items, steps=sample_steps, batch_size="auto", device=device, compile=True))
+            config, grid, n_items=n_items, steps=sample_steps[0], batch_size="auto", device=device, compile=True))
     path = save()
     log(f"wrote {path}")
     return 0

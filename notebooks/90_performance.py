@@ -51,6 +51,7 @@ from refacelib.bench import quality as bq
 from refacelib.data.template import load_template
 from refacelib.imaging.registration import DICE_SUCCESS
 from refacelib.diffusion import resolve_device
+from refacelib.diffusion.linear import model_prior as linear_prior
 from refacelib.diffusion.train import load_stage
 from refacelib.pipeline import config, evaluation, muscle_stage, refacing, start_chapter
 from refacelib.pipeline.cache import is_done
@@ -302,8 +303,13 @@ models = tuple(load_stage(ckpt_folder / f"stage{s}.pt", device=device)[0] for s 
 faces = bq.subject_faces(study.deface_folder, study.template, internal)
 msd_fn = lambda volumes: bq.subject_space_msd(faces, volumes, data, template=study.template,  # noqa: E731
                                                deface_folder=study.deface_folder)
-sampler_table = bq.sampler_benchmark(models, study.config, data, samplers, msd=msd_fn, seed=int(run.params["seed"]),
-                                     batch_size=settings.get("sample_batch", 8), device=device)
+# the cascade's prior, as the refacing chapter gives it: the linear prediction with cascade.prior: ridge
+linear = refacing.linear_models(ckpt_folder, study.deface_folder, study.template, settings["voxel_mm"], [method],
+                                val_ids=list(study.ids["val"]))
+model_data = data if linear is None else {**data, "prior": linear_prior(data, linear["linear"])}
+sampler_table = bq.sampler_benchmark(models, study.config, model_data, samplers, msd=msd_fn,
+                                     seed=int(run.params["seed"]), batch_size=settings.get("sample_batch", 8),
+                                     device=device)
 sampler_csv = save_table(sampler_table, run.tables / "bench_samplers.csv")
 # the matched baseline: the cascade's own path with a zero residual (the prior as its output)
 average_msd = pd.DataFrame({"msd_mm": msd_fn(data["prior"])})
@@ -431,7 +437,7 @@ if cost_shown is not None:
     cost_fit = bench.fit_costs(cost_measured)
     gpu_setting = None
     if "sampling" in stored_gpu:  # the refacing networks at the paper's sizes and sampler on a measured GPU
-        gpu_row = stored_gpu["sampling"].iloc[0]
+        gpu_row = bench.profile_sampling_row(stored_gpu["sampling"], int(paper_params["cascade"]["sample_steps"])).iloc[0]
         gpu_cores = int(stored_gpu["machine"].set_index("card").loc[gpu_row["card"], "cpu_cores"])
         gpu_steps, gpu_samples = paper_params["cascade"]["sample_steps"], paper_params["cascade"]["n_samples"]
         gpu_setting = {"label": f"{gpu_row['card']} + {gpu_cores} cores", "cores": gpu_cores,
@@ -645,9 +651,11 @@ if "training_compiled" in results and "training" in results:
     gpu_facts += [f"{r.card}, stage {r.stage}: torch.compile {r.step_seconds / r.step_seconds_compiled:.2f}x "
                   f"the {r.precision} training steps/s" for r in both.itertuples()]
 if "sampling_compiled" in results and "sampling" in results:
-    both = results["sampling_compiled"].merge(results["sampling"], on="card", suffixes=("_compiled", ""))
+    on = ["card", "steps"] if "steps" in results["sampling_compiled"] else ["card"]  # like for like: the same steps
+    both = results["sampling_compiled"].merge(results["sampling"], on=on, suffixes=("_compiled", ""))
     gpu_facts += [f"{r.card}: torch.compile {r.seconds_per_item_step / r.seconds_per_item_step_compiled:.2f}x "
-                  f"the sampling throughput at batch {r.batch_size}" for r in both.itertuples()]
+                  f"the sampling throughput at batch {r.batch_size}"
+                  + (f", DDIM-{r.steps}" if "steps" in on else "") for r in both.itertuples()]
 if "sync_audit" in results:
     gpu_facts += [f"{r.card}: {r.syncs} host-device synchronisation(s) in {r.steps} {r.sampler.upper()} steps"
                   for r in results["sync_audit"].itertuples()]
@@ -673,6 +681,87 @@ glue("gpu_projection", "; ".join(
 # Projected from the stored GPU measurements: {glue:text}`gpu_projection`. The study's
 # question is one H100; the projection is only for the card(s) named, since an H100 has less
 # memory bandwidth than an H200 and these small 3D networks are not compute-bound.
+
+# %% [markdown]
+# ## Refacing the paper's cohort within a GPU-hour
+#
+# The `paper` profile refaces with DDIM at {glue:text}`paper_steps` steps per stage and the
+# mean of {glue:text}`paper_n_samples` samples: {glue:text}`paper_setting_hours` on
+# {glue:text}`budget_card`. The table lists every measured setting (the GPU file's
+# DDIM step counts, each timed at the batch that fitted, and the compiled networks) with 1 to
+# {glue:text}`paper_n_samples` samples, the hours it would take for the paper's
+# {glue:text}`paper_n_test` test subjects under {glue:text}`paper_n_methods` methods, and what
+# it costs in face MSD: the paired change from the paper's setting, median over subjects
+# (quartiles), measured with the trained cascade of the {glue:text}`settings_profile` profile on its
+# validation split ({glue:text}`settings_status`). The paper-size networks are not trained
+# here, so the MSD column says what fewer steps and samples cost a model of this study's kind,
+# not what they would cost the paper's.
+
+# %% tags=["hide-input"]
+from refacelib.bench import settings as bs  # noqa: E402
+
+budget_hours = 1.0
+stored_settings = next(((p, found) for p in dict.fromkeys([run.profile, "quick"])
+                        if (found := bs.load_settings(bench_dir / "results", p)) is not None), None)
+paper_ref = (int(paper["cascade"]["sample_steps"]), int(paper["cascade"]["n_samples"]))
+settings_summary = None
+if stored_settings is not None:
+    settings_profile, (settings_table, settings_meta) = stored_settings
+    measured = set(zip(settings_table["steps"], settings_table["samples"]))
+    settings_summary = bs.setting_summary(settings_table, reference=paper_ref) if paper_ref in measured else None
+    glue("settings_profile", settings_profile, display=False)
+    glue("settings_status", f"`bench/results/settings-{settings_profile}.csv`, {settings_meta['n_subjects']} "
+         f"subjects x {len(settings_meta['methods'])} methods, measured on {settings_meta['date']} with "
+         f"`python -m refacelib.bench settings`" + ("" if settings_summary is not None else
+                                                     f"; it lacks the paper's setting {paper_ref}, so no change is shown"),
+         display=False)
+else:
+    glue("settings_profile", "quick", display=False)
+    glue("settings_status", "not stored: run `python -m refacelib.bench settings --profile quick` and commit "
+         "`bench/results/settings-quick.csv`", display=False)
+glue("paper_steps", paper_ref[0], display=False)
+if "sampling" in results:
+    card = results["machine"]["card"].iloc[-1]
+    rows = pd.concat([results[k][results[k]["card"] == card] for k in ("sampling", "sampling_compiled")
+                      if k in results], ignore_index=True)
+    options = bs.within_budget(rows, paper, budget_hours=budget_hours,
+                               samples=bs.sample_counts(int(paper["cascade"]["n_samples"])))
+    budget = bs.budget_table(options, settings_summary)
+    budget_csv = save_table(budget, run.tables / "bench_gpu_budget.csv")
+    display(report.reader_table(budget, csv=budget_csv, formats={"hours": 2, "change_mm": 3, "change_q1": 3,
+                                                                 "change_q3": 3}))
+    own = budget[(budget["steps"] == paper_ref[0]) & (budget["samples"] == paper_ref[1]) & ~budget["compiled"]]
+    choice = bs.budget_choice(budget)
+    glue("budget_card", card, display=False)
+    glue("paper_setting_hours", f"{own['hours'].iloc[0]:.2f} h" if len(own) else "not measured", display=False)
+    if choice is None:
+        glue("budget_verdict", f"no measured setting refaces the cohort within {budget_hours:g} GPU-hour",
+             display=False)
+    else:
+        cost = ("; its face-MSD change on the validation split is not measured" if pd.isna(choice["change_mm"]) else
+                f"; on the `{settings_profile}` validation split it changes the face MSD by "
+                f"{choice['change_mm']:+.3f} mm (quartiles {choice['change_q1']:+.3f} to {choice['change_q3']:+.3f})")
+        glue("budget_verdict", f"{choice['setting']} with the mean of {int(choice['samples'])} samples, "
+             f"{choice['hours']:.2f} h{cost}", display=False)
+else:
+    glue("budget_card", "a GPU", display=False)
+    glue("paper_setting_hours", "not measured (no GPU result stored)", display=False)
+    glue("budget_verdict", "not available until a GPU result is stored", display=False)
+glue("budget_hours", f"{budget_hours:g}", display=False)
+if settings_summary is not None:
+    far = settings_summary.loc[settings_summary["change_mm"].abs().idxmax()]
+    glue("settings_spread", f"at most {abs(far['change_mm']):.3f} mm (DDIM-{int(far['steps'])} with "
+         f"{int(far['samples'])} sample(s): {far['change_mm']:+.3f} mm, against a median face MSD of "
+         f"{settings_summary['msd_median'].iloc[0]:.2f} mm at the paper's setting)", display=False)
+else:
+    glue("settings_spread", "not measured", display=False)
+
+# %% [markdown]
+# Within {glue:text}`budget_hours` GPU-hour, the setting closest to the paper's (the most
+# network evaluations per subject: steps and samples together) is {glue:text}`budget_verdict`.
+# Across every measured setting, the median face MSD moves from the paper's setting by
+# {glue:text}`settings_spread`: the trained networks of this profile add little to their
+# linear prior (see the training chapter), so more steps or samples have little to refine.
 
 # %% tags=["remove-input"]
 display(report.chapter_footer(run, started=chapter_start))

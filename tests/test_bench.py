@@ -104,6 +104,55 @@ def test_sampler_benchmark_counts_network_evaluations(micro):
     assert summary.set_index("sampler").loc["DDIM-2", "step_speedup"] == 10.0
 
 
+def test_setting_benchmark_means_of_the_first_samples(micro):
+    """The mean of all samples is the sampler's own ``mean``; fewer samples and steps are separate rows."""
+    from refacelib.bench import settings as bs
+    from refacelib.diffusion.sample import reface
+
+    models = bench._untrained_models(micro, torch.device("cpu"))
+    data = bench.synthetic_volumes(GRID, 2, config=micro, seed=2)
+    data.update(subject=["a", "b"], method=["m", "m"])
+    seen = []
+    msd = lambda v: seen.append(np.array(v)) or np.abs(v - data["original"]).mean(axis=(1, 2, 3))  # noqa: E731
+    table = bs.setting_benchmark(models, micro, data, [3, 2], n_samples=4, msd=msd, device="cpu", batch_size=4)
+    assert table.groupby("steps", sort=False)["samples"].unique().map(list).to_dict() == {3: [1, 2, 4], 2: [1, 2, 4]}
+    assert table.groupby("steps")["nfe"].first().to_dict() == {2: 5, 3: 7}
+    own = reface(data["defaced"], data["mask"], data["prior"], models, micro, steps=3, n_samples=4, device="cpu",
+                 batch_size=4)
+    np.testing.assert_allclose(seen[2], own["mean"], atol=1e-5)  # steps 3, all 4 samples
+    np.testing.assert_allclose(seen[0], own["sample"], atol=1e-5)  # steps 3, the first sample alone
+    summary = bs.setting_summary(table, reference=(3, 4))
+    ref = summary[(summary["steps"] == 3) & (summary["samples"] == 4)].iloc[0]
+    assert ref["change_mm"] == 0.0 and ref["n"] == 2
+    with pytest.raises(ValueError, match="was not measured"):
+        bs.setting_summary(table, reference=(50, 8))
+
+
+def test_budget_choice_from_stored_gpu_rows():
+    from refacelib.bench import settings as bs
+
+    paper = load_profile("paper")
+    sampling = pd.DataFrame({"steps": [50, 20, 50], "compiled": [False, False, True],
+                             "seconds_per_item_step": [0.003, 0.0031, 0.0019]})
+    options = bs.within_budget(sampling, paper, samples=bs.sample_counts(8))
+    n = (paper["phantom"]["n_test_internal"] + paper["phantom"]["n_test_external"]) * len(paper["deface"]["methods"])
+    row = options[(options["setting"] == "DDIM-50") & (options["samples"] == 8)].iloc[0]
+    assert row["hours"] == pytest.approx(n * 8 * 101 * 0.003 / 3600, abs=0.01) and not row["within_budget"]
+    choice = bs.budget_choice(bs.budget_table(options, None))
+    assert choice["hours"] <= 1.0 and choice["samples"] * choice["nfe"] == max(
+        r.samples * r.nfe for r in options.itertuples() if r.within_budget)
+
+
+def test_results_keep_the_latest_file_of_a_card(tmp_path):
+    for date, seconds in (("2026-01-01", 9.0), ("2026-02-01", 1.0)):
+        bench.write_results(tmp_path / f"cpu-{date}.json", machine=bench.machine_info("cpu"),
+                            tables={"sampling": pd.DataFrame({"steps": [5], "seconds_per_item_step": [seconds]})},
+                            meta={"date": date, "profile": "paper"})
+    loaded = bench.load_results(tmp_path, profile="paper")
+    assert loaded["sampling"]["seconds_per_item_step"].tolist() == [1.0]
+    assert loaded["machine"]["file"].tolist() == ["cpu-2026-02-01.json"]
+
+
 def _ball(shape, center, radius):
     idx = np.indices(shape, dtype=float)
     return ((idx - np.asarray(center, float)[:, None, None, None]) ** 2).sum(0) <= radius**2
@@ -241,6 +290,7 @@ def test_gpu_script_runs_at_tiny_size(tmp_path):
     result = json.loads(path.read_text())
     assert {"meta", "machine", "training", "sampling", "sync_audit"} <= set(result)
     assert [r["stage"] for r in result["training"]] == [1, 2]
+    assert all(r["timed_steps"] == 2 for r in result["training"])
     assert all(r["syncs"] == 0 for r in result["sync_audit"])
     assert result["machine"]["device"] == "cpu"
 

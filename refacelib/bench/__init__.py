@@ -14,8 +14,10 @@ _MODULES = {
     "throughput": [
         "cpu_model", "machine_info", "profile_sizes", "sized_config", "stage_shapes", "synthetic_volumes",
         "training_throughput", "sampling_throughput", "count_host_syncs", "sampling_sync_audit",
-        "paper_projection", "write_results", "load_results", "card_slug",
+        "paper_projection", "profile_sampling_row", "write_results", "load_results", "card_slug",
     ],
+    "settings": ["sample_counts", "setting_benchmark", "setting_summary", "within_budget", "budget_table",
+                 "budget_choice", "load_settings"],
     "quality": [
         "sampler_specs", "sampler_benchmark", "sampler_summary", "subject_faces", "subject_space_msd",
         "stored_msd", "face_pair_metrics", "surface_benchmark", "surface_agreement", "chapter_costs",

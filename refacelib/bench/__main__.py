@@ -2,12 +2,14 @@
 (:mod:`refacelib.bench.throughput`); ``registration`` measures cheaper ANTs settings on the
 phantom and writes ``bench/results/registration-<profile>.csv`` (:mod:`refacelib.bench.registration`);
 ``costs`` times the per-subject stages at several cohort sizes and writes
-``bench/results/costs-<profile>.csv`` (:mod:`refacelib.bench.costs`)."""
+``bench/results/costs-<profile>.csv`` (:mod:`refacelib.bench.costs`); ``settings`` measures DDIM steps x
+samples against face MSD on the validation split and writes ``bench/results/settings-<profile>.csv``
+(:mod:`refacelib.bench.settings`)."""
 import importlib
 import sys
 
 #: Command -> the module whose ``main`` runs it (loaded on demand: ``sizes`` needs no ANTs).
-COMMANDS = {"sizes": "throughput", "registration": "registration", "costs": "costs"}
+COMMANDS = {"sizes": "throughput", "registration": "registration", "costs": "costs", "settings": "settings"}
 
 
 def main(argv=None) -> int:

@@ -54,6 +54,7 @@ __all__ = [
     "synthetic_volumes",
     "training_throughput",
     "sampling_throughput",
+    "profile_sampling_row",
     "count_host_syncs",
     "sampling_sync_audit",
     "paper_projection",
@@ -193,7 +194,7 @@ def training_throughput(config: CascadeConfig, grid_shape, *, stages=(1, 2), ste
     Returns
     -------
     DataFrame
-        ``stage, precision, compiled, device, batch_size, shape, voxels_per_item, step_seconds,
+        ``stage, precision, compiled, device, batch_size, timed_steps, shape, voxels_per_item, step_seconds,
         steps_per_s, voxels_per_s, peak_gpu_mib``.
     """
     device = resolve_device(device)
@@ -212,7 +213,8 @@ def training_throughput(config: CascadeConfig, grid_shape, *, stages=(1, 2), ste
             step_s = float(np.median(np.diff(np.r_[0.0, hist["seconds"].to_numpy()])[warmup:]))
             vox = int(np.prod(shapes[stage]))
             rows.append({"stage": stage, "precision": precision, "compiled": bool(compile), "device": str(device),
-                         "batch_size": st.batch_size, "shape": "x".join(map(str, shapes[stage])),
+                         "batch_size": st.batch_size, "timed_steps": int(steps),
+                         "shape": "x".join(map(str, shapes[stage])),
                          "voxels_per_item": vox, "step_seconds": step_s,
                          "steps_per_s": 1 / step_s, "voxels_per_s": st.batch_size * vox / step_s,
                          "peak_gpu_mib": _peak_mib(device)})
@@ -351,7 +353,8 @@ def paper_projection(training: pd.DataFrame, sampling: pd.DataFrame, params: dic
     (bf16 rows when present), scaled linearly to the profile's batch size
     when it was measured at another. Refacing: test subjects x methods x
     ``n_samples`` x ``2 * sample_steps + 1`` network evaluations, each at the
-    measured ``seconds_per_item_step``.
+    measured ``seconds_per_item_step`` (:func:`profile_sampling_row`: at the profile's
+    ``sample_steps`` where measured).
 
     Returns
     -------
@@ -359,6 +362,7 @@ def paper_projection(training: pd.DataFrame, sampling: pd.DataFrame, params: dic
         ``source, quantity, hours, basis``.
     """
     p = params["cascade"]
+    sampling = profile_sampling_row(sampling, int(p["sample_steps"]))
     prec = "bf16" if (training["precision"] == "bf16").any() else "fp32"
     rows, total = [], 0.0
     for stage in (1, 2):
@@ -384,6 +388,24 @@ def paper_projection(training: pd.DataFrame, sampling: pd.DataFrame, params: dic
     return out
 
 
+def profile_sampling_row(sampling: pd.DataFrame, steps: int) -> pd.DataFrame:
+    """The sampling measurement (one row) at ``steps`` DDIM steps, uncompiled; else the first uncompiled row.
+
+    The cost of one network evaluation of one item grows as batches shrink, so a
+    measurement at the profile's own steps (and the batch it chose) is preferred.
+
+    Examples
+    --------
+    >>> s = pd.DataFrame({"steps": [5, 50, 50], "compiled": [False, True, False], "seconds_per_item_step": [4, 2, 3]})
+    >>> float(profile_sampling_row(s, 50)["seconds_per_item_step"].iloc[0]), int(profile_sampling_row(s, 20)["steps"].iloc[0])
+    (3.0, 5)
+    """
+    plain = sampling[~sampling["compiled"].astype(bool)] if "compiled" in sampling else sampling
+    plain = plain if len(plain) else sampling
+    at = plain[plain["steps"] == steps] if "steps" in plain else plain.iloc[:0]
+    return (at if len(at) else plain).iloc[:1]
+
+
 # --------------------------------------------------------------------------- results files
 def write_results(path: Path, *, machine: pd.DataFrame, tables: dict, meta: dict | None = None) -> Path:
     """Write measurements as JSON: ``{"meta", "machine", "<table>": [records]}``."""
@@ -395,13 +417,14 @@ def write_results(path: Path, *, machine: pd.DataFrame, tables: dict, meta: dict
 def load_results(folder: Path, *, profile: str | None = None) -> dict[str, pd.DataFrame]:
     """Every ``*.json`` of :func:`write_results` in ``folder``, tables stacked with a ``card`` column.
 
-    The card is the GPU name (the device otherwise) of the file's machine;
+    The card is the GPU name (the device otherwise) of the file's machine; of
+    several files of one card, the latest (by its date, then its name) is read.
     ``profile`` keeps only the files measured at that profile's sizes. A JSON
     without a ``machine`` section is another measurement's (the metadata of
     ``registration-<profile>.csv``, the record of the cost curves
     ``costs-<profile>.json``) and is skipped.
     """
-    stacked: dict[str, list] = {}
+    latest: dict[str, tuple] = {}  # card -> (date, file name, data): a newer measurement replaces an older one
     for path in sorted(Path(folder).glob("*.json")):
         data = json.loads(path.read_text())
         if "machine" not in data:
@@ -410,7 +433,13 @@ def load_results(folder: Path, *, profile: str | None = None) -> dict[str, pd.Da
             continue
         machine = data.get("machine", {})
         card = machine.get("gpu", machine.get("device", path.stem))
-        date = data.get("meta", {}).get("date", "")
+        entry = (data.get("meta", {}).get("date", ""), path.name, data)
+        if card not in latest or entry[:2] > latest[card][:2]:
+            latest[card] = entry
+    stacked: dict[str, list] = {}
+    for card, (date, name, data) in latest.items():
+        machine = data.get("machine", {})
+        path = Path(folder) / name
         stacked.setdefault("machine", []).append(pd.DataFrame([{"card": card, "date": date, "file": path.name,
                                                                **machine}]))
         for name, records in data.items():

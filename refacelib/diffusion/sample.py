@@ -301,7 +301,7 @@ def auto_batch_size(models, config: CascadeConfig | dict, grid_shape: tuple, *, 
     sampling) measures the peak activation memory per item; each item also
     holds about 16 float32 copies of the common grid (inputs, composites,
     accumulators). The batch is ``fraction`` of the free memory
-    (``torch.cuda.mem_get_info``) over that per-item cost
+    (``torch.cuda.mem_get_info``, plus what PyTorch's allocator caches unused) over that per-item cost
     (:func:`batch_from_memory`).
     """
     config, device = CascadeConfig.from_dict(config), resolve_device(device)
@@ -324,6 +324,10 @@ def auto_batch_size(models, config: CascadeConfig | dict, grid_shape: tuple, *, 
         activations = max(activations, (torch.cuda.max_memory_allocated(device) - base) / 2)
     per_item = held + activations
     free, _ = torch.cuda.mem_get_info(device)
+    # memory this process's allocator holds in its cache but does not use is free to it as well (an
+    # allocation that finds it fragmented makes the allocator release its cache and retry): without it,
+    # a second refacing run in one process (the next defacing method) would get a smaller batch
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return batch_from_memory(free, per_item, n_items=n_items, fraction=fraction, cap=cap)
 
 
