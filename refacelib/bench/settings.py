@@ -26,7 +26,7 @@ from refacelib._utils.io import atomic_write_text, save_table
 from refacelib.diffusion.sample import reface
 
 __all__ = ["sample_counts", "setting_benchmark", "setting_summary", "within_budget", "budget_table", "budget_choice",
-           "results_paths", "load_settings", "main"]
+           "load_settings"]
 
 
 def sample_counts(n_samples: int) -> list[int]:
