@@ -1,6 +1,6 @@
 """One prepared GPU benchmark: training and sampling cost of the cascade at the paper stage sizes.
 
-Run from the repository root on a machine with one CUDA GPU (time-boxed, about 5 minutes):
+Run from the repository root on a machine with one CUDA GPU (time-boxed, about 6 minutes on an H200):
 
     python bench/gpu_bench.py                 # writes $OUT/<card>-<date>.json, else bench/results/
     python bench/gpu_bench.py --tiny          # the same code paths at the tiny profile's sizes (CPU is fine)

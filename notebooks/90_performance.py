@@ -695,7 +695,8 @@ glue("gpu_projection", "; ".join(
 # (quartiles), measured with the trained cascade of the {glue:text}`settings_profile` profile on its
 # validation split ({glue:text}`settings_status`). The paper-size networks are not trained
 # here, so the MSD column says what fewer steps and samples cost a model of this study's kind,
-# not what they would cost the paper's.
+# not what they would cost the paper's. The figure draws the same table: each marker a setting
+# and sample count (x1, x2, ...: the samples averaged), left of the dashed line the ones that fit the hour.
 
 # %% tags=["hide-input"]
 from refacelib.bench import settings as bs  # noqa: E402
@@ -730,6 +731,9 @@ if "sampling" in results:
     budget_csv = save_table(budget, run.tables / "bench_gpu_budget.csv")
     display(report.reader_table(budget, csv=budget_csv, formats={"hours": 2, "change_mm": 3, "change_q1": 3,
                                                                  "change_q3": 3}))
+    fig = report.plot_gpu_budget(budget, budget_hours, card=card)
+    display(Image(filename=str(save_figure(fig, run.figures / "bench_gpu_budget.png"))))
+    plt.close(fig)
     own = budget[(budget["steps"] == paper_ref[0]) & (budget["samples"] == paper_ref[1]) & ~budget["compiled"]]
     choice = bs.budget_choice(budget)
     glue("budget_card", card, display=False)

@@ -315,6 +315,12 @@ def test_appendix_figures_draw_their_reference_lines():
                              "seconds": [30.0, 55.0, 20.0, 41.0]})
     lines = pd.DataFrame({"stage": ["deface"] * 2 + ["reface"] * 2, "n_subjects": [6, 684] * 2,
                           "seconds": [30.0, 3000.0, 20.0, 2000.0]})
+    budget = pd.DataFrame({"setting": ["DDIM-50"] * 2 + ["DDIM-10"], "steps": [50, 50, 10], "compiled": [False] * 3,
+                           "samples": [8, 4, 8], "hours": [1.6, 0.8, 0.4], "change_mm": [0.0, 0.01, np.nan],
+                           "change_q1": [0.0, 0.0, np.nan], "change_q3": [0.0, 0.02, np.nan]})
+    fig = report.plot_gpu_budget(budget, 1.0)
+    assert [line.get_xdata()[0] for line in fig.axes[0].lines if line.get_linestyle() == "--"] == [1.0]
+    assert any("not measured" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
     fig = report.plot_cost_curves(measured, lines, 684, 2)
     stars = [(line.get_xdata()[0], line.get_ydata()[0]) for line in fig.axes[0].lines if line.get_marker() == "*"]
     assert stars == [(684, 3000.0), (684, 2000.0)]

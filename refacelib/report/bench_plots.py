@@ -4,10 +4,11 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-__all__ = ["plot_registration_tradeoff", "plot_sampler_tradeoff", "plot_cost_curves"]
+__all__ = ["plot_registration_tradeoff", "plot_sampler_tradeoff", "plot_cost_curves", "plot_gpu_budget"]
 
 
 def plot_registration_tradeoff(summary: pd.DataFrame, *, reference: str, tolerance_mm: float):
@@ -85,5 +86,38 @@ def plot_cost_curves(measured: pd.DataFrame, lines: pd.DataFrame, paper_n: int, 
                 textcoords="offset points", ha="right", fontsize=8, color="grey")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_gpu_budget(table: pd.DataFrame, budget_hours: float, *, card: str = "the measured GPU"):
+    """Hours to reface the paper's cohort against the change in face MSD, one marker per setting and sample count.
+
+    ``table`` is :func:`refacelib.bench.settings.budget_table`'s (setting, steps, compiled, samples,
+    hours, change_mm, change_q1, change_q3); a vertical dashed line marks ``budget_hours``. Settings
+    without a measured MSD change sit on a strip under the axis, marked "not measured".
+    """
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    measured = table.dropna(subset=["change_mm"])
+    for i, (setting, g) in enumerate(table.groupby("setting", sort=False)):
+        g = g.sort_values("samples")
+        has = g.dropna(subset=["change_mm"])
+        style = dict(color=f"C{i}", marker="s" if g["compiled"].any() else "o",
+                     mfc="none" if g["compiled"].any() else None)
+        if len(has):
+            err = [has["change_mm"] - has["change_q1"], has["change_q3"] - has["change_mm"]]
+            ax.errorbar(has["hours"], has["change_mm"], yerr=err, capsize=3, ls="-", lw=1, label=setting, **style)
+            for _, r in has.iterrows():
+                ax.annotate(f"x{int(r['samples'])}", (r["hours"], r["change_mm"]), textcoords="offset points",
+                            xytext=(3, 3), fontsize=7, color=f"C{i}")
+        else:
+            ax.plot(g["hours"], [0] * len(g), ls="none", label=f"{setting} (MSD not measured)", **style)
+    ax.axvline(budget_hours, color="grey", ls="--", lw=1, label=f"{budget_hours:g} GPU-hour")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(xscale="log", xlabel=f"hours to reface the paper's cohort on {card}",
+           ylabel="change in face MSD from the paper's setting (mm)\nmedian and IQR over subjects"
+           if len(measured) else "face MSD change (not measured)")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return fig
