@@ -37,6 +37,7 @@ paper_sampling_items, paper_sampling_steps = 1, 1
 # shipped cost curves shown (bench/results/costs-<profile>.csv; default: this profile's, else quick's, else tiny's)
 costs_profile = None
 costs_cores = 16  # the larger machine of the cost projection
+gpu_budget_hours = 1.0  # the GPU time in which the paper's test subjects should be refaced under every method
 
 # %% tags=["hide-input"]
 import json
@@ -701,7 +702,7 @@ glue("gpu_projection", "; ".join(
 # %% tags=["hide-input"]
 from refacelib.bench import settings as bs  # noqa: E402
 
-budget_hours = 1.0
+budget_hours = float(gpu_budget_hours)
 stored_settings = next(((p, found) for p in dict.fromkeys([run.profile, "quick"])
                         if (found := bs.load_settings(bench_dir / "results", p)) is not None), None)
 paper_ref = (int(paper["cascade"]["sample_steps"]), int(paper["cascade"]["n_samples"]))

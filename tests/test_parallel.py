@@ -73,6 +73,24 @@ def test_unreachable_scheduler_is_named(no_backend_env):
                 pass
 
 
+def test_a_failed_connection_leaves_no_client_behind(no_backend_env):
+    """A Client that failed to connect, collected later, can deadlock the start of a LocalCluster
+    (its __del__ stops an event loop); the failed connection collects it at once."""
+    import gc
+
+    distributed = pytest.importorskip("distributed")
+    gc.collect()
+    gc.disable()  # only what the library collects itself is gone
+    try:
+        with pytest.raises(ConfigError, match="cannot reach"):
+            with parallel.worker_pool(2, backend="dask", scheduler="tcp://127.0.0.1:9", connect_timeout=1):
+                pass
+        alive = [o for o in gc.get_objects() if isinstance(o, distributed.Client)]
+    finally:
+        gc.enable()
+    assert alive == []
+
+
 def test_dask_local_cluster_and_scheduler(no_backend_env):
     distributed = pytest.importorskip("distributed")
     with parallel.worker_pool(2, backend="dask", return_as="generator") as run:  # a LocalCluster of 2 processes

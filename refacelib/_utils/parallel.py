@@ -25,6 +25,7 @@ uses one needs the ``if __name__ == "__main__":`` guard.
 """
 from __future__ import annotations
 
+import gc
 import os
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
@@ -115,8 +116,13 @@ def _connect(distributed, scheduler: str, timeout: float):
     try:
         return distributed.Client(scheduler, timeout=timeout)
     except (OSError, ValueError) as err:  # OSError: nobody answers in time; ValueError: not an address
-        raise ConfigError(f"cannot reach the dask scheduler at SCHEDULER={scheduler!r} (REFACE_SCHEDULER) "
-                          f"within {timeout:g} s: {err}; start it (dask scheduler) or correct the address") from None
+        message = (f"cannot reach the dask scheduler at SCHEDULER={scheduler!r} (REFACE_SCHEDULER) "
+                   f"within {timeout:g} s: {err}; start it (dask scheduler) or correct the address")
+    # The failed Client lives on in the error's frames; collected at some later moment, its __del__
+    # stops an event loop, and inside the start of another cluster's loop that deadlocks (seen: a
+    # LocalCluster started after a failed connection hung in LoopRunner.stop). Collect it here.
+    gc.collect()
+    raise ConfigError(message) from None
 
 
 def _require_single_threaded(client, where: str) -> None:
