@@ -171,6 +171,8 @@ def _local_cluster(distributed, n_workers: int, attempts: int = LOCAL_CLUSTER_AT
     import warnings
 
     for attempt in range(1, attempts + 1):
+        if attempt > 1:  # the failed cluster, collected later, could stop a loop inside this start (see _connect)
+            gc.collect()
         try:
             # no dashboard; no memory limit per worker, as loky's processes have none
             return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
