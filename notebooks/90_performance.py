@@ -52,7 +52,6 @@ from refacelib.bench import quality as bq
 from refacelib.data.template import load_template
 from refacelib.imaging.registration import DICE_SUCCESS
 from refacelib.diffusion import resolve_device
-from refacelib.diffusion.linear import model_prior as linear_prior
 from refacelib.diffusion.train import load_stage
 from refacelib.pipeline import config, evaluation, muscle_stage, refacing, start_chapter
 from refacelib.pipeline.cache import is_done
@@ -307,7 +306,7 @@ msd_fn = lambda volumes: bq.subject_space_msd(faces, volumes, data, template=stu
 # the cascade's prior, as the refacing chapter gives it: the linear prediction with cascade.prior: ridge
 linear = refacing.linear_models(ckpt_folder, study.deface_folder, study.template, settings["voxel_mm"], [method],
                                 val_ids=list(study.ids["val"]))
-model_data = data if linear is None else {**data, "prior": linear_prior(data, linear["linear"])}
+model_data = {**data, "prior": refacing.examples_prior(data, linear)}
 sampler_table = bq.sampler_benchmark(models, study.config, model_data, samplers, msd=msd_fn,
                                      seed=int(run.params["seed"]), batch_size=settings.get("sample_batch", 8),
                                      device=device)

@@ -14,7 +14,8 @@ _MODULES = {
     "throughput": [
         "cpu_model", "machine_info", "profile_sizes", "sized_config", "stage_shapes", "synthetic_volumes",
         "training_throughput", "sampling_throughput", "count_host_syncs", "sampling_sync_audit",
-        "paper_projection", "profile_sampling_row", "write_results", "load_results", "card_slug",
+        "paper_projection", "profile_sampling_row", "refacing_workload", "write_results", "load_results",
+        "card_slug",
     ],
     "settings": ["sample_counts", "setting_benchmark", "setting_summary", "within_budget", "budget_table",
                  "budget_choice", "load_settings"],

@@ -451,8 +451,12 @@ def fit_costs(measured: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def gpu_network_seconds(seconds_per_item_step: float, params: dict, n_test: int) -> float:
+def gpu_network_seconds(seconds_per_item_step: float, params: dict, n_test: int, *, steps: int | None = None,
+                        samples: int | None = None) -> float:
     """Seconds of the refacing networks for ``n_test`` subjects at a profile's sampler, methods and samples.
+
+    ``steps``, ``samples``: another DDIM step count or number of samples than the profile's
+    ``cascade.sample_steps`` and ``cascade.n_samples``.
 
     Test subjects x methods x ``n_samples`` x ``2 * sample_steps + 1`` network
     evaluations of one item (both stages and the stage-2 one-step estimate), each at
@@ -464,9 +468,12 @@ def gpu_network_seconds(seconds_per_item_step: float, params: dict, n_test: int)
     >>> gpu_network_seconds(0.001, p, 10)
     16.16
     """
-    p = params["cascade"]
-    nfe = 2 * int(p["sample_steps"]) + 1
-    return round(n_test * len(params["deface"]["methods"]) * int(p["n_samples"]) * nfe * seconds_per_item_step, 6)
+    from refacelib.diffusion.sample import network_evaluations
+
+    p = params.get("cascade", {})  # only read for what is not given
+    nfe = network_evaluations(p["sample_steps"] if steps is None else steps)
+    samples = int(p["n_samples"] if samples is None else samples)
+    return round(n_test * len(params["deface"]["methods"]) * samples * nfe * seconds_per_item_step, 6)
 
 
 def _stage_seconds(f, units: dict, cores: int) -> tuple[float, str]:

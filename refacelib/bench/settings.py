@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 
 from refacelib._utils.io import atomic_write_text, save_table
-from refacelib.diffusion.sample import reface
+from refacelib.bench.costs import gpu_network_seconds
+from refacelib.bench.throughput import refacing_workload
+from refacelib.diffusion.sample import network_evaluations, reface
 
 __all__ = ["sample_counts", "setting_benchmark", "setting_summary", "within_budget", "budget_table", "budget_choice",
            "load_settings"]
@@ -41,7 +43,7 @@ def sample_counts(n_samples: int) -> list[int]:
     return out if out[-1] == n_samples else out + [int(n_samples)]
 
 
-def setting_benchmark(models, config, data: dict, steps, *, n_samples: int, msd, prior=None, seed: int = 0,
+def setting_benchmark(models, config, data: dict, steps, *, n_samples: int, msd, seed: int = 0,
                       batch_size: int | str = 8, device="auto", progress: bool = False) -> pd.DataFrame:
     """Face MSD of the mean of the first m samples, for each DDIM step count.
 
@@ -50,7 +52,9 @@ def setting_benchmark(models, config, data: dict, steps, *, n_samples: int, msd,
     models, config
         The trained cascade (stage 1, stage 2) and its :class:`~refacelib.diffusion.cascade.CascadeConfig`.
     data : dict
-        ``defaced``, ``mask``, ``prior`` (N, X, Y, Z) and ``subject``, ``method`` (N).
+        ``defaced``, ``mask``, ``prior`` (N, X, Y, Z) and ``subject``, ``method`` (N); ``prior`` is the
+        cascade's (:func:`refacelib.pipeline.refacing.examples_prior`: the linear prediction with
+        ``cascade.prior: ridge``).
     steps : sequence of int
         DDIM steps per stage.
     n_samples : int
@@ -58,8 +62,6 @@ def setting_benchmark(models, config, data: dict, steps, *, n_samples: int, msd,
         (the first one alone is the single sample an attacker sees).
     msd : callable
         ``msd(volumes)`` -> N face MSDs (mm) of (N, X, Y, Z) common-grid volumes.
-    prior : array, optional
-        The cascade's prior (default ``data["prior"]``): the linear prediction with ``cascade.prior: ridge``.
 
     Returns
     -------
@@ -67,18 +69,17 @@ def setting_benchmark(models, config, data: dict, steps, *, n_samples: int, msd,
         ``steps, nfe, samples, subject, method, msd_mm, seconds`` (``nfe``: network evaluations per
         sample, both stages; ``seconds``: the wall time of sampling all ``n_samples`` at that step count).
     """
-    prior = data["prior"] if prior is None else prior
     rows = []
     for k in steps:
         start = time.perf_counter()
-        res = reface(data["defaced"], data["mask"], prior, models, config, sampler="ddim", steps=int(k),
+        res = reface(data["defaced"], data["mask"], data["prior"], models, config, sampler="ddim", steps=int(k),
                      n_samples=int(n_samples), seed=seed, batch_size=batch_size, device=device,
                      return_samples=True, progress=progress)
         seconds = time.perf_counter() - start
         samples = np.asarray(res["samples"])
         for m in sample_counts(n_samples):
             values = np.asarray(msd(samples[:, :m].mean(axis=1)), float)
-            rows += [{"steps": int(k), "nfe": 2 * int(k) + 1, "samples": m, "subject": sid, "method": method,
+            rows += [{"steps": int(k), "nfe": network_evaluations(k), "samples": m, "subject": sid, "method": method,
                       "msd_mm": float(v), "seconds": round(seconds, 2)}
                      for sid, method, v in zip(data["subject"], data["method"], values)]
     return pd.DataFrame(rows)
@@ -117,8 +118,8 @@ def within_budget(sampling: pd.DataFrame, params: dict, *, budget_hours: float =
 
     ``sampling``: GPU rows of :func:`refacelib.bench.throughput.sampling_throughput` (``steps``,
     ``compiled``, ``seconds_per_item_step``; each row a DDIM step count measured at the
-    profile's sizes). Hours = test subjects x methods x samples x (2 steps + 1) x seconds per
-    network evaluation of one item.
+    profile's sizes). Hours: :func:`refacelib.bench.costs.gpu_network_seconds` for every test
+    subject of ``params`` at that step count and number of samples.
 
     Examples
     --------
@@ -128,14 +129,12 @@ def within_budget(sampling: pd.DataFrame, params: dict, *, budget_hours: float =
     >>> t[["setting", "samples", "hours", "within_budget"]].values.tolist()
     [['DDIM-50', 8, 1.63, False], ['DDIM-50', 4, 0.81, True], ['DDIM-10', 8, 0.38, True], ['DDIM-10', 4, 0.19, True]]
     """
-    ph = params.get("phantom", {})
-    n_test = int(ph.get("n_test_internal", 0)) + int(ph.get("n_test_external", 0))
-    n_methods = len(params["deface"]["methods"])
+    n_test, _ = refacing_workload(params)
     rows = []
     for r in sampling.itertuples():
         for m in samples:
-            nfe = 2 * int(r.steps) + 1
-            hours = n_test * n_methods * int(m) * nfe * float(r.seconds_per_item_step) / 3600
+            nfe = network_evaluations(r.steps)
+            hours = gpu_network_seconds(float(r.seconds_per_item_step), params, n_test, steps=r.steps, samples=m) / 3600
             rows.append({"setting": f"DDIM-{int(r.steps)}" + (", compiled" if bool(r.compiled) else ""),
                          "steps": int(r.steps), "compiled": bool(r.compiled), "samples": int(m), "nfe": nfe,
                          "hours": round(hours, 2), "within_budget": hours <= budget_hours})
@@ -202,7 +201,6 @@ def load_settings(folder: Path, profile: str) -> tuple[pd.DataFrame, dict] | Non
 def main(argv=None) -> int:
     """``python -m refacelib.bench settings --profile quick [--steps 50,20,10,3] [--samples 8]``."""
     from refacelib.bench import quality as bq
-    from refacelib.diffusion import linear as _linear
     from refacelib.diffusion.train import load_stage
     from refacelib.pipeline import refacing
     from refacelib.pipeline.book import run_lock
@@ -234,11 +232,11 @@ def main(argv=None) -> int:
         for method in methods:
             data = refacing.build_examples(study.deface_folder, val_ids, [method], study.template, p["voxel_mm"],
                                            attacker=True)
-            prior = data["prior"] if linear is None else _linear.model_prior(data, linear["linear"])
             msd = lambda v, data=data: bq.subject_space_msd(faces, v, data, template=study.template,  # noqa: E731
                                                             deface_folder=study.deface_folder)
-            tables.append(setting_benchmark(models, study.config, data, steps, n_samples=args.samples, msd=msd,
-                                            prior=prior, seed=int(run.params["seed"]),
+            cascade_data = {**data, "prior": refacing.examples_prior(data, linear)}
+            tables.append(setting_benchmark(models, study.config, cascade_data, steps, n_samples=args.samples,
+                                            msd=msd, seed=int(run.params["seed"]),
                                             batch_size=p.get("sample_batch", 8), device=p.get("device", "auto")))
             print(f"{method}: done ({time.perf_counter() - start:.0f} s)", flush=True)
     table = pd.concat(tables, ignore_index=True)

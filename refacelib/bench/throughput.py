@@ -41,7 +41,7 @@ from refacelib._utils.io import atomic_write_text
 from refacelib._utils.machine import cpu_model, ram_gib
 from refacelib.diffusion.cascade import CascadeConfig, STAGE_IN_CHANNELS, box_slices, make_unet, stage1_inputs
 from refacelib.diffusion.grid import common_grid
-from refacelib.diffusion.sample import sample_stage, auto_batch_size, make_sampler, reface
+from refacelib.diffusion.sample import sample_stage, auto_batch_size, make_sampler, network_evaluations, reface
 from refacelib.diffusion.train import train_stage
 from refacelib.pipeline.config import load_profile, project_root, runs_root
 
@@ -55,6 +55,7 @@ __all__ = [
     "training_throughput",
     "sampling_throughput",
     "profile_sampling_row",
+    "refacing_workload",
     "count_host_syncs",
     "sampling_sync_audit",
     "paper_projection",
@@ -248,7 +249,7 @@ def sampling_throughput(config: CascadeConfig, grid_shape, *, n_items: int = 4, 
     start = time.perf_counter()
     reface(*args, steps=steps, n_samples=1, seed=seed, batch_size=batch_size, device=device, compile=compile)
     seconds = time.perf_counter() - start
-    nfe = 2 * steps + 1
+    nfe = network_evaluations(steps)
     return pd.DataFrame([{"device": str(device), "compiled": bool(compile), "n_items": n_items, "steps": steps,
                           "batch_size": int(batch_size), "seconds": seconds,
                           "seconds_per_item": seconds / n_items,
@@ -346,6 +347,12 @@ def sampling_sync_audit(config: CascadeConfig, grid_shape, *, steps: int = 3, de
     return pd.DataFrame(rows)
 
 
+def refacing_workload(params: dict) -> tuple[int, int]:
+    """Test subjects (internal and external) and defacing methods a profile refaces."""
+    ph = params.get("phantom", {})
+    return int(ph.get("n_test_internal", 0)) + int(ph.get("n_test_external", 0)), len(params["deface"]["methods"])
+
+
 def paper_projection(training: pd.DataFrame, sampling: pd.DataFrame, params: dict, *, source: str) -> pd.DataFrame:
     """Hours to train both stages and to reface every test subject under every method.
 
@@ -375,14 +382,12 @@ def paper_projection(training: pd.DataFrame, sampling: pd.DataFrame, params: dic
                      "basis": f"{st['steps']} steps x {per_step:.3g} s ({prec}, batch {st['batch_size']}"
                               f"{'' if r['batch_size'] == st['batch_size'] else ', scaled from ' + str(r['batch_size'])})"})
     rows.append({"source": source, "quantity": "train (both stages)", "hours": total, "basis": "sum"})
-    ph = params.get("phantom", {})
-    n_test = int(ph.get("n_test_internal", 0)) + int(ph.get("n_test_external", 0))
-    n_methods, n_samples, steps = len(params["deface"]["methods"]), int(p["n_samples"]), int(p["sample_steps"])
-    per_item = float(sampling["seconds_per_item_step"].iloc[0]) * (2 * steps + 1)
+    (n_test, n_methods), per_nfe = refacing_workload(params), float(sampling["seconds_per_item_step"].iloc[0])
     rows.append({"source": source, "quantity": "reface (all test subjects x methods)",
-                 "hours": n_test * n_methods * n_samples * per_item / 3600,
-                 "basis": f"{n_test} subjects x {n_methods} methods x {n_samples} samples x "
-                          f"{2 * steps + 1} evaluations x {float(sampling['seconds_per_item_step'].iloc[0]):.3g} s"})
+                 "hours": n_test * n_methods * int(p["n_samples"]) * network_evaluations(p["sample_steps"]) * per_nfe
+                 / 3600,
+                 "basis": f"{n_test} subjects x {n_methods} methods x {int(p['n_samples'])} samples x "
+                          f"{network_evaluations(p['sample_steps'])} evaluations x {per_nfe:.3g} s"})
     out = pd.DataFrame(rows)
     out["hours"] = out["hours"].round(2)
     return out

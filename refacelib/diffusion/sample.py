@@ -52,7 +52,8 @@ from refacelib.diffusion.cascade import (
 )
 from refacelib._utils.device import autocast_context, resolve_device
 
-__all__ = ["reface", "sample_stage", "one_step_estimate", "make_sampler", "auto_batch_size", "batch_from_memory"]
+__all__ = ["reface", "sample_stage", "one_step_estimate", "make_sampler", "auto_batch_size", "batch_from_memory",
+           "network_evaluations"]
 
 
 def make_sampler(stage_cfg, *, sampler: str = "ddim", steps: int | None = 25, eta: float | None = None,
@@ -329,6 +330,17 @@ def auto_batch_size(models, config: CascadeConfig | dict, grid_shape: tuple, *, 
     # a second refacing run in one process (the next defacing method) would get a smaller batch
     free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return batch_from_memory(free, per_item, n_items=n_items, fraction=fraction, cap=cap)
+
+
+def network_evaluations(steps: int) -> int:
+    """Network evaluations of one item and sample by :func:`reface` at ``steps`` per stage.
+
+    Each stage's ``steps``, plus the one-step estimate of stage 2.
+
+    >>> network_evaluations(50)
+    101
+    """
+    return 2 * int(steps) + 1
 
 
 def one_step_estimate(defaced, mask, prior, models, config, *, n_samples: int = 1, seed: int = 0,

@@ -38,8 +38,8 @@ _MODULES = {
         "swap_partners", "write_subject", "train_cascade", "reface_test_set", "record_timings",
         "masked_errors", "RefacingSetup", "setup", "trained_cascade", "refaced_test_set", "shipped_root",
         "install_shipped", "training_provenance", "ship", "cascade_prior", "training_recipe", "shuffle_faces",
-        "recipe_id", "linear_models", "refit_linear", "LINEAR_CANDIDATES", "LINEAR_RECORD", "subject_composites",
-        "carrying_registration",
+        "recipe_id", "linear_models", "examples_prior", "refit_linear", "LINEAR_CANDIDATES", "LINEAR_RECORD",
+        "subject_composites", "carrying_registration",
     ],
     "ceiling": [
         "GRID_CEILING_VERSION", "grid_truth", "subject_ceiling", "grid_ceiling", "ceiling_summary",

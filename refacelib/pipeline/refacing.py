@@ -58,6 +58,7 @@ __all__ = [
     "shuffle_faces",
     "recipe_id",
     "linear_models",
+    "examples_prior",
     "refit_linear",
     "LINEAR_CANDIDATES",
     "LINEAR_RECORD",
@@ -273,6 +274,16 @@ LINEAR_RECORD = "linear_prior.json"
 LINEAR_CANDIDATES = ("linear", "linear_permuted")
 
 
+def examples_prior(data: dict, linear: dict | None) -> np.ndarray:
+    """The cascade's prior for the examples ``data`` (:func:`build_examples`).
+
+    The matched average head ``data["prior"]``, plus the linear prediction when the
+    cascade was trained with ``cascade.prior: ridge`` (``linear``: :func:`linear_models`,
+    None otherwise).
+    """
+    return data["prior"] if linear is None else _linear.model_prior(data, linear["linear"])
+
+
 def linear_models(ckpt_folder: Path, deface_folder: Path, template: Template, voxel_mm: float,
                   methods, *, shuffled: bool = False, val_ids=None) -> dict | None:
     """The linear candidates of a cascade trained with ``cascade.prior: ridge`` (None otherwise).
@@ -442,11 +453,10 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
             start = time.perf_counter()
             data = build_examples(deface_folder, test_ids, [method], template, p["voxel_mm"], attacker=True,
                                   baselines=True)
-            # the cascade's prior: the matched average, plus the linear prediction with cascade.prior: ridge
-            model_prior = data["prior"] if linear is None else _linear.model_prior(data, linear["linear"])
+            prior_used = examples_prior(data, linear)  # what the cascade refines
             permuted = None if linear is None or "linear_permuted" not in linear else \
                 _linear.model_prior(data, linear["linear_permuted"])
-            result = reface(data["defaced"], data["mask"], model_prior, models, config, sampler=p["sampler"],
+            result = reface(data["defaced"], data["mask"], prior_used, models, config, sampler=p["sampler"],
                             steps=p["sample_steps"], n_samples=p["n_samples"], seed=int(run.params["seed"]),
                             batch_size=p.get("sample_batch", 8), device=p.get("device", "auto"), progress=progress)
             tasks = []
@@ -458,7 +468,7 @@ def reface_test_set(run: Run, deface_folder: Path, ckpt_folder: Path, test_ids, 
                            "average": (data["prior"][i], ""), "swapped": (swapped, ""),
                            "template_average": (data["template_prior"][i], "template_")}
                 if linear is not None:  # the linear prior alone: what the diffusion stages add is measured against it
-                    volumes["linear"] = (model_prior[i], "")
+                    volumes["linear"] = (prior_used[i], "")
                 if permuted is not None:  # the person-independent baseline: the linear prior fitted to shuffled faces
                     volumes["linear_permuted"] = (permuted[i], "")
                 specs = {name: (common, data[f"{k}prior"][i], averages[k], data[f"{k or 'average_'}norm"],

@@ -95,7 +95,7 @@ def plot_gpu_budget(table: pd.DataFrame, budget_hours: float, *, card: str = "th
 
     ``table`` is :func:`refacelib.bench.settings.budget_table`'s (setting, steps, compiled, samples,
     hours, change_mm, change_q1, change_q3); a vertical dashed line marks ``budget_hours``. Settings
-    without a measured MSD change sit on a strip under the axis, marked "not measured".
+    without a measured MSD change are drawn at zero change, labelled "(MSD not measured)".
     """
     fig, ax = plt.subplots(figsize=(8, 4.6))
     measured = table.dropna(subset=["change_mm"])
